@@ -1,0 +1,95 @@
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ppg.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "data/examples/dialogues.jsonl"
+runner = CliRunner()
+
+
+def test_help_lists_the_commands_and_each_has_help():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0 and "returns" in res.output
+    res = runner.invoke(app, ["returns", "--help"])
+    assert res.exit_code == 0 and "--policies" in res.output
+
+
+def test_console_script_runs_without_importing_prefect():
+    code = ("import sys; from ppg.cli import app; "
+            "assert 'prefect' not in sys.modules and 'torch' not in sys.modules, 'heavy import'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([str(Path(sys.executable).parent / "ppg"), "--help"], capture_output=True,
+                         text=True, check=True)
+    assert "returns" in out.stdout
+
+
+def weights(rows, dialogue, speaker, policy):
+    return [r[policy] for r in rows if (r["dialogue_id"], r["speaker"]) == (dialogue, speaker)]
+
+
+def test_returns_on_the_examples_gives_hand_computed_weights(tmp_path):
+    out = tmp_path / "w.jsonl"
+    res = runner.invoke(app, ["returns", str(EXAMPLES), "--params", str(ROOT / "params.yaml"),
+                              "--policies", "greedy,k2,full,segment", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    # therapy patient: rewards 1 1 0 1 0, meta.segment_starts [0, 2, 4]
+    assert weights(rows, "ex-therapy-1", "patient", "k2") == [2, 1, 1, 1, 0]
+    assert weights(rows, "ex-therapy-1", "patient", "full") == [3, 2, 1, 1, 0]
+    assert weights(rows, "ex-therapy-1", "patient", "segment") == [2, 1, 1, 1, 0]
+    # education student: rewards 1 1 0 null -> the unknown stays unknown, and only where credited
+    assert weights(rows, "ex-education-1", "student", "reward") == [1, 1, 0, None]
+    assert weights(rows, "ex-education-1", "student", "k2") == [2, 1, None, None]
+    assert weights(rows, "ex-education-1", "student", "full") == [None, None, None, None]
+    assert weights(rows, "ex-education-1", "student", "segment") == [2, 1, 0, None]  # length 3
+    # chatting: both speakers evaluated, each on its own turns
+    assert weights(rows, "ex-chatting-1", "sam", "full") == [2, 1, 1]
+    assert weights(rows, "ex-chatting-1", "alex", "greedy") == [1, 1, 0]
+
+
+def test_bad_record_names_file_line_and_field_and_writes_nothing(tmp_path):
+    lines = EXAMPLES.read_text().splitlines()
+    bad = json.loads(lines[1])
+    bad["lines"][3]["reward"] = 1.5
+    src = tmp_path / "bad.jsonl"
+    src.write_text("\n".join([lines[0], json.dumps(bad)]) + "\n")
+    out = tmp_path / "w.jsonl"
+    res = runner.invoke(app, ["returns", str(src), "--out", str(out)])
+    assert res.exit_code == 2
+    assert f"{src}:2 (dialogue_id='ex-education-1'): field lines.3.reward" in res.output
+    assert not out.exists() and list(tmp_path.iterdir()) == [src]
+
+
+def test_unknown_config_key_is_an_error_naming_file_and_key(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("returns:\n  gama: 0.9\n")
+    res = runner.invoke(app, ["returns", str(EXAMPLES), "--params", str(params)])
+    assert res.exit_code == 2 and f"{params}.returns: unknown key(s) ['gama']" in res.output
+    params.write_text("returns:\n  policies: [greedy, k0]\n")
+    res = runner.invoke(app, ["returns", str(EXAMPLES), "--params", str(params)])
+    assert res.exit_code == 2 and "policy id 'k0'" in res.output
+
+
+@pytest.mark.parametrize("record,field", [
+    ({"dialogue_id": "x", "domain": "d", "source": "s", "personas": {"a": "p"},
+      "evaluated_speakers": ["b"], "lines": []}, "record"),
+    ({"dialogue_id": "x", "domain": "d", "source": "s", "personas": {"a": "p"},
+      "evaluated_speakers": ["a"], "lines": [{"speaker": "a", "text": "hi", "reward": math.inf}]},
+     "lines.0.reward"),
+    ({"dialogue_id": "x", "domain": "d", "personas": {"a": "p"}, "evaluated_speakers": ["a"],
+      "lines": []}, "source"),
+])
+def test_schema_errors_name_the_field(tmp_path, record, field):
+    from ppg.data.schema import DataError, read_dialogues
+
+    src = tmp_path / "d.jsonl"
+    src.write_text(json.dumps(record).replace("Infinity", "1e999") + "\n")
+    with pytest.raises(DataError, match=f"field {field}"):
+        read_dialogues(src)
