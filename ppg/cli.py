@@ -25,6 +25,77 @@ def fail(msg: str):
     raise typer.Exit(2)
 
 
+def _params(path: Path):
+    from ppg.config import load_params
+
+    try:
+        return load_params(path)
+    except ValueError as e:
+        fail(str(e))
+
+
+@app.command("import")
+def import_(
+    paths: list[Path] = typer.Argument(None, help="Input files (chitchat: '-' = the packaged corpus)."),
+    format: str = typer.Option(None, "--format", "-f", help="consistent-llms | synthetic-persona-chat | chitchat | jsonl"),
+    source: str = typer.Option(None, help="FORMAT:PATH[,PATH...] instead of --format and PATHS "
+                               "(default: data.source in params.yaml)."),
+    out: Path = typer.Option(None, help="Output folder (default: data.imported in params.yaml)."),
+    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+):
+    """Convert dialogues to the canonical format: OUT/dialogues.jsonl and OUT/summary.json."""
+    from ppg.data.importers import import_paths
+    from ppg.data.schema import DataError, write_dialogues
+    from ppg.io import atomic_open
+
+    cfg = _params(params).data
+    if format is None:
+        spec = source or cfg.source
+        if ":" not in spec:
+            fail(f"source: expected FORMAT:PATH[,PATH...], got {spec!r}")
+        format, _, joined = spec.partition(":")
+        paths = [Path(p) for p in joined.split(",") if p]
+    if not paths:
+        fail("paths: give at least one input file")
+    out = Path(out or cfg.imported)
+    try:
+        dialogues, summary = import_paths(format, paths)
+    except DataError as e:
+        fail(str(e))
+    if not dialogues:
+        fail(f"{', '.join(map(str, paths))}: no dialogues found")
+    summary = {"format": format, "inputs": [str(p) for p in paths], **summary}
+    write_dialogues(out / "dialogues.jsonl", dialogues)
+    with atomic_open(out / "summary.json") as f:
+        json.dump(summary, f, indent=1)
+    typer.echo(json.dumps(summary["total"]))
+    for domain, counts in summary["by_domain"].items():
+        typer.echo(f"  {domain}: {json.dumps(counts)}")
+    typer.echo(f"wrote {out / 'dialogues.jsonl'} ({len(dialogues)} dialogues)")
+
+
+@app.command()
+def validate(
+    data: Path = typer.Argument(None, help="Imported folder (with dialogues.jsonl) or a .jsonl file "
+                                "(default: data.imported in params.yaml)."),
+    out: Path = typer.Option(Path("data/validation"), help="Where report.md and gx_result.json go."),
+    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+):
+    """The validation gate (Great Expectations): exit 1 when a check fails, 2 on unreadable data."""
+    from ppg.data.schema import DataError
+    from ppg.data.validate import validate_dataset
+
+    p = _params(params)
+    try:
+        ok = validate_dataset(Path(data or p.data.imported), out, p.validate)
+    except DataError as e:
+        fail(str(e))
+    typer.echo((out / "report.md").read_text())
+    if not ok:
+        typer.secho(f"validation FAILED: see {out / 'report.md'}", fg="red", err=True)
+        raise typer.Exit(1)
+
+
 @app.command()
 def returns(
     file: Path = typer.Argument(..., help="Dialogues in the canonical JSONL format."),

@@ -38,7 +38,43 @@ class ReturnsConfig:
 
 
 @dataclass
+class DataConfig:
+    source: str = "jsonl:data/examples/dialogues.jsonl"
+    """What `ppg import --source` reads: FORMAT:PATH[,PATH...] (formats: consistent-llms,
+    synthetic-persona-chat, chitchat, jsonl; `chitchat:-` = the packaged corpus)."""
+    imported: str = "data/imported"
+    """Folder of the imported canonical dataset (dialogues.jsonl + summary.json); a DVC output."""
+
+
+@dataclass
+class ValidateConfig:
+    min_text_chars: int = 1
+    """Shortest line accepted (an empty line is a generation or import failure)."""
+    max_text_chars: int = 4000
+    """Longest line accepted."""
+    max_null_share: float = 0.05
+    """Largest share of evaluated turns without a judge verdict (null reward)."""
+    max_duplicate_share: float = 0.05
+    """Largest share of lines that repeat an earlier line of the same speaker in the dialogue."""
+    label_balance: dict = field(default_factory=lambda: {
+        "consistent-llms/chatting": [0.0, 0.15], "consistent-llms/education": [0.05, 0.5],
+        "consistent-llms/therapy": [0.35, 0.85]})
+    """Bounds on the contradiction share (reward < 0.5) among judged turns, keyed SOURCE/DOMAIN
+    (or SOURCE/* for every domain of a source); real therapy is ~62% contradictions, chatting ~3%.
+    Groups with no entry are unbounded."""
+
+    def __post_init__(self):
+        for key, b in self.label_balance.items():
+            if not (isinstance(b, (list, tuple)) and len(b) == 2 and 0 <= b[0] <= b[1] <= 1):
+                raise ValueError(f"validate.label_balance[{key!r}]: expected [low, high] in [0, 1], got {b}")
+
+
+@dataclass
 class Params:
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where data comes from and where imported data goes."""
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    """Thresholds of the validation gate (ppg.data.validate)."""
     returns: ReturnsConfig = field(default_factory=ReturnsConfig)
     """Partial returns and weight shaping (ppg.returns)."""
 

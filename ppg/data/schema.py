@@ -12,6 +12,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+MAX_LINE_CHARS = 20_000
+"""Longest utterance accepted: a longer one is a broken record, not a line of dialogue."""
+
+
 class DataError(ValueError):
     """Bad input, with the file, record and field it was found in."""
 
@@ -19,7 +23,7 @@ class DataError(ValueError):
 class Line(BaseModel):
     model_config = ConfigDict(extra="allow")
     speaker: str = Field(min_length=1)
-    text: str
+    text: str = Field(max_length=MAX_LINE_CHARS)
     reward: float | None = None
     """Judge reward in [0, 1]; null = no verdict (unknown)."""
     judge: dict | None = None
@@ -40,8 +44,8 @@ class Dialogue(BaseModel):
     source: str = Field(min_length=1)
     personas: dict[str, str]
     """Backstory text per speaker."""
-    evaluated_speakers: list[str] = Field(min_length=1)
-    """Speakers whose lines are turns: trained and judged."""
+    evaluated_speakers: list[str]
+    """Speakers whose lines are turns: trained and judged (empty for a corpus without personas)."""
     lines: list[Line]
     meta: dict = Field(default_factory=dict)
     """Free-form; meta.segment_starts = {speaker: [turn indices]} gives the segment policy's
@@ -53,6 +57,13 @@ class Dialogue(BaseModel):
             if s not in self.personas:
                 raise ValueError(f"evaluated speaker {s!r} has no entry in personas")
         return self
+
+    @field_validator("evaluated_speakers")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"evaluated speakers repeat: {v}")
+        return v
 
     def turns(self, speaker: str) -> list[Line]:
         """The speaker's lines in order: turn t is turns(speaker)[t]."""
@@ -98,3 +109,12 @@ def read_dialogues(path: str | Path) -> list[Dialogue]:
         seen[d.dialogue_id] = no
         out.append(d)
     return out
+
+
+def write_dialogues(path: str | Path, dialogues: list[Dialogue]) -> None:
+    """Write canonical JSONL atomically (temp file + rename), re-validating every record."""
+    from ppg.io import atomic_open
+
+    with atomic_open(path) as f:
+        for d in dialogues:
+            f.write(Dialogue.model_validate(d.model_dump()).model_dump_json(exclude_none=False) + "\n")
