@@ -97,6 +97,32 @@ def validate(
 
 
 @app.command()
+def build(
+    data: Path = typer.Argument(None, help="Imported folder or .jsonl (default: data.imported)."),
+    out: Path = typer.Option(None, help="Output folder (default: build.out)."),
+    model: str = typer.Option(None, help="Model spec whose tokenizer to use (default: model.spec)."),
+    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+):
+    """Token sequences (one per dialogue and evaluated speaker) with turn indices and the weights of
+    every policy in returns.policies; persona-disjoint splits; {split}.parquet and stats.json."""
+    from ppg.data.build import build_dataset
+    from ppg.data.schema import DataError
+    from ppg.models import resolve_model
+
+    p = _params(params)
+    spec = model or p.model.spec
+    try:
+        stats = build_dataset(Path(data or p.data.imported), Path(out or p.build.out), resolve_model(spec),
+                              spec, p.returns.policies, p.returns.segments, p.build)
+    except (DataError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(json.dumps({k: stats[k] for k in ("sequences", "windows", "windowed_share",
+                                                 "history_dropped_share", "tokenizer_hash")}))
+    for name, s in stats["splits"].items():
+        typer.echo(f"  {name}: {json.dumps(s)}")
+
+
+@app.command()
 def returns(
     file: Path = typer.Argument(..., help="Dialogues in the canonical JSONL format."),
     policies: str = typer.Option(None, help="Comma-separated policy ids (greedy,k3,full,segment); "
@@ -124,7 +150,7 @@ def returns(
                                            policies=policies and policies.split(",")).items()
                      if v is not None}
         cfg = ReturnsConfig(**{**cfg.__dict__, **overrides}) if overrides else cfg
-        batch = turn_batch(read_dialogues(file), cfg.segment_length)
+        batch = turn_batch(read_dialogues(file), cfg.segments)
     except (DataError, ValueError) as e:
         fail(str(e))
     weights = {}

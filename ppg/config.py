@@ -19,8 +19,9 @@ class ReturnsConfig:
     """Policy ids to compute: greedy, k<K> (K-step lookahead), full, segment."""
     gamma: float = 1.0
     """Discount inside the credited subset, in (0, 1]; 1.0 = the paper's undiscounted sums."""
-    segment_length: int = 3
-    """Segment policy: turns per segment for dialogues without meta.segment_starts."""
+    segments: dict = field(default_factory=lambda: {"length": 3})
+    """Segment policy's partition of each speaker's turns: {length: L} (fixed-length segments)
+    or {from: meta.segment_starts} (per-dialogue starts, e.g. the simulator's probe windows)."""
     baseline: str = "none"
     """none | batch_mean | turn_mean | group_loo (groups = dialogues sharing a persona)."""
     standardize: bool = False
@@ -33,8 +34,12 @@ class ReturnsConfig:
             raise ValueError(f"returns.baseline: {self.baseline!r} is not one of {BASELINES}")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"returns.gamma: must be in (0, 1], got {self.gamma}")
-        if self.segment_length < 1:
-            raise ValueError(f"returns.segment_length: must be >= 1, got {self.segment_length}")
+        ok = (self.segments == {"from": "meta.segment_starts"} or (
+            set(self.segments) == {"length"} and isinstance(self.segments["length"], int)
+            and not isinstance(self.segments["length"], bool) and self.segments["length"] >= 1))
+        if not ok:
+            raise ValueError(f"returns.segments: expected {{length: L >= 1}} or "
+                             f"{{from: meta.segment_starts}}, got {self.segments}")
 
 
 @dataclass
@@ -70,7 +75,40 @@ class ValidateConfig:
 
 
 @dataclass
+class ModelConfig:
+    spec: str = "tiny"
+    """tiny (tests) | smollm2-135m (real, offline from PyPI) | a local folder | ORG/NAME on a hub."""
+
+
+@dataclass
+class BuildConfig:
+    out: str = "data/built"
+    """Folder of {split}.parquet + stats.json; a DVC output."""
+    max_length: int = 2048
+    """Longest token sequence; longer dialogues are cut into windows (persona + recent history)."""
+    splits: dict = field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
+    """Split ratios by dialogue count; whole persona groups go to one split."""
+    folds: int = 5
+    """Persona-grouped folds (the `fold` column) for k-fold evaluation of small real sets."""
+    seed: int = 0
+    """Seed of the persona-group shuffle behind splits and folds."""
+
+    def __post_init__(self):
+        if self.max_length < 16:
+            raise ValueError(f"build.max_length: must be >= 16, got {self.max_length}")
+        if not self.splits or any(not isinstance(v, (int, float)) or v < 0 for v in self.splits.values()) \
+                or sum(self.splits.values()) <= 0:
+            raise ValueError(f"build.splits: expected non-negative ratios, got {self.splits}")
+        if self.folds < 1:
+            raise ValueError(f"build.folds: must be >= 1, got {self.folds}")
+
+
+@dataclass
 class Params:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model (ppg.models)."""
+    build: BuildConfig = field(default_factory=BuildConfig)
+    """Token sequences, windows, splits (ppg.data.build)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Where data comes from and where imported data goes."""
     validate: ValidateConfig = field(default_factory=ValidateConfig)

@@ -40,10 +40,10 @@ def test_returns_on_the_examples_gives_hand_computed_weights(tmp_path):
                               "--policies", "greedy,k2,full,segment", "--out", str(out)])
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    # therapy patient: rewards 1 1 0 1 0, meta.segment_starts [0, 2, 4]
+    # therapy patient: rewards 1 1 0 1 0; segments of length 3 (params.yaml): {0, 1, 2}, {3, 4}
     assert weights(rows, "ex-therapy-1", "patient", "k2") == [2, 1, 1, 1, 0]
     assert weights(rows, "ex-therapy-1", "patient", "full") == [3, 2, 1, 1, 0]
-    assert weights(rows, "ex-therapy-1", "patient", "segment") == [2, 1, 1, 1, 0]
+    assert weights(rows, "ex-therapy-1", "patient", "segment") == [2, 1, 0, 1, 0]
     # education student: rewards 1 1 0 null -> the unknown stays unknown, and only where credited
     assert weights(rows, "ex-education-1", "student", "reward") == [1, 1, 0, None]
     assert weights(rows, "ex-education-1", "student", "k2") == [2, 1, None, None]
@@ -93,3 +93,19 @@ def test_schema_errors_name_the_field(tmp_path, record, field):
     src.write_text(json.dumps(record).replace("Infinity", "1e999") + "\n")
     with pytest.raises(DataError, match=f"field {field}"):
         read_dialogues(src)
+
+
+def test_segments_from_meta_use_each_dialogues_starts_and_require_them(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("returns:\n  segments: {from: meta.segment_starts}\n")
+    lines = EXAMPLES.read_text().splitlines()
+    src = tmp_path / "d.jsonl"
+    src.write_text(lines[0] + "\n")  # therapy: meta.segment_starts {patient: [0, 2, 4]}
+    out = tmp_path / "w.jsonl"
+    res = runner.invoke(app, ["returns", str(src), "--params", str(params), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert weights(rows, "ex-therapy-1", "patient", "segment") == [2, 1, 1, 1, 0]
+    res = runner.invoke(app, ["returns", str(EXAMPLES), "--params", str(params)])
+    assert res.exit_code == 2
+    assert "dialogue 'ex-education-1': field meta.segment_starts: no entry for speaker 'student'" in res.output

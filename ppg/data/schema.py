@@ -22,9 +22,9 @@ class DataError(ValueError):
 
 class Line(BaseModel):
     model_config = ConfigDict(extra="allow")
-    speaker: str = Field(min_length=1)
-    text: str = Field(max_length=MAX_LINE_CHARS)
-    reward: float | None = None
+    speaker: str = Field(min_length=1, strict=True)
+    text: str = Field(max_length=MAX_LINE_CHARS, strict=True)
+    reward: float | None = Field(default=None, strict=True)
     """Judge reward in [0, 1]; null = no verdict (unknown)."""
     judge: dict | None = None
     """Raw judge output kept for audit: {"prompt_to_line": str|null, "line_to_line": [int]|null}."""
@@ -39,9 +39,9 @@ class Line(BaseModel):
 
 class Dialogue(BaseModel):
     model_config = ConfigDict(extra="allow")
-    dialogue_id: str = Field(min_length=1)
-    domain: str = Field(min_length=1)
-    source: str = Field(min_length=1)
+    dialogue_id: str = Field(min_length=1, strict=True)
+    domain: str = Field(min_length=1, strict=True)
+    source: str = Field(min_length=1, strict=True)
     personas: dict[str, str]
     """Backstory text per speaker."""
     evaluated_speakers: list[str]
@@ -85,9 +85,11 @@ def read_dialogues(path: str | Path) -> list[Dialogue]:
     path = Path(path)
     out, seen = [], {}
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read: {e}") from e
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 at byte {e.start}") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
     for no, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue

