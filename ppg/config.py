@@ -57,7 +57,7 @@ class ValidateConfig:
     """Shortest line accepted (an empty line is a generation or import failure)."""
     max_text_chars: int = 4000
     """Longest line accepted."""
-    max_null_share: float = 0.05
+    max_null_share: float = 0.1
     """Largest share of evaluated turns without a judge verdict (null reward)."""
     max_duplicate_share: float = 0.05
     """Largest share of lines that repeat an earlier line of the same speaker in the dialogue."""

@@ -7,3 +7,18 @@ os.environ.update(
     GX_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1",
     PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
 )
+
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Models built by tests (the tiny tokenizer + random Llama) go to a per-session cache, never ~/.cache.
+os.environ["PPG_CACHE"] = tempfile.mkdtemp(prefix="ppg-test-cache-")
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from ppg.models import resolve_model
+
+    return resolve_model("tiny")

@@ -1,20 +1,30 @@
-"""The DVC stage graph runs the real `dvc` in a real git repo and calls the `ppg` CLI."""
+"""The DVC stage graph: real `dvc` in a real git repo, stages calling the `ppg` CLI."""
 
-import json
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def sh(*cmd, cwd, env):
-    return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
 
 
-def test_dvc_repro_runs_the_returns_stage_then_skips_it_until_params_change(tmp_path):
+def digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_dvc_repro_push_pull_from_a_fresh_repo(tmp_path):
     repo = tmp_path / "repo"
     for rel in ("dvc.yaml", "params.yaml", "data/examples", "ppg"):
         src, dst = ROOT / rel, repo / rel
@@ -28,14 +38,23 @@ def test_dvc_repro_runs_the_returns_stage_then_skips_it_until_params_change(tmp_
            "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     sh("git", "init", "-q", cwd=repo, env=env)
     sh("dvc", "init", "-q", cwd=repo, env=env)
-    sh("dvc", "repro", cwd=repo, env=env)
-    out = repo / "data/returns/examples.jsonl"
-    first = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(first) == 15 and {"greedy", "k2", "k3", "full", "segment"} <= set(first[0])
-    assert "returns" in (repo / "dvc.lock").read_text()
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")  # the project's default local remote
+    out = sh("dvc", "repro", cwd=repo, env=env)
+    for stage in ("import", "validate", "build"):
+        assert f"Running stage '{stage}'" in out
+    assert (repo / "data/built/train.parquet").exists() and (repo / "data/validation/report.md").exists()
     assert "didn't change" in sh("dvc", "repro", cwd=repo, env=env)
-    (repo / "params.yaml").write_text((repo / "params.yaml").read_text()
-                                      .replace("baseline: none", "baseline: turn_mean"))
-    assert "Running stage 'returns'" in sh("dvc", "repro", cwd=repo, env=env)
-    second = [json.loads(x) for x in out.read_text().splitlines()]
-    assert second[0]["full"] != first[0]["full"]  # the baselined weights replaced the raw ones
+    # a build parameter reruns build only
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("  folds: 5", "  folds: 2"))
+    out = sh("dvc", "repro", cwd=repo, env=env)
+    assert "Running stage 'build'" in out and "Running stage 'import'" not in out
+    # push to the default local remote, lose outputs and cache, pull them back unchanged
+    before = {d: digest(repo / "data" / d) for d in ("imported", "validation", "built")}
+    sh("dvc", "push", cwd=repo, env=env)
+    assert (repo / ".dvc-remote").is_dir()
+    for d in ("imported", "validation", "built"):
+        shutil.rmtree(repo / "data" / d)
+    shutil.rmtree(repo / ".dvc/cache")
+    sh("dvc", "pull", cwd=repo, env=env)
+    assert {d: digest(repo / "data" / d) for d in before} == before

