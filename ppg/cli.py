@@ -123,6 +123,55 @@ def build(
 
 
 @app.command()
+def train(
+    policy: str = typer.Option(..., help="Policy id: greedy, k<K> (e.g. k3), full or segment."),
+    k: int = typer.Option(None, help="With --policy kstep: the horizon K (same as --policy k<K>)."),
+    fold: int = typer.Option(None, help="Train on every fold but F (k-fold evaluation)."),
+    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    stop_after: int = typer.Option(None, hidden=True, help="Exit after N steps (resume tests)."),
+    local_rank: int = typer.Option(None, "--local_rank", hidden=True, help="Set by the deepspeed launcher."),
+):
+    """Offline PPG on a DeepSpeed engine for one policy class; resumes from its working folder.
+    Several ranks: `deepspeed --num_gpus N $(which ppg) train --policy k3`."""
+    from ppg.checkpoint import CheckpointMismatch
+    from ppg.data.schema import DataError
+    from ppg.returns import parse_policy_id, policy_id
+
+    if policy == "kstep":
+        if k is None or k < 1:
+            fail(f"k: --policy kstep needs --k K with K >= 1, got {k}")
+        policy = policy_id("kstep", k)
+    try:
+        parse_policy_id(policy)
+    except ValueError as e:
+        fail(str(e))
+    p = _params(params)
+    from ppg.train import train as run_train
+
+    try:
+        result = run_train(p, policy, fold, progress=progress, stop_after=stop_after)
+    except (DataError, CheckpointMismatch, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    typer.echo(json.dumps({k2: result.get(k2) for k2 in ("policy", "fold", "steps", "mlflow_run_id", "final",
+                                                         "stopped_at") if k2 in result}, default=str))
+
+
+@app.command()
+def export(
+    trained: Path = typer.Argument(..., help="A training output folder (adapters or weights + run.json)."),
+    out: Path = typer.Option(..., help="Where the merged Hugging Face model goes."),
+):
+    """Merge LoRA adapters into the base model (or copy full weights): a plain safetensors folder
+    that AutoModelForCausalLM.from_pretrained loads, for registration."""
+    from ppg.models import export_merged
+
+    if not (trained / "run.json").exists():
+        fail(f"{trained}: no run.json (not a `ppg train` output)")
+    typer.echo(f"wrote {export_merged(trained, out)}")
+
+
+@app.command()
 def returns(
     file: Path = typer.Argument(..., help="Dialogues in the canonical JSONL format."),
     policies: str = typer.Option(None, help="Comma-separated policy ids (greedy,k3,full,segment); "

@@ -76,8 +76,8 @@ class ValidateConfig:
 
 @dataclass
 class ModelConfig:
-    spec: str = "tiny"
-    """tiny (tests) | smollm2-135m (real, offline from PyPI) | a local folder | ORG/NAME on a hub."""
+    spec: str = "smollm2-135m"
+    """smollm2-135m (real, offline from PyPI) | tiny (tests) | a local folder | ORG/NAME on a hub."""
 
 
 @dataclass
@@ -103,6 +103,96 @@ class BuildConfig:
             raise ValueError(f"build.folds: must be >= 1, got {self.folds}")
 
 
+def _default_deepspeed():
+    # CPU preset: fp32 (bf16 is emulated on CPUs without AVX-512/AMX: 2-10x slower), ZeRO-0,
+    # torch's AdamW inside DeepSpeed (`torch_adam`: no C++ JIT build). A GPU preset changes only
+    # this section: {"bf16": {"enabled": true}, "zero_optimization": {"stage": 2}} (docs/training.md).
+    return {
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "zero_optimization": {"stage": 0},
+        "bf16": {"enabled": False},
+        "optimizer": {"type": "AdamW", "params": {"lr": 2e-4, "betas": [0.9, 0.999], "eps": 1e-8,
+                                                   "weight_decay": 0.0, "torch_adam": True}},
+        # linear warm-up from 10% over 2 steps, then linear decay to 0 at the last step ("auto")
+        "scheduler": {"type": "WarmupDecayLR", "params": {
+            "warmup_min_lr": 2e-5, "warmup_max_lr": 2e-4, "warmup_num_steps": 2, "warmup_type": "linear",
+            "total_num_steps": "auto"}},
+        "steps_per_print": 1000000000,
+    }
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    """Train LoRA adapters (peft) instead of every weight."""
+    r: int = 8
+    """Adapter rank."""
+    alpha: int = 16
+    """Adapter scale numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names that get adapters (Llama/SmolLM2 attention projections)."""
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data/built"
+    """Built dataset folder (ppg build output)."""
+    split: str = "train"
+    """Split to train on."""
+    out: str = "models"
+    """Final adapters/weights go to OUT/<policy id>/ (a DVC output) with run.json."""
+    workdir: str = ".ppg-work/train"
+    """In-progress checkpoints: WORKDIR/<policy id>[-fold<F>]/. Not a DVC output: `dvc repro`
+    deletes a stage's outputs before rerunning it, which would defeat resume."""
+    batch_size: int = 4
+    """Sequences per micro-batch (per rank)."""
+    bucket_batches: int = 50
+    """Length buckets: pools of bucket_batches * batch_size sequences are sorted by length and cut
+    into batches, so padding stays small; batch order is then shuffled."""
+    max_steps: int = 20
+    """Optimizer steps; 0 = run `epochs` full passes."""
+    epochs: int = 1
+    """Passes over the data when max_steps is 0."""
+    subsample: int = 0
+    """Train on a seeded subsample of this many sequences (0 = all)."""
+    reduction: str = "sum"
+    """log pi(a_t | x_t) of a turn: sum (the paper's) or mean of its token log-probs."""
+    seed: int = 0
+    """Seeds model init (tiny), data order and dropout."""
+    checkpoint_every: int = 10
+    """Save a resumable checkpoint every N optimizer steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Keep the last M complete checkpoints."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (peft)."""
+    deepspeed: dict = field(default_factory=_default_deepspeed)
+    """The DeepSpeed config (ZeRO stage, bf16, accumulation, clipping, optimizer, LR schedule);
+    train_micro_batch_size_per_gpu and train_batch_size are filled in from batch_size."""
+
+    def __post_init__(self):
+        if self.reduction not in ("sum", "mean"):
+            raise ValueError(f"train.reduction: expected sum or mean, got {self.reduction!r}")
+        for name in ("batch_size", "bucket_batches", "checkpoint_every", "keep_checkpoints", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_steps < 0 or self.subsample < 0:
+            raise ValueError("train.max_steps and train.subsample must be >= 0")
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///mlflow/mlflow.db"
+    """Where runs go (MLFLOW_TRACKING_URI overrides it): the embedded SQLite store by default,
+    or e.g. http://host:5000 for an `mlflow server`."""
+    artifacts: str = "mlflow/artifacts"
+    """Artifact folder of a new experiment in the embedded store."""
+    experiment: str = "ppg"
+    """Experiment name."""
+
+
 @dataclass
 class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -115,6 +205,10 @@ class Params:
     """Thresholds of the validation gate (ppg.data.validate)."""
     returns: ReturnsConfig = field(default_factory=ReturnsConfig)
     """Partial returns and weight shaping (ppg.returns)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Offline PPG training (ppg.train)."""
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    """Tracking (ppg.tracking)."""
 
 
 def _build(cls, data, where):

@@ -146,3 +146,42 @@ def load_tokenizer(folder: str | Path):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def load_model(folder: str | Path, lora=None, dtype=None):
+    """A causal LM from a model folder; with an enabled ppg.config.LoraConfig, wrapped by peft so
+    only adapter parameters train."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
+    if lora is not None and lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+    return model
+
+
+def export_merged(trained: str | Path, out: str | Path) -> Path:
+    """A plain HF folder (safetensors + tokenizer) from a training output: LoRA adapters are merged
+    into their base model; full weights are copied. This is what gets registered."""
+    import json
+
+    trained = Path(trained)
+    run = json.loads((trained / "run.json").read_text())
+
+    def build(tmp):
+        if (trained / "adapter_config.json").exists():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(str(trained)).merge_and_unload()
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(trained))
+        model.save_pretrained(tmp)
+        load_tokenizer(trained).save_pretrained(tmp)
+        (Path(tmp) / "run.json").write_text(json.dumps({**run, "merged_from": str(trained)}, indent=1))
+
+    return _atomic_folder(Path(out), build)

@@ -1,0 +1,235 @@
+"""Offline PPG training: reward-weighted likelihood with partial-return weights, on a DeepSpeed
+engine, resumable.
+
+    loss = -(1/N) sum_t w_t log pi(a_t | x_t)      w_t = shaped partial return of the policy class
+
+One code path: DeepSpeed's config (params.yaml train.deepspeed) decides ZeRO stage, bf16,
+accumulation, clipping, optimizer and schedule. One process without a launcher sets its own
+rendezvous variables; `deepspeed --num_gpus N $(which ppg) train ...` runs N ranks (CPU ranks
+here, GPUs elsewhere); data is sharded by batch across ranks and only rank 0 writes.
+"""
+
+import json
+import os
+import random
+import socket
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppg import checkpoint, tracking
+from ppg.batching import collate, length_batches, load_examples
+from ppg.data.build import check_tokenizer
+from ppg.losses import offline_ppg_loss, token_logprobs
+from ppg.models import load_model, load_tokenizer, resolve_model, tokenizer_hash
+from ppg.returns import parse_policy_id
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_distributed():
+    """Rendezvous for a launcher-less single process; CPU accelerator when there is no GPU."""
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
+    import deepspeed
+    import deepspeed.comm.torch  # noqa: F401
+
+    if os.environ.get("DS_ACCELERATOR") == "cpu" and os.environ.get("PPG_DS_SHM") != "1":
+        # DeepSpeed JIT-compiles a shared-memory allreduce op (~60 s) on its first CPU start;
+        # gloo does the job without it. PPG_DS_SHM=1 keeps it for long multi-rank CPU runs.
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed()
+    return deepspeed, torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _seed_all(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(s):
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+def run_name(policy: str, fold: int | None) -> str:
+    return policy if fold is None else f"{policy}-fold{fold}"
+
+
+def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train one policy class (params p: ppg.config.Params). Resumes from WORKDIR when a complete,
+    matching checkpoint is there. stop_after=N exits after N optimizer steps (tests of resume)."""
+    kind, k = parse_policy_id(policy)
+    cfg = p.train
+    name = run_name(policy, fold)
+    model_dir = resolve_model(p.model.spec)
+    data = Path(cfg.data)
+    check_tokenizer(data / f"{cfg.split}.parquet", model_dir)
+    examples, wstats = load_examples(data, cfg.split, policy, p.returns.baseline, p.returns.standardize,
+                                     fold, cfg.subsample, cfg.seed)
+    deepspeed, rank, world = setup_distributed()
+    rank0 = rank == 0
+    ds_config = dict(cfg.deepspeed, train_micro_batch_size_per_gpu=cfg.batch_size)
+    accum = int(ds_config.get("gradient_accumulation_steps", 1))
+    ds_config["train_batch_size"] = cfg.batch_size * accum * world
+    per_step = accum * world  # micro-batches per optimizer step, all ranks together
+    lengths = [len(e.input_ids) for e in examples]
+    steps_per_epoch = len(length_batches(lengths, cfg.batch_size, cfg.bucket_batches, cfg.seed, 0)) // per_step
+    if steps_per_epoch < 1:
+        raise ValueError(f"train: {len(examples)} sequences make no full step of {per_step} batches "
+                         f"of {cfg.batch_size}; lower train.batch_size or gradient_accumulation_steps")
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    if ds_config.get("scheduler", {}).get("params", {}).get("total_num_steps") == "auto":
+        ds_config["scheduler"] = {**ds_config["scheduler"],
+                                  "params": {**ds_config["scheduler"]["params"], "total_num_steps": total}}
+    ident = {"model": p.model.spec, "tokenizer": tokenizer_hash(model_dir), "policy": policy, "fold": fold,
+             "baseline": p.returns.baseline, "standardize": p.returns.standardize,
+             "dataset": json.loads((data / "stats.json").read_text()).get("tokenizer_hash"),
+             "train": {k2: v for k2, v in asdict(cfg).items()
+                       if k2 not in ("max_steps", "epochs", "checkpoint_every", "keep_checkpoints", "out", "workdir")},
+             "world_size": world}
+    fp = checkpoint.fingerprint(ident)
+    workdir = Path(cfg.workdir) / name
+    resume = checkpoint.find_resume(workdir, fp, ident)
+
+    _seed_all(cfg.seed)
+    model = load_model(model_dir, cfg.lora)
+    engine, _, _, _ = deepspeed.initialize(model=model, config=ds_config,
+                                           model_parameters=[q for q in model.parameters() if q.requires_grad])
+    state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "mlflow_run_id": None, "history": []}
+    if resume:
+        _, client_state = engine.load_checkpoint(str(workdir), tag=resume[0])
+        state = client_state["ppg"]
+        _set_rng_state(client_state["rng"])
+    tok = load_tokenizer(model_dir)
+    c = tracking.client(p.mlflow) if rank0 else None
+    run_id = None
+    if rank0:
+        run_id = tracking.open_run(
+            c, p.mlflow, state["mlflow_run_id"], name=f"train-{name}",
+            tags={"ppg.stage": "train", "ppg.policy": policy, "ppg.policy_class": kind, "ppg.k": str(k or ""),
+                  "ppg.fold": str(fold if fold is not None else "")},
+            params={"policy": policy, "model": p.model.spec, "fold": fold, **_flat("train", asdict(cfg)),
+                    "baseline": p.returns.baseline, "standardize": p.returns.standardize, "world_size": world,
+                    "fingerprint": fp})
+        if not resume:
+            tracking.log_metrics(c, run_id, {"sequences": wstats["sequences"], "turns": wstats["turns"],
+                                             "nan_weight_turns": wstats["nan_weight_turns"],
+                                             "weight_mean": wstats["weight_mean"], "weight_std": wstats["weight_std"]}, 0)
+            for t, m in enumerate(wstats["weight_mean_by_turn"]):
+                tracking.log_metrics(c, run_id, {"weight_mean_by_turn": m}, t)
+        state["mlflow_run_id"] = run_id
+
+    bar = None
+    if rank0 and progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=state["step"], desc=f"train {name}", unit="step", file=sys.stderr)
+    engine.train()
+    last = {}
+    window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "padded": 0, "turns": 0, "excluded": 0, "t0": time.perf_counter()}
+    while state["step"] < total:
+        batches = length_batches(lengths, cfg.batch_size, cfg.bucket_batches, cfg.seed, state["epoch"])
+        usable = len(batches) // per_step * per_step
+        mine = batches[:usable][rank::world]
+        while state["batch"] < len(mine) and state["step"] < total:
+            b = collate([examples[i] for i in mine[state["batch"]]], tok.pad_token_id)
+            logits = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            logp = token_logprobs(logits, b["input_ids"])
+            out = offline_ppg_loss(logp, b["turn_index"], b["weights"], cfg.reduction)
+            engine.backward(out.loss)
+            boundary = engine.is_gradient_accumulation_boundary()
+            norm = _grad_norm(engine) if boundary else None
+            engine.step()
+            target = b["turn_index"] >= 0
+            window["loss"] += out.loss.item() / accum
+            window["nll"] += float(-(logp.detach() * target).sum() / target.sum().clamp(min=1)) / accum
+            for key in ("tokens", "padded"):
+                window[key] += b[key]
+            window["turns"] += out.turns
+            window["excluded"] += out.excluded
+            state["batch"] += 1
+            state["tokens"] += b["tokens"]
+            if not boundary:
+                continue
+            state["step"] += 1
+            dt = time.perf_counter() - window["t0"]
+            last = {"loss": window["loss"], "nll": window["nll"], "lr": engine.get_lr()[0],
+                    "grad_norm": norm, "tokens_per_s": window["tokens"] * world / dt,
+                    "padding_share": 1 - window["tokens"] / max(window["padded"], 1),
+                    "turns": window["turns"], "excluded_turns": window["excluded"], "epoch": state["epoch"]}
+            state["history"].append(last["loss"])
+            if rank0:
+                tracking.log_metrics(c, run_id, last, state["step"])
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+            window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "padded": 0, "turns": 0, "excluded": 0,
+                      "t0": time.perf_counter()}
+            if state["step"] % cfg.checkpoint_every == 0 or state["step"] == total:
+                checkpoint.save(engine, workdir, state["step"], {"ppg": state, "rng": _rng_state()}, fp, ident,
+                                cfg.keep_checkpoints, rank0)
+            if stop_after is not None and state["step"] >= stop_after:
+                return {"stopped_at": state["step"], "mlflow_run_id": run_id}
+        if state["batch"] >= len(mine):
+            state["epoch"], state["batch"] = state["epoch"] + 1, 0
+    if bar:
+        bar.close()
+    result = {"policy": policy, "fold": fold, "steps": state["step"], "tokens": state["tokens"],
+              "mlflow_run_id": run_id, "fingerprint": fp, "model_spec": p.model.spec, "loss_history": state["history"],
+              "tokenizer_hash": tokenizer_hash(model_dir), "final": last, "weights": wstats}
+    if rank0:
+        _write_output(engine, tok, Path(cfg.out) / name, result)
+        tracking.log_metrics(c, run_id, {"steps": state["step"]}, state["step"])
+        c.set_terminated(run_id, "FINISHED")
+    engine.destroy()
+    return result
+
+
+def _grad_norm(engine):
+    """Pre-clipping global gradient norm: ZeRO optimizers report it; at ZeRO-0 it is computed
+    from the (replicated, already averaged) gradients before the step clears them."""
+    if engine.zero_optimization_stage() > 0:
+        n = engine.get_global_grad_norm()
+        return float(n) if n is not None else None
+    grads = [q.grad.detach().float().norm() ** 2 for q in engine.module.parameters() if q.grad is not None]
+    return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
+
+
+def _flat(prefix, d):
+    out = {}
+    for key, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(f"{prefix}.{key}", v))
+        else:
+            out[f"{prefix}.{key}"] = v
+    return out
+
+
+def _write_output(engine, tok, out: Path, result: dict):
+    """Adapters (LoRA) or full weights + tokenizer + run.json, swapped in atomically."""
+    from ppg.models import _atomic_folder
+
+    def build(tmp):
+        engine.module.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (Path(tmp) / "run.json").write_text(json.dumps(result, indent=1, default=str))
+
+    _atomic_folder(out, build)
