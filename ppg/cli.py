@@ -12,7 +12,9 @@ app = typer.Typer(help="Partial Policy Gradients: per-turn credit for persona-co
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the ppg version and exit.")):
+def _root(version: bool = typer.Option(False, "--version", help="Print the ppg version and exit."),
+          local_rank: int = typer.Option(None, "--local_rank", hidden=True,
+                                         help="Set by the deepspeed launcher (LOCAL_RANK is read from the environment).")):
     if version:
         from importlib.metadata import version as v
 
@@ -130,7 +132,6 @@ def train(
     params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     stop_after: int = typer.Option(None, hidden=True, help="Exit after N steps (resume tests)."),
-    local_rank: int = typer.Option(None, "--local_rank", hidden=True, help="Set by the deepspeed launcher."),
 ):
     """Offline PPG on a DeepSpeed engine for one policy class; resumes from its working folder.
     Several ranks: `deepspeed --num_gpus N $(which ppg) train --policy k3`."""

@@ -170,9 +170,15 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
             if not boundary:
                 continue
             state["step"] += 1
+            if world > 1:  # log what the step saw on every rank: sums, and means of the losses
+                keys = ("loss", "nll", "tokens", "padded", "turns", "excluded")
+                t = torch.tensor([float(window[key]) for key in keys], dtype=torch.float64)
+                torch.distributed.all_reduce(t)
+                window.update({key: float(v) for key, v in zip(keys, t)})
+                window["loss"], window["nll"] = window["loss"] / world, window["nll"] / world
             dt = time.perf_counter() - window["t0"]
             last = {"loss": window["loss"], "nll": window["nll"], "lr": engine.get_lr()[0],
-                    "grad_norm": norm, "tokens_per_s": window["tokens"] * world / dt,
+                    "grad_norm": norm, "tokens_per_s": window["tokens"] / dt,
                     "padding_share": 1 - window["tokens"] / max(window["padded"], 1),
                     "turns": window["turns"], "excluded_turns": window["excluded"], "epoch": state["epoch"]}
             state["history"].append(last["loss"])

@@ -1,0 +1,56 @@
+import json
+
+import pytest
+
+from ppg.checkpoint import COMPLETE, POINTER, CheckpointMismatch, find_resume
+
+CONFIG = {"model": "tiny", "train": {"reduction": "sum", "batch_size": 2}}
+
+
+def make(work, step, fp="fp", complete=True):
+    d = work / f"step-{step:07d}"
+    d.mkdir(parents=True)
+    (d / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    if complete:
+        (d / COMPLETE).write_text(json.dumps({"step": step, "fingerprint": fp, "config": CONFIG}))
+
+
+def point(work, step):
+    (work / POINTER).write_text(json.dumps({"tag": f"step-{step:07d}", "step": step, "fingerprint": "fp"}))
+
+
+def test_fresh_start_when_there_is_no_checkpoint(tmp_path):
+    assert find_resume(tmp_path / "none", "fp", CONFIG) is None
+
+
+def test_the_pointer_names_the_checkpoint(tmp_path):
+    make(tmp_path, 5)
+    make(tmp_path, 10)
+    point(tmp_path, 5)
+    assert find_resume(tmp_path, "fp", CONFIG) == ("step-0000005", 5)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "incomplete", "garbage"])
+def test_a_bad_pointer_is_reported_and_the_newest_complete_checkpoint_used(tmp_path, capsys, damage):
+    make(tmp_path, 5)
+    make(tmp_path, 10)
+    make(tmp_path, 15, complete=False)  # killed while saving: no completion marker
+    point(tmp_path, 15 if damage == "incomplete" else 10)
+    pointer = tmp_path / POINTER
+    if damage == "truncated":
+        pointer.write_text(pointer.read_text()[:9])
+    elif damage == "missing":
+        pointer.unlink()
+    elif damage == "garbage":
+        pointer.write_bytes(b"\x00\x00\x00")
+    assert find_resume(tmp_path, "fp", CONFIG) == ("step-0000010", 10)
+    err = capsys.readouterr().err
+    assert ("missing" if damage == "missing" else "is unusable") in err and "newest complete" in err
+
+
+def test_a_checkpoint_of_another_config_is_refused_naming_what_changed(tmp_path):
+    make(tmp_path, 5)
+    point(tmp_path, 5)
+    now = {"model": "tiny", "train": {"reduction": "mean", "batch_size": 2}}
+    with pytest.raises(CheckpointMismatch, match=r"field fingerprint: .*changed: train\.reduction\)"):
+        find_resume(tmp_path, "other", now)

@@ -1,0 +1,231 @@
+"""The DeepSpeed PPG trainer on the tiny model (CPU, one process unless said otherwise)."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ppg.config import BuildConfig, LoraConfig, MlflowConfig, ModelConfig, Params, TrainConfig
+from ppg.data.build import build_dataset
+from ppg.data.importers import import_paths
+from ppg.data.schema import DataError, write_dialogues
+
+FIX = Path(__file__).parent / "fixtures"
+POLICIES = ["greedy", "k2", "full", "segment"]
+RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def built(tmp, tiny_model, zero_rewards=False):
+    ds, _ = import_paths("consistent-llms", [FIX / "consistent_llms_small.json"])
+    if zero_rewards:
+        for d in ds:
+            for ln in d.lines:
+                ln.reward = 0.0 if ln.reward is not None else None
+    write_dialogues(tmp / "imported/dialogues.jsonl", ds)
+    build_dataset(tmp / "imported", tmp / "built", tiny_model, "tiny", POLICIES, {"length": 2},
+                  BuildConfig(max_length=512, splits={"train": 1.0}))
+    return tmp / "built"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_model):
+    return built(tmp_path_factory.mktemp("data"), tiny_model)
+
+
+def params(tmp, data, **train):
+    ds = copy.deepcopy(TrainConfig().deepspeed)
+    ds["optimizer"]["params"]["lr"] = train.pop("lr", 1e-3)
+    ds["scheduler"] = {"type": "WarmupLR", "params": {"warmup_min_lr": ds["optimizer"]["params"]["lr"],
+                                                       "warmup_max_lr": ds["optimizer"]["params"]["lr"],
+                                                       "warmup_num_steps": 1}}
+    ds["zero_optimization"]["stage"] = train.pop("zero", 0)
+    ds["gradient_accumulation_steps"] = train.pop("accum", 1)
+    cfg = dict(data=str(data), out=str(tmp / "models"), workdir=str(tmp / "work"), batch_size=2,
+               max_steps=8, checkpoint_every=4, lora=LoraConfig(enabled=False), deepspeed=ds)
+    cfg.update(train)
+    return Params(model=ModelConfig(spec="tiny"), train=TrainConfig(**cfg),
+                  mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp}/mlflow/mlflow.db",
+                                      artifacts=str(tmp / "mlflow/artifacts")))
+
+
+def run(p, policy="k2", **kw):
+    from ppg.train import train
+
+    return train(p, policy, progress=False, **kw)
+
+
+def weights_of(folder):
+    return load_file(str(Path(folder) / ("adapter_model.safetensors" if (Path(folder) / "adapter_model.safetensors")
+                                         .exists() else "model.safetensors")))
+
+
+def test_loss_falls_and_every_parameter_changes(tmp_path, data, tiny_model):
+    r = run(params(tmp_path, data, max_steps=40, lr=3e-3), "greedy")
+    h = r["loss_history"]
+    assert len(h) == 40 and sum(h[-8:]) / 8 < 0.5 * sum(h[:8]) / 8, h
+    before, after = weights_of(tiny_model), weights_of(tmp_path / "models/greedy")
+    assert set(before) == set(after)
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert unchanged == [], unchanged
+    run_json = json.loads((tmp_path / "models/greedy/run.json").read_text())
+    assert run_json["steps"] == 40 and run_json["mlflow_run_id"] == r["mlflow_run_id"]
+
+
+def test_lora_changes_only_adapter_parameters(tmp_path, data, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    p = params(tmp_path, data, max_steps=6, lora=LoraConfig(enabled=True, r=4, target_modules=["q_proj", "v_proj"]))
+    run(p, "full")
+    adapters = weights_of(tmp_path / "models/full")
+    assert adapters and all("lora_" in k for k in adapters)
+    assert all(v.abs().sum() > 0 for k, v in adapters.items() if "lora_B" in k)  # B starts at zero
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "models/full")
+    base = weights_of(tiny_model)
+    for name, param in merged.base_model.model.named_parameters():
+        if "lora_" not in name:
+            key = name.replace("base_layer.", "")
+            assert torch.equal(param.detach(), base[key]), name
+
+
+def test_all_zero_weights_change_nothing(tmp_path, tiny_model):
+    data0 = built(tmp_path, tiny_model, zero_rewards=True)
+    run(params(tmp_path, data0, max_steps=4), "greedy")
+    before, after = weights_of(tiny_model), weights_of(tmp_path / "models/greedy")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_zero_stages_0_1_2_give_the_same_loss_trajectory(tmp_path, data):
+    runs = {z: run(params(tmp_path / f"z{z}", data, zero=z, max_steps=6))["loss_history"] for z in (0, 1, 2)}
+    for z in (1, 2):
+        assert runs[z] == pytest.approx(runs[0], rel=1e-4), (z, runs)
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, data, tiny_model):
+    from ppg.checkpoint import CheckpointMismatch
+    from ppg.models import build_tiny
+
+    with pytest.raises(DataError, match="field w_k7: the dataset has no weights for policy 'k7'"):
+        run(params(tmp_path, data), "k7")
+    other = build_tiny(tmp_path / "other-model", vocab_size=600)
+    p = params(tmp_path, data)
+    p.model.spec = str(other)
+    with pytest.raises(DataError, match="field tokenizer_hash: built for tokenizer"):
+        run(p, "k2")
+    run(params(tmp_path, data, max_steps=4), "k2")
+    with pytest.raises(CheckpointMismatch, match=r"checkpoint from a different model or config .*changed: .*reduction"):
+        run(params(tmp_path, data, max_steps=8, reduction="mean"), "k2")
+
+
+def cli_env(tmp):
+    env = {k: v for k, v in os.environ.items() if k not in RANK_ENV}  # this process's rendezvous
+    return {**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}
+
+
+def write_params(tmp, data, **train):
+    tmp.mkdir(parents=True, exist_ok=True)
+    p = params(tmp, data, **train)
+    from dataclasses import asdict
+
+    import yaml
+
+    d = asdict(p)
+    (tmp / "params.yaml").write_text(yaml.safe_dump({"model": d["model"], "train": d["train"], "mlflow": d["mlflow"]}))
+    return tmp / "params.yaml"
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, data):
+    steps = 300
+    ref = write_params(tmp_path / "ref", data, max_steps=steps, checkpoint_every=5, lr=1e-4)
+    subprocess.run(["ppg", "train", "--policy", "k2", "--params", str(ref), "--no-progress"], check=True,
+                   env=cli_env(tmp_path), capture_output=True, cwd=tmp_path / "ref")
+    cut = write_params(tmp_path / "cut", data, max_steps=steps, checkpoint_every=5, lr=1e-4)
+    proc = subprocess.Popen(["ppg", "train", "--policy", "k2", "--params", str(cut), "--no-progress"],
+                            env=cli_env(tmp_path), cwd=tmp_path / "cut", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pointer = tmp_path / "cut/work/k2/latest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if json.loads(pointer.read_text())["step"] >= 20:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(pointer.read_text())["step"]
+    assert 20 <= killed_at < steps, "the run must die mid-way"
+    pointer.write_text(pointer.read_text()[:7])  # and a truncated pointer on top
+    res = subprocess.run(["ppg", "train", "--policy", "k2", "--params", str(cut), "--no-progress"],
+                         env=cli_env(tmp_path), capture_output=True, text=True, cwd=tmp_path / "cut")
+    assert res.returncode == 0, res.stderr
+    assert "is unusable" in res.stderr and "newest complete checkpoint" in res.stderr
+    a, b = weights_of(tmp_path / "ref/models/k2"), weights_of(tmp_path / "cut/models/k2")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'cut'}/mlflow/mlflow.db")
+    runs = c.search_runs([c.get_experiment_by_name("ppg").experiment_id])
+    assert len(runs) == 1  # the resumed run continued the same MLflow run
+    run_json = json.loads((tmp_path / "cut/models/k2/run.json").read_text())
+    assert run_json["mlflow_run_id"] == runs[0].info.run_id and runs[0].info.status == "FINISHED"
+    loss = c.get_metric_history(runs[0].info.run_id, "loss")
+    assert max(m.step for m in loss) == steps
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_at_zero2_match_one_process_with_accumulation(tmp_path, data):
+    one = run(params(tmp_path / "one", data, zero=2, accum=2, batch_size=1, max_steps=4))["loss_history"]
+    two = write_params(tmp_path / "two", data, zero=2, batch_size=1, max_steps=4)
+    env = {**cli_env(tmp_path), "DS_ACCELERATOR": "cpu"}
+    res = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(_port()),
+                          str(Path(sys.executable).parent / "ppg"), "train", "--policy", "k2", "--params", str(two),
+                          "--no-progress"], env=env, capture_output=True, text=True, cwd=tmp_path / "two")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads((tmp_path / "two/models/k2/run.json").read_text())
+    assert out["loss_history"] == pytest.approx(one, rel=1e-4)
+
+
+def _port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_smollm2_with_lora_trains_and_the_merged_export_generates(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from ppg.models import export_merged, load_tokenizer, resolve_model
+
+    model_dir = resolve_model("smollm2-135m")
+    ds, _ = import_paths("consistent-llms", [FIX / "consistent_llms_small.json"])
+    write_dialogues(tmp_path / "imported/dialogues.jsonl", ds)
+    build_dataset(tmp_path / "imported", tmp_path / "built", model_dir, "smollm2-135m", ["k2"], {"length": 2},
+                  BuildConfig(max_length=512, splits={"train": 1.0}))
+    p = params(tmp_path, tmp_path / "built", max_steps=2, lr=1e-4, lora=LoraConfig(enabled=True))
+    p.model.spec = "smollm2-135m"
+    r = run(p, "k2")
+    assert r["steps"] == 2 and all(x == x for x in r["loss_history"])
+    merged = export_merged(tmp_path / "models/k2", tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    tok = load_tokenizer(merged)
+    ids = tok.apply_chat_template([{"role": "system", "content": "You are Sam, a bus driver."},
+                                   {"role": "user", "content": "What do you do for a living?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert len(text.strip()) > 0
+    assert json.loads((merged / "run.json").read_text())["mlflow_run_id"] == r["mlflow_run_id"]
