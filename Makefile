@@ -35,7 +35,10 @@ test: install
 	$(PY) -m pytest
 
 bench: install
+	$(PIP) install trl==1.16.0 datasets==5.2.0
 	$(PY) benchmarks/returns.py
+	$(PY) benchmarks/build.py
+	$(PY) benchmarks/trainer.py
 
 # Re-resolve requirements.lock from pyproject.toml in a throw-away venv (torch first, as above).
 lock:

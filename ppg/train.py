@@ -151,6 +151,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
         mine = batches[:usable][rank::world]
         while state["batch"] < len(mine) and state["step"] < total:
             b = collate([examples[i] for i in mine[state["batch"]]], tok.pad_token_id)
+            b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
             logits = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             logp = token_logprobs(logits, b["input_ids"])
             out = offline_ppg_loss(logp, b["turn_index"], b["weights"], cfg.reduction)

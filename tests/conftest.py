@@ -8,13 +8,17 @@ os.environ.update(
     PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
 )
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-# Models built by tests (the tiny tokenizer + random Llama) go to a per-session cache, never ~/.cache.
+# Models built by tests (tiny; SmolLM2 converted from its GGUF, 517 MB) go to a per-session cache,
+# never ~/.cache, and are removed when the session ends.
 os.environ["PPG_CACHE"] = tempfile.mkdtemp(prefix="ppg-test-cache-")
+atexit.register(shutil.rmtree, os.environ["PPG_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -109,3 +109,10 @@ def test_segments_from_meta_use_each_dialogues_starts_and_require_them(tmp_path)
     res = runner.invoke(app, ["returns", str(EXAMPLES), "--params", str(params)])
     assert res.exit_code == 2
     assert "dialogue 'ex-education-1': field meta.segment_starts: no entry for speaker 'student'" in res.output
+
+
+def test_train_rejects_bad_policy_arguments_before_any_work():
+    res = runner.invoke(app, ["train", "--policy", "kstep", "--k", "0"])
+    assert res.exit_code == 2 and "k: --policy kstep needs --k K with K >= 1" in res.output
+    res = runner.invoke(app, ["train", "--policy", "k0"])
+    assert res.exit_code == 2 and "policy id 'k0'" in res.output
