@@ -47,10 +47,20 @@ def import_(
 ):
     """Convert dialogues to the canonical format: OUT/dialogues.jsonl and OUT/summary.json."""
     from ppg.data.importers import import_paths
-    from ppg.data.schema import DataError, write_dialogues
-    from ppg.io import atomic_open
+    from ppg.data.schema import DataError
 
-    cfg = _params(params).data
+    p = _params(params)
+    cfg = p.data
+    out = Path(out or cfg.imported)
+    if format is None and (source or cfg.source) == "simulator":
+        from ppg.sim.simulate import simulate as run_sim
+
+        try:
+            ds = run_sim(p.sim.domain, p.sim.dialogues, p.sim.turns, p.sim.seed, p.sim)
+        except ValueError as e:
+            fail(f"sim: {e}")
+        _write_import(out, ds, _sim_summary(ds, p.sim.domain))
+        return
     if format is None:
         spec = source or cfg.source
         if ":" not in spec:
@@ -59,14 +69,52 @@ def import_(
         paths = [Path(p) for p in joined.split(",") if p]
     if not paths:
         fail("paths: give at least one input file")
-    out = Path(out or cfg.imported)
     try:
         dialogues, summary = import_paths(format, paths)
     except DataError as e:
         fail(str(e))
     if not dialogues:
         fail(f"{', '.join(map(str, paths))}: no dialogues found")
-    summary = {"format": format, "inputs": [str(p) for p in paths], **summary}
+    _write_import(out, dialogues, {"format": format, "inputs": [str(x) for x in paths], **summary})
+
+
+@app.command()
+def simulate(
+    domain: str = typer.Option(None, help="A named setting of sim.domains (chatting, therapy, education)."),
+    dialogues: int = typer.Option(None, help="How many dialogues (default: sim.dialogues)."),
+    turns: int = typer.Option(None, help="Turns of the persona speaker (default: sim.turns)."),
+    seed: int = typer.Option(None, help="Seed (default: sim.seed); same seed, same bytes."),
+    out: Path = typer.Option(..., help="Output folder: dialogues.jsonl + summary.json."),
+    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+):
+    """Simulated persona dialogues judged exactly: canonical JSONL with per-turn rewards and the
+    probe windows in meta.segment_starts."""
+    from ppg.sim.simulate import simulate as run_sim
+
+    cfg = _params(params).sim
+    try:
+        ds = run_sim(domain or cfg.domain, cfg.dialogues if dialogues is None else dialogues,
+                     cfg.turns if turns is None else turns, cfg.seed if seed is None else seed, cfg)
+    except ValueError as e:
+        fail(str(e))
+    _write_import(out, ds, _sim_summary(ds, domain or cfg.domain))
+
+
+def _sim_summary(ds, domain):
+    from ppg.judges import SimJudge
+
+    judge = SimJudge()
+    verdicts = [v for d in ds for v in judge.verdicts(d, "persona", d.meta["sim"]["persona"])]
+    rewards = [ln.reward for d in ds for ln in d.turns("persona")]
+    return {"format": "simulator", "total": {"dialogues": len(ds), "lines": sum(len(d.lines) for d in ds),
+                                             "judged_lines": len(rewards), **SimJudge.summary(verdicts)},
+            "by_domain": {domain: {"dialogues": len(ds)}}}
+
+
+def _write_import(out: Path, dialogues, summary):
+    from ppg.data.schema import write_dialogues
+    from ppg.io import atomic_open
+
     write_dialogues(out / "dialogues.jsonl", dialogues)
     with atomic_open(out / "summary.json") as f:
         json.dump(summary, f, indent=1)

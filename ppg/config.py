@@ -46,7 +46,8 @@ class ReturnsConfig:
 class DataConfig:
     source: str = "jsonl:data/examples/dialogues.jsonl"
     """What `ppg import --source` reads: FORMAT:PATH[,PATH...] (formats: consistent-llms,
-    synthetic-persona-chat, chitchat, jsonl; `chitchat:-` = the packaged corpus)."""
+    synthetic-persona-chat, chitchat, jsonl; `chitchat:-` = the packaged corpus), or `simulator`
+    (generated with the sim section)."""
     imported: str = "data/imported"
     """Folder of the imported canonical dataset (dialogues.jsonl + summary.json); a DVC output."""
 
@@ -59,8 +60,10 @@ class ValidateConfig:
     """Longest line accepted."""
     max_null_share: float = 0.1
     """Largest share of evaluated turns without a judge verdict (null reward)."""
-    max_duplicate_share: float = 0.05
-    """Largest share of lines that repeat an earlier line of the same speaker in the dialogue."""
+    max_duplicate_share: dict = field(default_factory=lambda: {"*": 0.05, "simulator": 0.6})
+    """Largest share of lines that repeat an earlier line of the same speaker in the dialogue,
+    keyed by source ("*" = any other): generator loops in logged data; the simulator's templated
+    small talk and probe answers repeat by design."""
     label_balance: dict = field(default_factory=lambda: {
         "consistent-llms/chatting": [0.0, 0.15], "consistent-llms/education": [0.05, 0.5],
         "consistent-llms/therapy": [0.35, 0.85]})
@@ -69,6 +72,10 @@ class ValidateConfig:
     Groups with no entry are unbounded."""
 
     def __post_init__(self):
+        if not isinstance(self.max_duplicate_share, dict) or any(
+                not isinstance(b, (int, float)) or not 0 <= b <= 1 for b in self.max_duplicate_share.values()):
+            raise ValueError(f"validate.max_duplicate_share: expected {{source or '*': share in [0, 1]}}, "
+                             f"got {self.max_duplicate_share}")
         for key, b in self.label_balance.items():
             if not (isinstance(b, (list, tuple)) and len(b) == 2 and 0 <= b[0] <= b[1] <= 1):
                 raise ValueError(f"validate.label_balance[{key!r}]: expected [low, high] in [0, 1], got {b}")
@@ -193,6 +200,50 @@ class MlflowConfig:
     """Experiment name."""
 
 
+def _sim_domains():
+    # Named settings of the dependency distance d (turns between an ask and its probe) and of
+    # how much the backstory states; the K study sweeps d itself.
+    return {"chatting": {"distance": [1, 2], "known": 5},
+            "therapy": {"distance": [2, 3], "known": 4},
+            "education": {"distance": [5, "end"], "known": 3}}
+
+
+@dataclass
+class SimConfig:
+    domain: str = "therapy"
+    """Setting used by `ppg import --source simulator` (a key of domains)."""
+    dialogues: int = 200
+    """Dialogues `ppg import --source simulator` generates."""
+    turns: int = 8
+    """Turns of the persona speaker per dialogue."""
+    seed: int = 0
+    """Same seed, same bytes."""
+    domains: dict = field(default_factory=_sim_domains)
+    """Named settings: distance (a list to draw d from; "end" = probe at the last free turn)
+    and known (how many of the 8 attributes the backstory states; the rest are open)."""
+    behaviour: dict = field(default_factory=lambda: {"consistent": 0.75, "contradict": 0.1, "evasive": 0.05,
+                                                     "tempt": 0.5, "keep": 0.8})
+    """The logged behaviour policy: at an ask of a stated fact, consistent / contradict (else
+    evasive); at an ask of an open fact, tempt = invent a value (else evasive); at a probe,
+    evasive first, then keep = repeat an earlier statement, else the story (contradict: a wrong value)."""
+    evasive_reward: float = 0.5
+    """Reward of a reply that dodges an ask (below 1, so saying nothing cannot win)."""
+    require: str = "both"
+    """Which verdicts must hold for reward 1: both, persona (prompt-to-line) or commitment (line-to-line)."""
+
+    def __post_init__(self):
+        for name, s in self.domains.items():
+            ds = s.get("distance") if isinstance(s, dict) else None
+            if not ds or any(not (d == "end" or (isinstance(d, int) and d >= 1)) for d in ds) \
+                    or not 1 <= s.get("known", -1) <= 8:
+                raise ValueError(f"sim.domains.{name}: expected {{distance: [d >= 1 or end, ...], known: 1..8}}, got {s}")
+        b = self.behaviour
+        if set(b) != {"consistent", "contradict", "evasive", "tempt", "keep"} or any(not 0 <= x <= 1 for x in b.values()) \
+                or b["consistent"] + b["contradict"] > 1:
+            raise ValueError(f"sim.behaviour: expected probabilities consistent, contradict, evasive, tempt, keep "
+                             f"(consistent + contradict <= 1), got {b}")
+
+
 @dataclass
 class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -201,6 +252,8 @@ class Params:
     """Token sequences, windows, splits (ppg.data.build)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Where data comes from and where imported data goes."""
+    sim: SimConfig = field(default_factory=SimConfig)
+    """The persona simulator (ppg.sim)."""
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     """Thresholds of the validation gate (ppg.data.validate)."""
     returns: ReturnsConfig = field(default_factory=ReturnsConfig)

@@ -116,3 +116,20 @@ def test_train_rejects_bad_policy_arguments_before_any_work():
     assert res.exit_code == 2 and "k: --policy kstep needs --k K with K >= 1" in res.output
     res = runner.invoke(app, ["train", "--policy", "k0"])
     assert res.exit_code == 2 and "policy id 'k0'" in res.output
+
+
+def test_simulate_command_and_the_simulator_import_source(tmp_path):
+    res = runner.invoke(app, ["simulate", "--domain", "chatting", "--dialogues", "5", "--turns", "6", "--seed", "1",
+                              "--out", str(tmp_path / "sim"), "--params", str(ROOT / "params.yaml")])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "sim/dialogues.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and rows[0]["source"] == "simulator" and rows[0]["meta"]["segment_starts"]["persona"][0] == 0
+    summary = json.loads((tmp_path / "sim/summary.json").read_text())["total"]
+    assert summary["judged_lines"] == 30 and 0 < summary["consistency"] <= 1 and 0 < summary["coverage"] <= 1
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  source: simulator\nsim:\n  dialogues: 4\n  turns: 5\n")
+    res = runner.invoke(app, ["import", "--out", str(tmp_path / "imp"), "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "imp/dialogues.jsonl").read_text().splitlines()) == 4
+    res = runner.invoke(app, ["simulate", "--domain", "mars", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "domain: 'mars' is not one of" in res.output

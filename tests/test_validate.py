@@ -12,7 +12,7 @@ from ppg.data.importers import import_paths
 from ppg.data.validate import line_table, run_suite
 
 FIX = Path(__file__).parent / "fixtures"
-CFG = ValidateConfig(max_text_chars=200, max_null_share=0.2, max_duplicate_share=0.1,
+CFG = ValidateConfig(max_text_chars=200, max_null_share=0.2, max_duplicate_share={"*": 0.1},
                      label_balance={"consistent-llms/therapy": [0.2, 0.5]})
 
 
@@ -53,7 +53,7 @@ DEFECTS = {
     "speakers alternate (or meta.non_alternating_reason says why)": lambda df: plant(df, alternation_break=(4, 1.0)),
     "share of evaluated turns without a verdict <= 0.2": lambda df: df.assign(
         verdict_missing=np.where(df["turn"] >= 0, 1.0, np.nan)),
-    "share of repeated lines (same speaker, same text) <= 0.1": lambda df: df.assign(duplicate_line=1.0),
+    "share of repeated lines of consistent-llms (same speaker, same text) <= 0.1": lambda df: df.assign(duplicate_line=1.0),
     "contradiction share of consistent-llms/therapy in [0.2, 0.5]": lambda df: df.assign(
         contradiction=np.where((df["domain"] == "therapy") & (df["turn"] >= 0), 1.0, df["contradiction"])),
 }

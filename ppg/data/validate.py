@@ -69,9 +69,13 @@ def _expectations(df, cfg):
          gxe.ExpectColumnValuesToBeInSet(column="alternation_break", value_set=[0.0]), None),
         (f"share of evaluated turns without a verdict <= {cfg.max_null_share}",
          gxe.ExpectColumnMeanToBeBetween(column="verdict_missing", max_value=cfg.max_null_share), "verdict_missing"),
-        (f"share of repeated lines (same speaker, same text) <= {cfg.max_duplicate_share}",
-         gxe.ExpectColumnMeanToBeBetween(column="duplicate_line", max_value=cfg.max_duplicate_share), "duplicate_line"),
     ]
+    for source in sorted(df["source"].dropna().unique()) if len(df) else []:
+        bound = cfg.max_duplicate_share.get(source, cfg.max_duplicate_share.get("*", 1.0))
+        col = f"duplicate_line[{source}]"
+        df[col] = df["duplicate_line"].where(df["source"] == source)
+        out.append((f"share of repeated lines of {source} (same speaker, same text) <= {bound}",
+                    gxe.ExpectColumnMeanToBeBetween(column=col, max_value=bound), col))
     for group in sorted(df["group"].dropna().unique()) if len(df) else []:
         lo, hi = cfg.label_balance.get(group, cfg.label_balance.get(group.split("/")[0] + "/*", (0.0, 1.0)))
         col = f"contradiction[{group}]"

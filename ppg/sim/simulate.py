@@ -1,0 +1,115 @@
+"""Simulated persona dialogues with an exact judge: where the credit horizon K matters.
+
+A dialogue is a schedule of windows over the persona speaker's T turns. In a window the partner
+ASKs about an attribute at turn t and PROBEs it d turns later (d from the domain's distance
+setting; "end" = at the end of the dialogue); other turns are small talk. For a fact the
+backstory states, the probe re-asks it. For an OPEN fact (the backstory is silent, the story has
+a hidden true value) the honest reply to the ask is evasive (reward below 1) and the tempting
+reply invents a value (reward 1 now); the probe then retells the true story, and an invented
+value that differs from it is exposed: whatever the speaker says, that probe scores 0. So the
+tempting reply gains now and loses d turns later; greedy credit cannot see the loss.
+
+Nothing here decides which K wins: the behaviour policy's mix is a parameter, and so is d.
+"""
+
+import random
+
+from ppg.data.schema import Dialogue
+from ppg.sim.world import (AFFIRM, ASK, ATTRIBUTES, EVASIVE, FILLER_PARTNER, FILLER_REPLY, INSIST, RECALL,
+                           REVEAL, first_person, sample_persona, second_person)
+
+PARTNER, SPEAKER = "partner", "persona"
+
+
+def schedule(rng: random.Random, turns: int, distance: list) -> list[tuple[str, int, int]]:
+    """Windows (attribute, ask turn, probe turn). Finite d: consecutive windows [t, t+d];
+    "end": the probe takes the last free turn, so such windows nest and reach the end."""
+    attrs = sorted(ATTRIBUTES)
+    rng.shuffle(attrs)
+    windows, t, last_free = [], 0, turns - 1
+    while attrs and t < last_free:
+        d = rng.choice(distance)
+        if d == "end":
+            windows.append((attrs.pop(), t, last_free))
+            t, last_free = t + 1, last_free - 1
+        elif t + d <= last_free:
+            windows.append((attrs.pop(), t, t + d))
+            t += d + 1
+        else:
+            break
+    return windows
+
+
+def _upper_first(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _wrong(rng, a, *not_these):
+    return rng.choice([v for v in ATTRIBUTES[a] if v not in not_these])
+
+
+def simulate_dialogue(rng: random.Random, dialogue_id: str, domain: str, turns: int, setting: dict,
+                      behaviour: dict) -> Dialogue:
+    """One dialogue of `turns` persona turns, replies drawn from the behaviour mix."""
+    persona = sample_persona(rng, setting["known"])
+    windows = schedule(rng, turns, setting["distance"])
+    kind = {t: ("filler", None) for t in range(turns)}
+    for a, ask, probe in windows:
+        kind[ask], kind[probe] = ("ask", a), ("probe", a)
+    said: dict[str, str] = {}  # the speaker's commitments so far
+    lines = []
+    for t in range(turns):
+        k, a = kind[t]
+        r = rng.random()
+        if k == "filler":
+            ask_line, reply = rng.choice(FILLER_PARTNER), rng.choice(FILLER_REPLY)
+        elif k == "ask":
+            ask_line = ASK[a]
+            if a in persona.known:
+                value = (persona.facts[a] if r < behaviour["consistent"] else
+                         _wrong(rng, a, persona.facts[a]) if r < behaviour["consistent"] + behaviour["contradict"]
+                         else None)
+            else:  # open: tempted to invent a value, else dodge honestly
+                value = rng.choice(ATTRIBUTES[a]) if r < behaviour["tempt"] else None
+            reply = first_person(a, value) if value else rng.choice(EVASIVE)
+            if value:
+                said[a] = value
+        else:
+            truth = persona.facts[a]
+            ask_line = RECALL[a] if a in persona.known else REVEAL.format(fact=_upper_first(second_person(a, truth)))
+            if r < behaviour["evasive"]:
+                value = None
+            elif a in said and rng.random() < behaviour["keep"]:
+                value = said[a]  # sticks to what it said before
+            else:
+                value = truth if rng.random() >= behaviour["contradict"] else _wrong(rng, a, truth)
+            if value is None:
+                reply = rng.choice(EVASIVE)
+            elif a in persona.known:
+                reply = first_person(a, value)
+            else:
+                reply = (AFFIRM if value == truth else INSIST).format(fact=first_person(a, value))
+        lines += [{"speaker": PARTNER, "text": ask_line}, {"speaker": SPEAKER, "text": reply}]
+    starts = sorted({0} | {ask for _, ask, _ in windows})
+    return Dialogue.model_validate({
+        "dialogue_id": dialogue_id, "domain": domain, "source": "simulator",
+        "personas": {SPEAKER: persona.backstory(), PARTNER: ""}, "evaluated_speakers": [SPEAKER],
+        "lines": lines, "meta": {"segment_starts": {SPEAKER: starts},
+                                 "sim": {"persona": persona.to_json(), "windows": windows}}})
+
+
+def simulate(domain: str, dialogues: int, turns: int, seed: int, cfg) -> list[Dialogue]:
+    """N judged dialogues; the same (domain, N, T, seed, cfg) gives byte-identical output."""
+    from ppg.judges import SimJudge
+
+    if domain not in cfg.domains:
+        raise ValueError(f"domain: {domain!r} is not one of {sorted(cfg.domains)} (sim.domains in params.yaml)")
+    if turns < 2:
+        raise ValueError(f"turns: need at least 2 persona turns, got {turns}")
+    judge = SimJudge(cfg.evasive_reward, cfg.require)
+    out = []
+    for i in range(dialogues):
+        rng = random.Random(f"{seed}:{domain}:{i}")
+        d = simulate_dialogue(rng, f"sim-{domain}-{seed}-{i:06d}", domain, turns, cfg.domains[domain], cfg.behaviour)
+        out.append(judge.judge_dialogue(d))
+    return out

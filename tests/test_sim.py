@@ -1,0 +1,122 @@
+import random
+
+import pytest
+import torch
+
+from ppg.config import SimConfig
+from ppg.data.schema import Dialogue, write_dialogues
+from ppg.judges import SimJudge
+from ppg.returns import partial_returns
+from ppg.sim.simulate import schedule, simulate
+from ppg.sim.world import mentions
+
+
+def test_same_seed_gives_byte_identical_output(tmp_path):
+    cfg = SimConfig()
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        write_dialogues(tmp_path / f"{name}.jsonl", simulate("therapy", 30, 8, seed, cfg))
+    a, b, c = ((tmp_path / f"{n}.jsonl").read_bytes() for n in "abc")
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("distance", [[1], [3], [5]])
+def test_probes_come_exactly_d_turns_after_their_ask(distance):
+    rng = random.Random(0)
+    for _ in range(50):
+        w = schedule(rng, 12, distance)
+        assert w and all(probe - ask == distance[0] for _, ask, probe in w)
+        assert all(w[i][2] < w[i + 1][1] for i in range(len(w) - 1))  # windows follow each other
+
+
+def test_end_probes_take_the_last_turns():
+    w = schedule(random.Random(1), 10, ["end"])
+    asks, probes = [x[1] for x in w], [x[2] for x in w]
+    assert asks == list(range(len(w))) and probes == list(range(9, 9 - len(w), -1))
+
+
+def turn_rows(d):
+    return [(ln.text, ln.reward, ln.judge) for ln in d.turns("persona")]
+
+
+def test_an_invented_fact_scores_now_and_is_exposed_exactly_d_turns_later():
+    cfg = SimConfig(domains={"d3": {"distance": [3], "known": 2}},
+                    behaviour={"consistent": 1.0, "contradict": 0.0, "evasive": 0.0, "tempt": 1.0, "keep": 1.0})
+    exposed = 0
+    for d in simulate("d3", 40, 12, 0, cfg):
+        facts, known = d.meta["sim"]["persona"]["facts"], d.meta["sim"]["persona"]["known"]
+        rows = turn_rows(d)
+        for a, ask, probe in d.meta["sim"]["windows"]:
+            if a in known:
+                assert rows[ask][1] == 1.0 and rows[probe][1] == 1.0
+                continue
+            invented = mentions(rows[ask][0])[0][1]
+            assert rows[ask][1] == 1.0  # the tempting reply is rewarded now
+            if invented != facts[a]:
+                assert rows[probe][1] == 0.0 and rows[probe][2]["probe"]  # and exposed at the probe
+                exposed += 1
+        # the K=d+1 return sees the loss the greedy one cannot
+        r = torch.tensor([[x[1] for x in rows]])
+        m = torch.ones_like(r, dtype=torch.bool)
+        g, k4 = partial_returns(r, m, "greedy")[0], partial_returns(r, m, "kstep", k=4)[0]
+        for a, ask, probe in d.meta["sim"]["windows"]:
+            if a not in known and mentions(rows[ask][0])[0][1] != facts[a]:
+                assert g[ask] == 1.0 and k4[ask] == r[0, ask:probe + 1].sum()
+    assert exposed > 20
+
+
+def test_segment_starts_are_the_asks():
+    for d in simulate("therapy", 20, 8, 3, SimConfig()):
+        asks = sorted({0} | {ask for _, ask, _ in d.meta["sim"]["windows"]})
+        assert d.meta["segment_starts"]["persona"] == asks
+
+
+PERSONA = {"name": "Maya", "facts": {"city": "Leeds", "job": "nurse", "pet": "parrot", "hobby": "chess",
+                                     "food": "curry", "sibling": "one sister", "instrument": "harp", "car": "red Fiat"},
+           "known": ["city", "job"]}
+
+
+def judge(partner_and_replies, evasive_reward=0.5):
+    lines = []
+    for p, r in partner_and_replies:
+        lines += [{"speaker": "partner", "text": p}, {"speaker": "persona", "text": r}]
+    d = Dialogue.model_validate({"dialogue_id": "x", "domain": "t", "source": "test",
+                                 "personas": {"persona": "I am Maya.", "partner": ""},
+                                 "evaluated_speakers": ["persona"], "lines": lines})
+    return SimJudge(evasive_reward).verdicts(d, "persona", PERSONA)
+
+
+def test_sim_judge_on_planted_replies():
+    v = judge([
+        ("So, where do you live these days?", "Oh, I live up in leeds, near the river."),      # consistent, free text
+        ("What do you do for work?", "These days I work as a pilot."),                          # contradicts persona
+        ("Do you have any pets?", "I have a beagle, he is lovely."),                            # open: a new commitment
+        ("Ha, nice. How has your week been?", "Great, my beagle and I went to Leeds."),         # consistent again
+        ("What pet did you say you have?", "A ferret, actually."),                              # contradicts line 5
+        ("What's your favourite food?", "Hmm, I'd rather not get into that."),                  # evasive after an ask
+        ("Which food did you say you love most?", "The weather is nice today."),               # dodges a probe
+        ("Seen any good films lately?", "Not really, I mostly read."),                          # small talk
+    ])
+    assert [x.reward for x in v] == [1.0, 0.0, 1.0, 1.0, 0.0, 0.5, 0.0, 1.0]
+    assert [x.persona for x in v] == [1, 0, 1, 1, 1, 1, 1, 1]
+    assert [x.commitment for x in v] == [1, 1, 1, 1, 0, 1, 1, 1]
+    assert v[4].conflicts == [5, 7]  # the two earlier lines that said beagle
+    assert [x.answered for x in v] == [True, True, True, False, True, False, False, False]
+    cov = SimJudge.summary(v)
+    assert cov["coverage"] == pytest.approx(4 / 6) and cov["consistency"] == pytest.approx(6 / 8)
+
+
+def test_a_revealed_fact_joins_the_story():
+    v = judge([("Funny thing, a friend of yours told me this about you: You have a parrot at home. Is that right?",
+                "No, not at all. I have a rabbit at home."),
+               ("Funny thing, a friend of yours told me this about you: You play the harp. Is that right?",
+                "Yes, that's right. I play the harp.")])
+    assert [(x.persona, x.reward, x.probe) for x in v] == [(0, 0.0, True), (1, 1.0, True)]
+
+
+def test_require_and_evasive_reward_are_checked():
+    with pytest.raises(ValueError, match="^evasive_reward:"):
+        SimJudge(1.0)
+    with pytest.raises(ValueError, match="^require:"):
+        SimJudge(0.5, "either")
+    with pytest.raises(ValueError, match="^domain:"):
+        simulate("space", 1, 8, 0, SimConfig())
