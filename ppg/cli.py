@@ -220,6 +220,24 @@ def export(
     typer.echo(f"wrote {export_merged(trained, out)}")
 
 
+@app.command("serve-judge")
+def serve_judge(
+    model: str = typer.Option("smollm2-135m", help="Model spec that answers (tiny, smollm2-135m, a folder)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8765, help="Port."),
+):
+    """A local OpenAI-compatible chat-completions server for the LLM judge (offline, real HTTP)."""
+    from ppg.models import resolve_model
+    from ppg.serve_judge import make_server
+
+    server = make_server(resolve_model(model), host, port)
+    typer.echo(f"serving {model} at http://{host}:{server.server_address[1]}/v1 (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.server_close()
+
+
 @app.command()
 def returns(
     file: Path = typer.Argument(..., help="Dialogues in the canonical JSONL format."),
