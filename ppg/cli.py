@@ -206,6 +206,33 @@ def train(
                                                          "stopped_at") if k2 in result}, default=str))
 
 
+@app.command("evaluate")
+def evaluate_(
+    policy: str = typer.Option(..., help="Policy id of the trained model (models/<policy>)."),
+    fold: int = typer.Option(None, help="Evaluate fold F with the model trained without it."),
+    mode: str = typer.Option(None, help="online | offline | both (default: eval.mode)."),
+    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+):
+    """Consistency of a trained model: online on held-out simulator personas (exact judge, drift
+    curve) and/or offline on logged verdicts (likelihood-ratio AUC, weighted NLL); eval/<policy>/."""
+    from ppg.evaluate import evaluate
+
+    p = _params(params)
+    if mode:
+        try:
+            p.eval = type(p.eval)(**{**p.eval.__dict__, "mode": mode})
+        except ValueError as e:
+            fail(str(e))
+    try:
+        m = evaluate(p, policy, fold)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    from ppg.evaluate import table
+    from ppg.train import run_name
+
+    typer.echo(table({run_name(policy, fold): m}))
+
+
 @app.command()
 def export(
     trained: Path = typer.Argument(..., help="A training output folder (adapters or weights + run.json)."),

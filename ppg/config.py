@@ -245,6 +245,40 @@ class SimConfig:
 
 
 @dataclass
+class EvalConfig:
+    out: str = "eval"
+    """Results go to OUT/<policy>/: metrics.json, table.md, drift.png (and the judged dialogues)."""
+    mode: str = "online"
+    """online (simulator personas, exact judge), offline (logged verdicts: AUC, weighted NLL) or both."""
+    domain: str | None = None
+    """Simulator setting for online evaluation (default: sim.domain)."""
+    personas: int = 16
+    """Held-out personas (one dialogue each) for online evaluation."""
+    turns: int = 0
+    """Persona turns per dialogue (0 = sim.turns)."""
+    seed: int = 1000
+    """Seed of the held-out personas: training data generated with sim.seed never meets them
+    (rollout scenes are keyed by seed, domain and index)."""
+    qa: bool = True
+    """After each dialogue, ask the backstory's facts (Q&A consistency)."""
+    generation: dict = field(default_factory=lambda: {"max_new_tokens": 32, "temperature": 0.7, "top_p": 0.9,
+                                                      "batch_size": 8})
+    """Sampling for rollouts (~7-13 new tokens/s for SmolLM2 on a 2-core CPU)."""
+    split: str = "test"
+    """Split for offline evaluation without --fold (with --fold F: fold F of train.split)."""
+    min_contradictions: int = 10
+    """Fewer contradicting turns than this: AUC is reported as refused, not scored."""
+    primary: str = "online.consistency"
+    """The metric promotion compares (dotted path into metrics.json, e.g. offline.auc)."""
+
+    def __post_init__(self):
+        if self.mode not in ("online", "offline", "both"):
+            raise ValueError(f"eval.mode: expected online, offline or both, got {self.mode!r}")
+        if self.personas < 1:
+            raise ValueError(f"eval.personas: must be >= 1, got {self.personas}")
+
+
+@dataclass
 class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The base model (ppg.models)."""
@@ -260,6 +294,8 @@ class Params:
     """Partial returns and weight shaping (ppg.returns)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Offline PPG training (ppg.train)."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation (ppg.evaluate)."""
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     """Tracking (ppg.tracking)."""
 

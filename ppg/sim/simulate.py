@@ -48,23 +48,53 @@ def _wrong(rng, a, *not_these):
     return rng.choice([v for v in ATTRIBUTES[a] if v not in not_these])
 
 
-def simulate_dialogue(rng: random.Random, dialogue_id: str, domain: str, turns: int, setting: dict,
-                      behaviour: dict) -> Dialogue:
-    """One dialogue of `turns` persona turns, replies drawn from the behaviour mix."""
+def scene(rng: random.Random, turns: int, setting: dict):
+    """A persona, its ask/probe windows and the partner's line before each of its turns. The
+    partner does not depend on the speaker's replies, so the same scene serves logged
+    (behaviour) dialogues and rollouts of a trained policy (ppg.rollout)."""
     persona = sample_persona(rng, setting["known"])
     windows = schedule(rng, turns, setting["distance"])
     kind = {t: ("filler", None) for t in range(turns)}
     for a, ask, probe in windows:
         kind[ask], kind[probe] = ("ask", a), ("probe", a)
-    said: dict[str, str] = {}  # the speaker's commitments so far
+    partner = []
+    for t in range(turns):
+        k, a = kind[t]
+        if k == "filler":
+            partner.append(rng.choice(FILLER_PARTNER))
+        elif k == "ask":
+            partner.append(ASK[a])
+        elif a in persona.known:
+            partner.append(RECALL[a])
+        else:
+            partner.append(REVEAL.format(fact=_upper_first(second_person(a, persona.facts[a]))))
+    return persona, windows, kind, partner
+
+
+def to_dialogue(dialogue_id, domain, persona, windows, partner, replies) -> Dialogue:
     lines = []
+    for p, r in zip(partner, replies):
+        lines += [{"speaker": PARTNER, "text": p}, {"speaker": SPEAKER, "text": r}]
+    starts = sorted({0} | {ask for _, ask, _ in windows})
+    return Dialogue.model_validate({
+        "dialogue_id": dialogue_id, "domain": domain, "source": "simulator",
+        "personas": {SPEAKER: persona.backstory(), PARTNER: ""}, "evaluated_speakers": [SPEAKER],
+        "lines": lines, "meta": {"segment_starts": {SPEAKER: starts},
+                                 "sim": {"persona": persona.to_json(), "windows": windows}}})
+
+
+def simulate_dialogue(rng: random.Random, dialogue_id: str, domain: str, turns: int, setting: dict,
+                      behaviour: dict) -> Dialogue:
+    """One dialogue of `turns` persona turns, replies drawn from the behaviour mix."""
+    persona, windows, kind, partner = scene(rng, turns, setting)
+    said: dict[str, str] = {}  # the speaker's commitments so far
+    replies = []
     for t in range(turns):
         k, a = kind[t]
         r = rng.random()
         if k == "filler":
-            ask_line, reply = rng.choice(FILLER_PARTNER), rng.choice(FILLER_REPLY)
+            reply = rng.choice(FILLER_REPLY)
         elif k == "ask":
-            ask_line = ASK[a]
             if a in persona.known:
                 value = (persona.facts[a] if r < behaviour["consistent"] else
                          _wrong(rng, a, persona.facts[a]) if r < behaviour["consistent"] + behaviour["contradict"]
@@ -76,7 +106,6 @@ def simulate_dialogue(rng: random.Random, dialogue_id: str, domain: str, turns: 
                 said[a] = value
         else:
             truth = persona.facts[a]
-            ask_line = RECALL[a] if a in persona.known else REVEAL.format(fact=_upper_first(second_person(a, truth)))
             if r < behaviour["evasive"]:
                 value = None
             elif a in said and rng.random() < behaviour["keep"]:
@@ -89,13 +118,8 @@ def simulate_dialogue(rng: random.Random, dialogue_id: str, domain: str, turns: 
                 reply = first_person(a, value)
             else:
                 reply = (AFFIRM if value == truth else INSIST).format(fact=first_person(a, value))
-        lines += [{"speaker": PARTNER, "text": ask_line}, {"speaker": SPEAKER, "text": reply}]
-    starts = sorted({0} | {ask for _, ask, _ in windows})
-    return Dialogue.model_validate({
-        "dialogue_id": dialogue_id, "domain": domain, "source": "simulator",
-        "personas": {SPEAKER: persona.backstory(), PARTNER: ""}, "evaluated_speakers": [SPEAKER],
-        "lines": lines, "meta": {"segment_starts": {SPEAKER: starts},
-                                 "sim": {"persona": persona.to_json(), "windows": windows}}})
+        replies.append(reply)
+    return to_dialogue(dialogue_id, domain, persona, windows, partner, replies)
 
 
 def simulate(domain: str, dialogues: int, turns: int, seed: int, cfg) -> list[Dialogue]:

@@ -1,0 +1,261 @@
+"""Evaluation: how consistent a trained persona model is.
+
+online   on held-out simulator personas (a seed no training set uses): play dialogues, judge
+         every turn exactly; prompt-to-line (persona), line-to-line (commitment), both
+         (consistency), reward, fact coverage, Q&A on the backstory after the dialogue, and the
+         per-turn consistency curve (drift), each with a 95% interval over dialogues.
+offline  on logged data with verdicts (e.g. Consistent-LLMs): the likelihood-ratio score
+         log pi_theta(a_t|x_t) - log pi_ref(a_t|x_t) per turn should rank consistent turns above
+         contradicting ones (AUC, bootstrap CI over persona groups), plus the held-out weighted
+         NLL (the offline PPG objective). Too few contradicting turns -> "refused", not scored.
+"""
+
+import math
+import random
+
+import numpy as np
+import torch
+
+from ppg.judges import SimJudge
+from ppg.sim.simulate import SPEAKER
+from ppg.sim.world import ASK, mentions
+
+Z95 = 1.959964
+
+
+def wilson(k: float, n: int) -> tuple[float, float]:
+    """95% Wilson interval of a proportion k/n (well-behaved at 0 and 1 and for small n)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    d = 1 + Z95 ** 2 / n
+    c = (p + Z95 ** 2 / (2 * n)) / d
+    h = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / d
+    return (c - h, c + h)
+
+
+def mean_ci(x) -> dict:
+    """Mean with a normal 95% interval over independent units (dialogues)."""
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+    h = Z95 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
+    return {"mean": float(x.mean()), "lo": float(x.mean() - h), "hi": float(x.mean() + h), "n": int(len(x))}
+
+
+def online_metrics(dialogues, judge: SimJudge, qa: list[list[bool]] | None = None) -> dict:
+    """Per-dialogue rates, averaged over dialogues with CIs, and the drift curve."""
+    per = {"consistency": [], "persona": [], "commitment": [], "reward": [], "coverage": []}
+    by_turn: dict[int, list[int]] = {}
+    for d in dialogues:
+        v = judge.verdicts(d, SPEAKER, d.meta["sim"]["persona"])
+        s = SimJudge.summary(v)
+        for k in per:
+            per[k].append(s[k])
+        for t, x in enumerate(v):
+            by_turn.setdefault(t, []).append(int(x.persona and x.commitment))
+    out = {k: mean_ci(vals) for k, vals in per.items()}
+    out["drift"] = [{"turn": t, "mean": sum(x) / len(x), "lo": wilson(sum(x), len(x))[0],
+                     "hi": wilson(sum(x), len(x))[1], "n": len(x)} for t, x in sorted(by_turn.items())]
+    if qa is not None:
+        out["qa"] = mean_ci([sum(q) / len(q) for q in qa if q])
+    out["dialogues"] = len(dialogues)
+    return out
+
+
+@torch.no_grad()
+def backstory_qa(model, tok, dialogues, gen) -> list[list[bool]]:
+    """After each dialogue, ask every fact its backstory states; correct = the answer states it."""
+    from ppg.rollout import GenerationConfig
+
+    gen = GenerationConfig(max_new_tokens=gen.max_new_tokens, temperature=0.0, batch_size=gen.batch_size)
+    device = next(model.parameters()).device
+    items = []
+    for i, d in enumerate(dialogues):
+        p = d.meta["sim"]["persona"]
+        history = [{"role": "system", "content": d.personas[SPEAKER]}] + [
+            {"role": "assistant" if ln.speaker == SPEAKER else "user", "content": ln.text} for ln in d.lines]
+        items += [(i, a, p["facts"][a], history + [{"role": "user", "content": ASK[a]}]) for a in p["known"]]
+    results = [[] for _ in dialogues]
+    for s in range(0, len(items), gen.batch_size):
+        chunk = items[s:s + gen.batch_size]
+        prompts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for *_, m in chunk]
+        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(device)
+        out = model.generate(**enc, max_new_tokens=gen.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        for j, (i, a, truth, _) in enumerate(chunk):
+            answer = tok.decode(out[j, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            results[i].append((a, truth) in mentions(answer))
+    return results
+
+
+def auc(scores, labels) -> float:
+    """P(score of a consistent turn > score of a contradicting one), ties count half."""
+    s, y = np.asarray(scores, float), np.asarray(labels, bool)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allv = np.concatenate([pos, neg])[order]
+    i = 0
+    while i < len(allv):  # average ranks of ties
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def offline_metrics(turns: list[dict], min_contradictions: int, seed: int = 0, boots: int = 200) -> dict:
+    """turns: {group, reward (0/1/NaN), score (LR), nll_term (-w log pi or NaN)} per judged turn."""
+    known = [t for t in turns if t["reward"] == t["reward"]]
+    n_bad = sum(t["reward"] < 0.5 for t in known)
+    out = {"turns": len(known), "contradictions": n_bad}
+    w = [t["nll_term"] for t in turns if t["nll_term"] == t["nll_term"]]
+    out["weighted_nll"] = mean_ci(w)
+    if n_bad < min_contradictions or n_bad == len(known):
+        out["auc"] = {"refused": True, "reason": f"refused (n = {n_bad} contradicting turns, need {min_contradictions})"}
+        return out
+    a = auc([t["score"] for t in known], [t["reward"] >= 0.5 for t in known])
+    groups = sorted({t["group"] for t in known})
+    by = {g: [t for t in known if t["group"] == g] for g in groups}
+    rng = random.Random(seed)
+    reps = []
+    for _ in range(boots):  # resample persona groups: turns of one persona are not independent
+        sample = [t for g in (rng.choice(groups) for _ in groups) for t in by[g]]
+        x = auc([t["score"] for t in sample], [t["reward"] >= 0.5 for t in sample])
+        if x == x:
+            reps.append(x)
+    lo, hi = (np.percentile(reps, [2.5, 97.5]).tolist() if reps else [float("nan")] * 2)
+    out["auc"] = {"mean": a, "lo": lo, "hi": hi, "n": len(known), "groups": len(groups)}
+    return out
+
+
+def load_trained(p, name: str):
+    """(model, reference, tokenizer, lora) for a `ppg train` output; the reference is the base
+    model (for LoRA: the same model with its adapters switched off)."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    from ppg.models import load_tokenizer, resolve_model
+
+    trained = Path(p.train.out) / name
+    if not (trained / "run.json").exists():
+        raise FileNotFoundError(f"{trained}: no trained model (run `ppg train --policy {name.split('-fold')[0]}`)")
+    tok = load_tokenizer(trained)
+    if (trained / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(str(trained)).eval()
+        return model, None, tok, True
+    model = AutoModelForCausalLM.from_pretrained(str(trained)).eval()
+    ref = AutoModelForCausalLM.from_pretrained(str(resolve_model(p.model.spec))).eval()
+    return model, ref, tok, False
+
+
+@torch.no_grad()
+def offline_turns(model, ref, lora: bool, tok, rows, policy: str) -> list[dict]:
+    """Per judged turn of each row: LR score, reward, weighted NLL term, persona group."""
+    from contextlib import nullcontext
+
+    from ppg.batching import Example, collate
+    from ppg.losses import token_logprobs, turn_logprobs
+
+    out = []
+    for r in rows:
+        b = collate([Example(np.asarray(r["input_ids"]), np.asarray(r["turn_index"]), np.asarray(r[f"w_{policy}"]))],
+                    tok.pad_token_id)
+        lp = token_logprobs(model(input_ids=b["input_ids"]).logits, b["input_ids"])
+        with (model.disable_adapter() if lora else nullcontext()):
+            ref_lp = token_logprobs((model if lora else ref)(input_ids=b["input_ids"]).logits, b["input_ids"])
+        n = r["n_turns"]
+        ell, present = turn_logprobs(lp, b["turn_index"], n)
+        ell_ref, _ = turn_logprobs(ref_lp, b["turn_index"], n)
+        for t in range(n):
+            if present[0, t]:
+                w = float(r[f"w_{policy}"][t])
+                out.append({"group": r["persona_group"], "reward": float(r["reward"][t]),
+                            "score": float(ell[0, t] - ell_ref[0, t]),
+                            "nll_term": -w * float(ell[0, t]) if w == w else float("nan")})
+    return out
+
+
+def plot_drift(metrics: dict, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, m in metrics.items():
+        drift = m.get("online", {}).get("drift", [])
+        if drift:
+            t = [x["turn"] for x in drift]
+            ax.plot(t, [x["mean"] for x in drift], marker="o", label=label)
+            ax.fill_between(t, [x["lo"] for x in drift], [x["hi"] for x in drift], alpha=0.2)
+    ax.set(xlabel="turn of the persona speaker", ylabel="consistent turns (share)", ylim=(0, 1.02),
+           title="Consistency by turn (95% Wilson intervals)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(metrics: dict) -> str:
+    def cell(x):
+        if not isinstance(x, dict):
+            return "-"
+        if x.get("refused"):
+            return x["reason"]
+        return f"{x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
+
+    cols = [("online", "consistency"), ("online", "persona"), ("online", "commitment"), ("online", "coverage"),
+            ("online", "qa"), ("offline", "auc"), ("offline", "weighted_nll")]
+    head = "| policy | " + " | ".join(f"{a}.{b}" for a, b in cols) + " |"
+    rows = [f"| {name} | " + " | ".join(cell(m.get(a, {}).get(b)) for a, b in cols) + " |" for name, m in metrics.items()]
+    return "\n".join([head, "|" + "---|" * (len(cols) + 1)] + rows) + "\n"
+
+
+def evaluate(p, policy: str, fold: int | None = None) -> dict:
+    """Evaluate models/<policy>[-fold<F>] as params p.eval says; write eval/<name>/ files."""
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from ppg.io import atomic_open
+    from ppg.rollout import GenerationConfig, play, scenes
+    from ppg.train import run_name
+
+    cfg = p.eval
+    name = run_name(policy, fold)
+    model, ref, tok, lora = load_trained(p, name)
+    trained = json.loads((Path(p.train.out) / name / "run.json").read_text())
+    metrics = {"policy": policy, "fold": fold, "model": p.model.spec, "mlflow_run_id": trained.get("mlflow_run_id"),
+               "primary": cfg.primary}
+    if cfg.mode in ("online", "both"):
+        domain = cfg.domain or p.sim.domain
+        gen = GenerationConfig(**cfg.generation)
+        judge = SimJudge(p.sim.evasive_reward, p.sim.require)
+        eps = scenes(domain, cfg.personas, 1, cfg.turns or p.sim.turns, cfg.seed, p.sim.domains[domain])
+        dialogues = play(model, tok, eps, domain, gen, cfg.seed, judge)
+        qa = backstory_qa(model, tok, dialogues, gen) if cfg.qa else None
+        metrics["online"] = {"domain": domain, "seed": cfg.seed, **online_metrics(dialogues, judge, qa)}
+        from ppg.data.schema import write_dialogues
+
+        write_dialogues(Path(cfg.out) / name / "dialogues.jsonl", dialogues)
+    if cfg.mode in ("offline", "both"):
+        path = Path(p.train.data) / (f"{p.train.split}.parquet" if fold is not None else f"{cfg.split}.parquet")
+        rows = pq.read_table(path).to_pylist()
+        rows = [r for r in rows if r["fold"] == fold] if fold is not None else rows
+        metrics["offline"] = {"data": str(path), "fold": fold,
+                              **offline_metrics(offline_turns(model, ref, lora, tok, rows, policy), cfg.min_contradictions)}
+    out = Path(cfg.out) / name
+    with atomic_open(out / "metrics.json") as f:
+        json.dump(metrics, f, indent=1)
+    with atomic_open(out / "table.md") as f:
+        f.write(table({name: metrics}))
+    plot_drift({name: metrics}, out / "drift.png")
+    return metrics

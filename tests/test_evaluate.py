@@ -1,0 +1,103 @@
+import json
+import random
+from itertools import product
+
+import pytest
+
+from ppg.config import SimConfig
+from ppg.evaluate import auc, offline_metrics, online_metrics, wilson
+from ppg.judges import SimJudge
+from ppg.sim.simulate import simulate
+
+
+def naive_auc(scores, labels):
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in product(pos, neg)) / (len(pos) * len(neg))
+
+
+def test_auc_on_known_answers_and_against_the_pairwise_definition():
+    assert auc([3, 4, 5, 0, 1], [1, 1, 1, 0, 0]) == 1.0
+    assert auc([0, 1, 5, 6], [1, 1, 0, 0]) == 0.0
+    assert auc([2, 2, 2, 2], [1, 0, 1, 0]) == 0.5
+    rng = random.Random(0)
+    for _ in range(100):
+        n = rng.randint(2, 40)
+        s = [rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in range(n)]
+        y = [rng.random() < 0.5 for _ in range(n)]
+        if 0 < sum(y) < n:
+            assert auc(s, y) == pytest.approx(naive_auc(s, y))
+
+
+def test_offline_auc_is_refused_with_too_few_contradictions():
+    turns = [{"group": i % 3, "reward": 1.0, "score": i, "nll_term": 0.5} for i in range(30)]
+    turns += [{"group": 0, "reward": 0.0, "score": -1, "nll_term": 0.5}] * 3
+    m = offline_metrics(turns, min_contradictions=5)
+    assert m["auc"] == {"refused": True, "reason": "refused (n = 3 contradicting turns, need 5)"}
+    m = offline_metrics(turns, min_contradictions=3)
+    assert m["auc"]["mean"] == 1.0 and m["auc"]["groups"] == 3
+    assert m["weighted_nll"]["mean"] == pytest.approx(0.5)
+
+
+def test_wilson_interval():
+    lo, hi = wilson(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    assert wilson(0, 5)[0] == pytest.approx(0.0, abs=1e-12) and wilson(5, 5)[1] == pytest.approx(1.0)
+
+
+def test_online_metrics_of_the_behaviour_policy():
+    ds = simulate("therapy", 40, 6, 0, SimConfig())
+    m = online_metrics(ds, SimJudge())
+    assert m["dialogues"] == 40 and [x["turn"] for x in m["drift"]] == list(range(6))
+    assert all(x["lo"] <= x["mean"] <= x["hi"] for x in m["drift"])
+    per_turn = sum(x["mean"] * x["n"] for x in m["drift"]) / sum(x["n"] for x in m["drift"])
+    assert m["consistency"]["mean"] == pytest.approx(per_turn)  # equal turns per dialogue
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model):
+    from ppg.config import BuildConfig, LoraConfig, MlflowConfig, ModelConfig, Params, TrainConfig
+    from ppg.data.build import build_dataset
+    from ppg.data.schema import write_dialogues
+    from ppg.train import train
+
+    tmp = tmp_path_factory.mktemp("eval")
+    write_dialogues(tmp / "imported/dialogues.jsonl", simulate("therapy", 24, 4, 0, SimConfig()))
+    build_dataset(tmp / "imported", tmp / "built", tiny_model, "tiny", ["k2"], {"length": 2},
+                  BuildConfig(max_length=512, splits={"train": 0.7, "test": 0.3}, folds=2))
+    p = Params(model=ModelConfig(spec="tiny"),
+               train=TrainConfig(data=str(tmp / "built"), out=str(tmp / "models"), workdir=str(tmp / "work"),
+                                 batch_size=2, max_steps=2, lora=LoraConfig(enabled=True, r=4)),
+               mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp}/mlflow.db", artifacts=str(tmp / "artifacts")))
+    train(p, "k2", progress=False)
+    train(p, "k2", fold=1, progress=False)
+    p.eval.out, p.eval.personas, p.eval.turns, p.eval.min_contradictions = str(tmp / "eval"), 3, 3, 1
+    p.eval.generation = {"max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "batch_size": 4}
+    return p, tmp
+
+
+def test_evaluate_writes_metrics_plot_and_table(trained):
+    from ppg.evaluate import evaluate
+
+    p, tmp = trained
+    p.eval.mode = "both"
+    m = evaluate(p, "k2")
+    saved = json.loads((tmp / "eval/k2/metrics.json").read_text())
+    assert saved["online"]["dialogues"] == 3 and len(saved["online"]["drift"]) == 3
+    assert 0 <= saved["online"]["consistency"]["mean"] <= 1 and "qa" in saved["online"]
+    assert saved["offline"]["turns"] > 0 and ("mean" in saved["offline"]["auc"] or saved["offline"]["auc"]["refused"])
+    assert (tmp / "eval/k2/drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| k2 |" in (tmp / "eval/k2/table.md").read_text()
+    assert m["mlflow_run_id"] == json.loads((tmp / "models/k2/run.json").read_text())["mlflow_run_id"]
+    assert len((tmp / "eval/k2/dialogues.jsonl").read_text().splitlines()) == 3
+
+
+def test_evaluate_a_fold_uses_the_model_trained_without_it(trained):
+    from ppg.evaluate import evaluate
+
+    p, tmp = trained
+    p.eval.mode = "offline"
+    m = evaluate(p, "k2", fold=1)
+    assert m["offline"]["fold"] == 1 and (tmp / "eval/k2-fold1/metrics.json").exists()
+    with pytest.raises(FileNotFoundError, match="no trained model"):
+        evaluate(p, "k2", fold=0)
