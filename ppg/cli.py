@@ -177,6 +177,7 @@ def train(
     policy: str = typer.Option(..., help="Policy id: greedy, k<K> (e.g. k3), full or segment."),
     k: int = typer.Option(None, help="With --policy kstep: the horizon K (same as --policy k<K>)."),
     fold: int = typer.Option(None, help="Train on every fold but F (k-fold evaluation)."),
+    mode: str = typer.Option("offline", help="offline (logged data, ppg build output) or online (simulator rollouts)."),
     params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     stop_after: int = typer.Option(None, hidden=True, help="Exit after N steps (resume tests)."),
@@ -195,11 +196,19 @@ def train(
         parse_policy_id(policy)
     except ValueError as e:
         fail(str(e))
+    if mode not in ("offline", "online"):
+        fail(f"mode: expected offline or online, got {mode!r}")
+    if mode == "online" and fold is not None:
+        fail("fold: folds apply to offline training on logged data, not to online rollouts")
     p = _params(params)
+    from ppg.online import train_online
     from ppg.train import train as run_train
 
     try:
-        result = run_train(p, policy, fold, progress=progress, stop_after=stop_after)
+        if mode == "online":
+            result = train_online(p, policy, progress=progress, stop_after=stop_after)
+        else:
+            result = run_train(p, policy, fold, progress=progress, stop_after=stop_after)
     except (DataError, CheckpointMismatch, FileNotFoundError, ValueError) as e:
         fail(str(e))
     typer.echo(json.dumps({k2: result.get(k2) for k2 in ("policy", "fold", "steps", "mlflow_run_id", "final",

@@ -245,6 +245,37 @@ class SimConfig:
 
 
 @dataclass
+class OnlineConfig:
+    domain: str | None = None
+    """Simulator setting the policy plays (default: sim.domain)."""
+    personas_per_step: int = 4
+    """Personas per optimizer step."""
+    group: int = 4
+    """Rollouts per persona: the baseline of a turn is the mean return of the others (LOO)."""
+    turns: int = 0
+    """Persona turns per rollout (0 = sim.turns)."""
+    steps: int = 20
+    """Optimizer steps (each generates personas_per_step * group dialogues)."""
+    kl_coef: float = 0.05
+    """Weight of KL(pi || pi_ref) to the frozen starting policy."""
+    kl_estimator: str = "k3"
+    """k3 (low variance, differentiated directly) or k1 (score-function form)."""
+    init: str = ""
+    """Warm start from an offline PPG output folder (e.g. models/k3); empty = the base model."""
+    generation: dict = field(default_factory=lambda: {"max_new_tokens": 32, "temperature": 1.0, "top_p": 1.0,
+                                                      "batch_size": 16})
+    """Rollout sampling (temperature 1: the policy's own distribution, as REINFORCE assumes)."""
+
+    def __post_init__(self):
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"online.kl_estimator: expected k1 or k3, got {self.kl_estimator!r}")
+        if self.group < 2:
+            raise ValueError(f"online.group: the leave-one-out baseline needs >= 2 rollouts, got {self.group}")
+        if min(self.personas_per_step, self.steps) < 1:
+            raise ValueError("online.personas_per_step and online.steps must be >= 1")
+
+
+@dataclass
 class EvalConfig:
     out: str = "eval"
     """Results go to OUT/<policy>/: metrics.json, table.md, drift.png (and the judged dialogues)."""
@@ -296,6 +327,8 @@ class Params:
     """Offline PPG training (ppg.train)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation (ppg.evaluate)."""
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+    """Online PPG against the simulator (ppg.online)."""
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     """Tracking (ppg.tracking)."""
 

@@ -1,0 +1,165 @@
+"""Online PPG: the policy plays simulator personas, every turn is judged exactly, and REINFORCE
+with partial-return advantages and a KL penalty to the frozen starting policy updates it.
+
+    A_t = w_t - b_t     w_t = partial return of the policy class over the judged rollout
+                        b_t = mean w_t of the OTHER rollouts of the same persona (group LOO)
+    loss = -(1/N) sum_t A_t log pi(a_t | x_t) + beta KL(pi || pi_ref)
+
+Same DeepSpeed engine, checkpoints, resume and MLflow handling as offline training; a warm
+start from an offline PPG output (online.init) is allowed. Rollouts are saved as canonical
+dialogues in the working folder.
+"""
+
+import copy
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppg import checkpoint, tracking
+from ppg.batching import Example, collate
+from ppg.data.build import end_of_turn_marker, render, token_layout
+from ppg.data.schema import write_dialogues
+from ppg.judges import SimJudge
+from ppg.losses import online_ppg_loss, token_logprobs
+from ppg.models import load_model, load_tokenizer, resolve_model, tokenizer_hash
+from ppg.returns import parse_policy_id, partial_returns, shape_weights
+from ppg.rollout import GenerationConfig, play, rewards_tensor, scenes
+from ppg.sim.simulate import SPEAKER
+from ppg.train import _grad_norm, _rng_state, _seed_all, _set_rng_state, _write_output, setup_distributed
+
+
+def _init_model(p, model_dir):
+    """The starting policy: the base model (+ fresh LoRA) or an offline PPG output (online.init)."""
+    init = p.online.init
+    if not init:
+        return load_model(model_dir, p.train.lora)
+    init = Path(init)
+    if (init / "adapter_config.json").exists():
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        return PeftModel.from_pretrained(base, str(init), is_trainable=True)
+    return load_model(init, None)
+
+
+def sequences(dialogues, tok, eot):
+    """Canonical rollouts -> (input_ids, turn_index) in the training layout of ppg build."""
+    out = []
+    for d in dialogues:
+        r = render(d, SPEAKER, tok, eot)
+        enc = tok(r.text, add_special_tokens=False, return_offsets_mapping=True)
+        _, turn_index = token_layout(r, enc["offset_mapping"])
+        out.append((np.asarray(enc["input_ids"], dtype=np.int64), turn_index.astype(np.int64)))
+    return out
+
+
+def train_online(p, policy: str, progress: bool = True, stop_after: int | None = None) -> dict:
+    kind, k = parse_policy_id(policy)
+    cfg, oc = p.train, p.online
+    name = f"{policy}-online"
+    domain = oc.domain or p.sim.domain
+    if domain not in p.sim.domains:
+        raise ValueError(f"online.domain: {domain!r} is not one of {sorted(p.sim.domains)}")
+    model_dir = resolve_model(p.model.spec)
+    deepspeed, rank, world = setup_distributed()
+    if world > 1:
+        raise ValueError("online training runs on one rank (rollouts are generated in process)")
+    ds_config = dict(cfg.deepspeed, train_micro_batch_size_per_gpu=oc.personas_per_step * oc.group,
+                     gradient_accumulation_steps=1)
+    ds_config["train_batch_size"] = ds_config["train_micro_batch_size_per_gpu"]
+    if ds_config.get("scheduler", {}).get("params", {}).get("total_num_steps") == "auto":
+        ds_config["scheduler"] = {**ds_config["scheduler"],
+                                  "params": {**ds_config["scheduler"]["params"], "total_num_steps": oc.steps}}
+    ident = {"mode": "online", "model": p.model.spec, "tokenizer": tokenizer_hash(model_dir), "policy": policy,
+             "online": {k2: v for k2, v in asdict(oc).items() if k2 != "steps"}, "sim": asdict(p.sim),
+             "lora": asdict(cfg.lora), "deepspeed": cfg.deepspeed, "seed": cfg.seed,
+             "segments": p.returns.segments, "standardize": p.returns.standardize}
+    fp = checkpoint.fingerprint(ident)
+    workdir = Path(cfg.workdir) / name
+    resume = checkpoint.find_resume(workdir, fp, ident)
+
+    _seed_all(cfg.seed)
+    model = _init_model(p, model_dir)
+    ref = copy.deepcopy(model).eval()  # the frozen starting policy
+    for q in ref.parameters():
+        q.requires_grad_(False)
+    engine, _, _, _ = deepspeed.initialize(model=model, config=ds_config,
+                                           model_parameters=[q for q in model.parameters() if q.requires_grad])
+    ref.to(engine.device)
+    state = {"step": 0, "mlflow_run_id": None, "history": []}
+    if resume:
+        _, client_state = engine.load_checkpoint(str(workdir), tag=resume[0])
+        state = client_state["ppg"]
+        _set_rng_state(client_state["rng"])
+    tok = load_tokenizer(model_dir)
+    eot = end_of_turn_marker(tok)
+    judge = SimJudge(p.sim.evasive_reward, p.sim.require)
+    gen = GenerationConfig(**oc.generation)
+    c = tracking.client(p.mlflow)
+    run_id = tracking.open_run(
+        c, p.mlflow, state["mlflow_run_id"], name=f"train-{name}",
+        tags={"ppg.stage": "train", "ppg.mode": "online", "ppg.policy": policy, "ppg.policy_class": kind,
+              "ppg.k": str(k or "")},
+        params={"policy": policy, "mode": "online", "model": p.model.spec, "domain": domain, "fingerprint": fp,
+                **{f"online.{k2}": v for k2, v in asdict(oc).items()}})
+    state["mlflow_run_id"] = run_id
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=oc.steps, initial=state["step"], desc=f"online {policy}", unit="step", file=sys.stderr)
+    segments = p.returns.segments.get("length") or None
+    while state["step"] < oc.steps:
+        t0 = time.perf_counter()
+        step_seed = cfg.seed * 100_003 + state["step"]
+        eps = scenes(domain, oc.personas_per_step, oc.group, oc.turns or p.sim.turns, step_seed, p.sim.domains[domain])
+        dialogues = play(engine.module, tok, eps, domain, gen, step_seed, judge)
+        r = rewards_tensor(dialogues)
+        mask = torch.ones_like(r, dtype=torch.bool)
+        starts = torch.tensor([[t in set(d.meta["segment_starts"][SPEAKER]) for t in range(r.shape[1])]
+                               for d in dialogues])
+        w = partial_returns(r, mask, kind, k=k, segments=segments if segments else starts)
+        groups = torch.tensor([g for _, g, _ in eps])
+        adv = shape_weights(w, mask, "group_loo", p.returns.standardize, groups)
+        seqs = sequences(dialogues, tok, eot)
+        b = collate([Example(ids, ti, adv[i].numpy()) for i, (ids, ti) in enumerate(seqs)], tok.pad_token_id)
+        b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
+        logp = token_logprobs(engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["input_ids"])
+        with torch.no_grad():
+            ref_logp = token_logprobs(ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                                      b["input_ids"])
+        out = online_ppg_loss(logp, ref_logp, b["turn_index"], b["weights"], oc.kl_coef, oc.kl_estimator,
+                              cfg.reduction)
+        engine.backward(out.loss)
+        norm = _grad_norm(engine)
+        engine.step()
+        state["step"] += 1
+        summary = SimJudge.summary([v for d in dialogues for v in judge.verdicts(d, SPEAKER, d.meta["sim"]["persona"])])
+        last = {"loss": out.loss.item(), "kl": out.kl.item(), "reward": float(r.mean()),
+                "consistency": summary["consistency"], "coverage": summary["coverage"], "grad_norm": norm,
+                "turns": out.turns, "excluded_turns": out.excluded, "seconds": time.perf_counter() - t0}
+        state["history"].append(last)
+        tracking.log_metrics(c, run_id, last, state["step"])
+        write_dialogues(workdir / "rollouts" / f"step-{state['step']:07d}.jsonl", dialogues)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(reward=f"{last['reward']:.3f}", kl=f"{last['kl']:.4f}")
+        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == oc.steps:
+            checkpoint.save(engine, workdir, state["step"], {"ppg": state, "rng": _rng_state()}, fp, ident,
+                            cfg.keep_checkpoints, True)
+        if stop_after is not None and state["step"] >= stop_after:
+            return {"stopped_at": state["step"], "mlflow_run_id": run_id}
+    if bar:
+        bar.close()
+    result = {"policy": policy, "mode": "online", "steps": state["step"], "mlflow_run_id": run_id,
+              "fingerprint": fp, "model_spec": p.model.spec, "tokenizer_hash": tokenizer_hash(model_dir),
+              "history": state["history"], "init": p.online.init}
+    _write_output(engine, tok, Path(cfg.out) / name, result)
+    c.set_terminated(run_id, "FINISHED")
+    engine.destroy()
+    return json.loads(json.dumps(result, default=str))
