@@ -1,0 +1,51 @@
+"""Online PPG mechanics on the tiny model (rollouts, judged rewards, LOO advantages, KL, resume)."""
+
+import json
+
+import pytest
+
+from ppg.config import LoraConfig, MlflowConfig, ModelConfig, OnlineConfig, Params, TrainConfig
+
+
+def params(tmp, **online):
+    oc = dict(personas_per_step=2, group=2, turns=3, steps=3, domain="chatting",
+              generation={"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "batch_size": 4})
+    oc.update(online)
+    return Params(model=ModelConfig(spec="tiny"),
+                  train=TrainConfig(out=str(tmp / "models"), workdir=str(tmp / "work"), checkpoint_every=1,
+                                    lora=LoraConfig(enabled=True, r=4)),
+                  online=OnlineConfig(**oc),
+                  mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp}/mlflow.db", artifacts=str(tmp / "artifacts")))
+
+
+def test_online_steps_judge_rollouts_and_start_at_zero_kl(tmp_path, tiny_model):
+    from ppg.online import train_online
+
+    r = train_online(params(tmp_path), "k2", progress=False)
+    assert r["steps"] == 3 and len(r["history"]) == 3
+    first = r["history"][0]
+    assert first["kl"] == pytest.approx(0.0, abs=1e-7)  # the policy starts as its own reference
+    assert all(0.0 <= h["reward"] <= 1.0 and h["turns"] + h["excluded_turns"] == 12 for h in r["history"])
+    rollouts = sorted((tmp_path / "work/k2-online/rollouts").glob("*.jsonl"))
+    assert len(rollouts) == 3
+    d = json.loads(rollouts[0].read_text().splitlines()[0])
+    assert d["source"] == "simulator" and all(ln["reward"] is not None for ln in d["lines"] if ln["speaker"] == "persona")
+    out = json.loads((tmp_path / "models/k2-online/run.json").read_text())
+    assert out["mode"] == "online" and out["mlflow_run_id"] == r["mlflow_run_id"]
+
+
+def test_online_resume_continues_the_same_run(tmp_path, tiny_model):
+    from ppg.online import train_online
+
+    stopped = train_online(params(tmp_path), "greedy", progress=False, stop_after=2)
+    assert stopped["stopped_at"] == 2
+    done = train_online(params(tmp_path), "greedy", progress=False)
+    assert done["steps"] == 3 and done["mlflow_run_id"] == stopped["mlflow_run_id"]
+    assert len(done["history"]) == 3
+
+
+def test_online_config_errors():
+    with pytest.raises(ValueError, match="online.group"):
+        OnlineConfig(group=1)
+    with pytest.raises(ValueError, match="online.kl_estimator"):
+        OnlineConfig(kl_estimator="k2")
