@@ -85,6 +85,9 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     check_tokenizer(data / f"{cfg.split}.parquet", model_dir)
     examples, wstats = load_examples(data, cfg.split, policy, p.returns.baseline, p.returns.standardize,
                                      fold, cfg.subsample, cfg.seed)
+    if int(cfg.deepspeed.get("zero_optimization", {}).get("stage", 0)) > 2:
+        raise ValueError("train.deepspeed.zero_optimization.stage: ZeRO-3 is not supported yet (the final "
+                         "export would need the partitioned weights gathered); use 0, 1 or 2")
     deepspeed, rank, world = setup_distributed()
     rank0 = rank == 0
     ds_config = dict(cfg.deepspeed, train_micro_batch_size_per_gpu=cfg.batch_size)
