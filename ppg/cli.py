@@ -220,6 +220,7 @@ def evaluate_(
     policy: str = typer.Option(..., help="Policy id of the trained model (models/<policy>)."),
     fold: int = typer.Option(None, help="Evaluate fold F with the model trained without it."),
     mode: str = typer.Option(None, help="online | offline | both (default: eval.mode)."),
+    run: str = typer.Option(None, help="Folder under train.out to evaluate instead of <policy> (e.g. k3-online)."),
     params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
 ):
     """Consistency of a trained model: online on held-out simulator personas (exact judge, drift
@@ -233,13 +234,13 @@ def evaluate_(
         except ValueError as e:
             fail(str(e))
     try:
-        m = evaluate(p, policy, fold)
+        m = evaluate(p, policy, fold, run)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     from ppg.evaluate import table
     from ppg.train import run_name
 
-    typer.echo(table({run_name(policy, fold): m}))
+    typer.echo(table({run or run_name(policy, fold): m}))
 
 
 @app.command()

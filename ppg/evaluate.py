@@ -218,8 +218,9 @@ def table(metrics: dict) -> str:
     return "\n".join([head, "|" + "---|" * (len(cols) + 1)] + rows) + "\n"
 
 
-def evaluate(p, policy: str, fold: int | None = None) -> dict:
-    """Evaluate models/<policy>[-fold<F>] as params p.eval says; write eval/<name>/ files."""
+def evaluate(p, policy: str, fold: int | None = None, run: str | None = None) -> dict:
+    """Evaluate models/<policy>[-fold<F>] (or models/<run>, e.g. k3-online) as params p.eval
+    says; write eval/<name>/ files. policy picks the weights of the offline weighted NLL."""
     import json
     from pathlib import Path
 
@@ -230,7 +231,7 @@ def evaluate(p, policy: str, fold: int | None = None) -> dict:
     from ppg.train import run_name
 
     cfg = p.eval
-    name = run_name(policy, fold)
+    name = run or run_name(policy, fold)
     model, ref, tok, lora = load_trained(p, name)
     trained = json.loads((Path(p.train.out) / name / "run.json").read_text())
     metrics = {"policy": policy, "fold": fold, "model": p.model.spec, "mlflow_run_id": trained.get("mlflow_run_id"),

@@ -32,6 +32,14 @@ def test_online_steps_judge_rollouts_and_start_at_zero_kl(tmp_path, tiny_model):
     assert d["source"] == "simulator" and all(ln["reward"] is not None for ln in d["lines"] if ln["speaker"] == "persona")
     out = json.loads((tmp_path / "models/k2-online/run.json").read_text())
     assert out["mode"] == "online" and out["mlflow_run_id"] == r["mlflow_run_id"]
+    # the online output is evaluated like any trained model
+    from ppg.evaluate import evaluate
+
+    p = params(tmp_path)
+    p.eval.out, p.eval.personas, p.eval.turns, p.eval.qa = str(tmp_path / "eval"), 2, 3, False
+    p.eval.generation = {"max_new_tokens": 4, "temperature": 0.0, "top_p": 1.0, "batch_size": 2}
+    m = evaluate(p, "k2", run="k2-online")
+    assert m["online"]["dialogues"] == 2 and (tmp_path / "eval/k2-online/metrics.json").exists()
 
 
 def test_online_resume_continues_the_same_run(tmp_path, tiny_model):
