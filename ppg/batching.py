@@ -20,7 +20,7 @@ class Example:
 
 
 def load_examples(data_dir, split, policy_id, baseline="none", standardize=False, fold=None,
-                  subsample=0, seed=0) -> tuple[list[Example], dict]:
+                  subsample=0, seed=0, clip=None) -> tuple[list[Example], dict]:
     """Rows of data_dir/split.parquet with shaped weights of policy_id. fold=F keeps every fold
     but F (k-fold training). Weights are shaped over unique (dialogue, speaker) sequences, so a
     dialogue cut into windows counts once in baseline statistics."""
@@ -55,7 +55,7 @@ def load_examples(data_dir, split, policy_id, baseline="none", standardize=False
         n = first[k]["n_turns"]
         w[i, :n] = torch.tensor(first[k][col], dtype=torch.float64)
         mask[i, :n] = True
-    shaped = shape_weights(w, mask, baseline, standardize, groups)
+    shaped = shape_weights(w, mask, baseline, standardize, groups, clip=clip)
     row_of = {k: i for i, k in enumerate(keys)}
     examples = [Example(np.asarray(r["input_ids"], dtype=np.int64), np.asarray(r["turn_index"], dtype=np.int64),
                         shaped[row_of[(r["dialogue_id"], r["speaker"])], :r["n_turns"]].numpy()) for r in rows]

@@ -311,7 +311,7 @@ def returns(
         policy, k = parse_policy_id(pid)
         w = partial_returns(batch.rewards.double(), batch.mask, policy, k=k,
                             segments=batch.segment_starts, gamma=cfg.gamma)
-        weights[pid] = shape_weights(w, batch.mask, cfg.baseline, cfg.standardize, batch.groups)
+        weights[pid] = shape_weights(w, batch.mask, cfg.baseline, cfg.standardize, batch.groups, clip=cfg.clip)
 
     table = Table(title=f"{file}: {len(batch.keys)} (dialogue, speaker) rows, "
                         f"{int(batch.mask.sum())} turns, {int(torch.isnan(batch.rewards[batch.mask]).sum())} "

@@ -26,6 +26,9 @@ class ReturnsConfig:
     """none | batch_mean | turn_mean | group_loo (groups = dialogues sharing a persona)."""
     standardize: bool = False
     """Divide the (baselined) weights by their std; with baseline none, also centre them."""
+    clip: list | None = None
+    """[low, high] bounds on the shaped weights (null for none; either end may be null). A low
+    bound such as -1 keeps signed weights from pushing bad turns' likelihood down without limit."""
 
     def __post_init__(self):
         for p in self.policies:
@@ -34,6 +37,9 @@ class ReturnsConfig:
             raise ValueError(f"returns.baseline: {self.baseline!r} is not one of {BASELINES}")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"returns.gamma: must be in (0, 1], got {self.gamma}")
+        if self.clip is not None and not (isinstance(self.clip, (list, tuple)) and len(self.clip) == 2 and (
+                None in self.clip or self.clip[0] <= self.clip[1])):
+            raise ValueError(f"returns.clip: expected [low, high] (either may be null) or null, got {self.clip}")
         ok = (self.segments == {"from": "meta.segment_starts"} or (
             set(self.segments) == {"length"} and isinstance(self.segments["length"], int)
             and not isinstance(self.segments["length"], bool) and self.segments["length"] >= 1))

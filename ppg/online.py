@@ -79,7 +79,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     ident = {"mode": "online", "model": p.model.spec, "tokenizer": tokenizer_hash(model_dir), "policy": policy,
              "online": {k2: v for k2, v in asdict(oc).items() if k2 != "steps"}, "sim": asdict(p.sim),
              "lora": asdict(cfg.lora), "deepspeed": cfg.deepspeed, "seed": cfg.seed,
-             "segments": p.returns.segments, "standardize": p.returns.standardize}
+             "segments": p.returns.segments, "standardize": p.returns.standardize, "clip": p.returns.clip}
     fp = checkpoint.fingerprint(ident)
     workdir = Path(cfg.workdir) / name
     resume = checkpoint.find_resume(workdir, fp, ident)
@@ -125,7 +125,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
                                for d in dialogues])
         w = partial_returns(r, mask, kind, k=k, segments=segments if segments else starts)
         groups = torch.tensor([g for _, g, _ in eps])
-        adv = shape_weights(w, mask, "group_loo", p.returns.standardize, groups)
+        adv = shape_weights(w, mask, "group_loo", p.returns.standardize, groups, clip=p.returns.clip)
         seqs = sequences(dialogues, tok, eot)
         b = collate([Example(ids, ti, adv[i].numpy()) for i, (ids, ti) in enumerate(seqs)], tok.pad_token_id)
         b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}

@@ -207,8 +207,11 @@ def baseline(w, mask, kind="none", groups=None):
     return torch.where(mask, b, 0)
 
 
-def shape_weights(w, mask, baseline_kind="none", standardize=False, groups=None, eps=1e-8):
-    """w - baseline, then (optionally) divided by the std of the known results. 0 at padding."""
+def shape_weights(w, mask, baseline_kind="none", standardize=False, groups=None, eps=1e-8, clip=None):
+    """w - baseline, then (optionally) divided by the std of the known results, then (optionally)
+    clipped to clip=(low, high) (either may be None). 0 at padding; NaN stays NaN. Clipping the
+    low end bounds the push-down on bad turns: with negative weights, reward-weighted likelihood
+    is unbounded below and can wreck a model at a high learning rate."""
     a = w.double() - baseline(w, mask, baseline_kind, groups)
     if standardize:
         valid = _valid(a, mask)
@@ -217,4 +220,6 @@ def shape_weights(w, mask, baseline_kind="none", standardize=False, groups=None,
         # without a baseline, standardization also centres (the usual z-score)
         centre = mean if baseline_kind == "none" else 0.0
         a = (a - centre) / (var.sqrt() + eps)
+    if clip is not None:
+        a = a.clamp(min=clip[0], max=clip[1])  # NaN passes through clamp unchanged
     return torch.where(mask, a, 0).to(w.dtype)

@@ -84,7 +84,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     data = Path(cfg.data)
     check_tokenizer(data / f"{cfg.split}.parquet", model_dir)
     examples, wstats = load_examples(data, cfg.split, policy, p.returns.baseline, p.returns.standardize,
-                                     fold, cfg.subsample, cfg.seed)
+                                     fold, cfg.subsample, cfg.seed, p.returns.clip)
     if int(cfg.deepspeed.get("zero_optimization", {}).get("stage", 0)) > 2:
         raise ValueError("train.deepspeed.zero_optimization.stage: ZeRO-3 is not supported yet (the final "
                          "export would need the partitioned weights gathered); use 0, 1 or 2")
@@ -104,7 +104,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
         ds_config["scheduler"] = {**ds_config["scheduler"],
                                   "params": {**ds_config["scheduler"]["params"], "total_num_steps": total}}
     ident = {"model": p.model.spec, "tokenizer": tokenizer_hash(model_dir), "policy": policy, "fold": fold,
-             "baseline": p.returns.baseline, "standardize": p.returns.standardize,
+             "baseline": p.returns.baseline, "standardize": p.returns.standardize, "clip": p.returns.clip,
              "dataset": json.loads((data / "stats.json").read_text()).get("tokenizer_hash"),
              "train": {k2: v for k2, v in asdict(cfg).items()
                        if k2 not in ("max_steps", "epochs", "checkpoint_every", "keep_checkpoints", "out", "workdir")},

@@ -76,3 +76,13 @@ def test_standardized_weights_have_zero_mean_unit_std_and_keep_nan():
 def test_unknown_baseline_kind_raises():
     with pytest.raises(ValueError, match="^baseline:"):
         baseline(torch.zeros(1, 1), torch.ones(1, 1, dtype=torch.bool), "median")
+
+
+def test_clipping_bounds_shaped_weights_and_keeps_unknowns():
+    w = torch.tensor([[3.0, -4.0, NAN], [0.5, -0.5, 2.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    a = shape_weights(w, mask, "none", clip=(-1.0, None))
+    assert a[0, :2].tolist() == [3.0, -1.0] and torch.isnan(a[0, 2])
+    assert a[1].tolist() == [0.5, -0.5, 0.0]  # padding stays 0
+    b = shape_weights(w, mask, "none", clip=(-1.0, 1.0))
+    assert b[0, 0] == 1.0
