@@ -89,22 +89,16 @@ def backstory_qa(model, tok, dialogues, gen) -> list[list[bool]]:
 
 
 def auc(scores, labels) -> float:
-    """P(score of a consistent turn > score of a contradicting one), ties count half."""
+    """P(score of a consistent turn > score of a contradicting one), ties count half (the
+    Mann-Whitney U statistic over average ranks)."""
+    from scipy.stats import rankdata
+
     s, y = np.asarray(scores, float), np.asarray(labels, bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    i = 0
-    while i < len(allv):  # average ranks of ties
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def offline_metrics(turns: list[dict], min_contradictions: int, seed: int = 0, boots: int = 200) -> dict:

@@ -23,6 +23,9 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+PLAIN_CHAT_TEMPLATE = (  # for a tokenizer that ships none: role names and its own end-of-sequence token
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}")
 
 
 def cache_dir() -> Path:
@@ -141,8 +144,7 @@ def load_tokenizer(folder: str | Path):
 
     tok = AutoTokenizer.from_pretrained(str(folder))
     if not tok.chat_template:
-        tok.chat_template = TINY_CHAT_TEMPLATE.replace("<|{{ m['role'] }}|>", "{{ m['role'] }}: ") \
-            .replace("<|end|>", "{{ eos_token }}")
+        tok.chat_template = PLAIN_CHAT_TEMPLATE
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -149,3 +149,17 @@ def test_build_runs_on_the_shared_real_data(tmp_path, tiny_model):
     targets = sum(int(np.unique(r["turn_index"][r["turn_index"] >= 0]).size) for r in rows)
     assert targets == 2705  # every judged line is a target exactly once
     assert 0 < info["windowed_sequences"] < 332
+
+
+def test_a_tokenizer_without_chat_template_gets_the_plain_one(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel()
+    PreTrainedTokenizerFast(tokenizer_object=t, eos_token="</s>").save_pretrained(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    text = tok.apply_chat_template([{"role": "system", "content": "S"}, {"role": "user", "content": "hi"},
+                                    {"role": "assistant", "content": "yo"}], tokenize=False)
+    assert text == "system: S</s>\nuser: hi</s>\nassistant: yo</s>\n"
+    assert end_of_turn_marker(tok) == "</s>" and tok.pad_token == "</s>"
