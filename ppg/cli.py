@@ -59,7 +59,7 @@ def import_(
             ds = run_sim(p.sim.domain, p.sim.dialogues, p.sim.turns, p.sim.seed, p.sim)
         except ValueError as e:
             fail(f"sim: {e}")
-        _write_import(out, ds, _sim_summary(ds, p.sim.domain))
+        _write_import(out, ds, _sim_summary(ds, p.sim.domain, p.sim))
         return
     if format is None:
         spec = source or cfg.source
@@ -97,13 +97,13 @@ def simulate(
                      cfg.turns if turns is None else turns, cfg.seed if seed is None else seed, cfg)
     except ValueError as e:
         fail(str(e))
-    _write_import(out, ds, _sim_summary(ds, domain or cfg.domain))
+    _write_import(out, ds, _sim_summary(ds, domain or cfg.domain, cfg))
 
 
-def _sim_summary(ds, domain):
+def _sim_summary(ds, domain, cfg):
     from ppg.judges import SimJudge
 
-    judge = SimJudge()
+    judge = SimJudge(cfg.evasive_reward, cfg.require)  # the judge that scored the dialogues
     verdicts = [v for d in ds for v in judge.verdicts(d, "persona", d.meta["sim"]["persona"])]
     rewards = [ln.reward for d in ds for ln in d.turns("persona")]
     return {"format": "simulator", "total": {"dialogues": len(ds), "lines": sum(len(d.lines) for d in ds),

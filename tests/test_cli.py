@@ -133,3 +133,16 @@ def test_simulate_command_and_the_simulator_import_source(tmp_path):
     assert len((tmp_path / "imp/dialogues.jsonl").read_text().splitlines()) == 4
     res = runner.invoke(app, ["simulate", "--domain", "mars", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "domain: 'mars' is not one of" in res.output
+
+
+def test_simulate_summary_uses_the_configured_judge(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("sim:\n  evasive_reward: 0.2\n")
+    res = runner.invoke(app, ["simulate", "--dialogues", "20", "--turns", "6", "--out", str(tmp_path / "s"),
+                              "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "s/dialogues.jsonl").read_text().splitlines()]
+    rewards = [ln["reward"] for d in rows for ln in d["lines"] if ln["speaker"] == "persona"]
+    assert 0.2 in rewards
+    summary = json.loads((tmp_path / "s/summary.json").read_text())["total"]
+    assert summary["reward"] == pytest.approx(sum(rewards) / len(rewards))
