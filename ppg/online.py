@@ -30,7 +30,8 @@ from ppg.models import load_model, load_tokenizer, resolve_model, tokenizer_hash
 from ppg.returns import parse_policy_id, partial_returns, shape_weights
 from ppg.rollout import GenerationConfig, play, rewards_tensor, scenes
 from ppg.sim.simulate import SPEAKER
-from ppg.train import _grad_norm, _rng_state, _seed_all, _set_rng_state, _write_output, setup_distributed
+from ppg.train import (_grad_norm, _rng_state, _seed_all, _set_rng_state, _write_output, ds_config,
+                       setup_distributed)
 
 
 def _init_model(p, model_dir):
@@ -67,15 +68,11 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     if domain not in p.sim.domains:
         raise ValueError(f"online.domain: {domain!r} is not one of {sorted(p.sim.domains)}")
     model_dir = resolve_model(p.model.spec)
+    config = ds_config(dict(cfg.deepspeed, gradient_accumulation_steps=1), oc.personas_per_step * oc.group,
+                       1, oc.steps)
     deepspeed, rank, world = setup_distributed()
     if world > 1:
         raise ValueError("online training runs on one rank (rollouts are generated in process)")
-    ds_config = dict(cfg.deepspeed, train_micro_batch_size_per_gpu=oc.personas_per_step * oc.group,
-                     gradient_accumulation_steps=1)
-    ds_config["train_batch_size"] = ds_config["train_micro_batch_size_per_gpu"]
-    if ds_config.get("scheduler", {}).get("params", {}).get("total_num_steps") == "auto":
-        ds_config["scheduler"] = {**ds_config["scheduler"],
-                                  "params": {**ds_config["scheduler"]["params"], "total_num_steps": oc.steps}}
     ident = {"mode": "online", "model": p.model.spec, "tokenizer": tokenizer_hash(model_dir), "policy": policy,
              "online": {k2: v for k2, v in asdict(oc).items() if k2 != "steps"}, "sim": asdict(p.sim),
              "lora": asdict(cfg.lora), "deepspeed": cfg.deepspeed, "seed": cfg.seed,
@@ -89,7 +86,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     ref = copy.deepcopy(model).eval()  # the frozen starting policy
     for q in ref.parameters():
         q.requires_grad_(False)
-    engine, _, _, _ = deepspeed.initialize(model=model, config=ds_config,
+    engine, _, _, _ = deepspeed.initialize(model=model, config=config,
                                            model_parameters=[q for q in model.parameters() if q.requires_grad])
     ref.to(engine.device)
     state = {"step": 0, "mlflow_run_id": None, "history": []}
@@ -121,9 +118,14 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         dialogues = play(engine.module, tok, eps, domain, gen, step_seed, judge)
         r = rewards_tensor(dialogues)
         mask = torch.ones_like(r, dtype=torch.bool)
-        starts = torch.tensor([[t in set(d.meta["segment_starts"][SPEAKER]) for t in range(r.shape[1])]
-                               for d in dialogues])
-        w = partial_returns(r, mask, kind, k=k, segments=segments if segments else starts)
+        if kind == "segment" and not segments:  # {from: meta.segment_starts}: the probe windows
+            starts = torch.zeros_like(mask)
+            for i, d in enumerate(dialogues):
+                starts[i, d.meta["segment_starts"][SPEAKER]] = True
+            segments_arg = starts
+        else:
+            segments_arg = segments
+        w = partial_returns(r, mask, kind, k=k, segments=segments_arg)
         groups = torch.tensor([g for _, g, _ in eps])
         adv = shape_weights(w, mask, "group_loo", p.returns.standardize, groups, clip=p.returns.clip)
         seqs = sequences(dialogues, tok, eot)

@@ -70,6 +70,24 @@ def _set_rng_state(s):
     torch.set_rng_state(s["torch"])
 
 
+def ds_config(deepspeed_cfg: dict, micro_batch: int, world: int, total_steps: int) -> dict:
+    """params.yaml's DeepSpeed section with batch sizes and an "auto" total_num_steps filled in."""
+    if int(deepspeed_cfg.get("zero_optimization", {}).get("stage", 0)) > 2:
+        raise ValueError("train.deepspeed.zero_optimization.stage: ZeRO-3 is not supported yet (the final "
+                         "export would need the partitioned weights gathered); use 0, 1 or 2")
+    out = dict(deepspeed_cfg, train_micro_batch_size_per_gpu=micro_batch)
+    out["train_batch_size"] = micro_batch * int(out.get("gradient_accumulation_steps", 1)) * world
+    sched = out.get("scheduler", {})
+    if sched.get("params", {}).get("total_num_steps") == "auto":
+        out["scheduler"] = {**sched, "params": {**sched["params"], "total_num_steps": total_steps}}
+    return out
+
+
+def _new_window() -> dict:
+    """What the micro-batches of one optimizer step add up to, for logging."""
+    return {"loss": 0.0, "nll": 0.0, "tokens": 0, "padded": 0, "turns": 0, "excluded": 0, "t0": time.perf_counter()}
+
+
 def run_name(policy: str, fold: int | None) -> str:
     return policy if fold is None else f"{policy}-fold{fold}"
 
@@ -85,14 +103,9 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     check_tokenizer(data / f"{cfg.split}.parquet", model_dir)
     examples, wstats = load_examples(data, cfg.split, policy, p.returns.baseline, p.returns.standardize,
                                      fold, cfg.subsample, cfg.seed, p.returns.clip)
-    if int(cfg.deepspeed.get("zero_optimization", {}).get("stage", 0)) > 2:
-        raise ValueError("train.deepspeed.zero_optimization.stage: ZeRO-3 is not supported yet (the final "
-                         "export would need the partitioned weights gathered); use 0, 1 or 2")
     deepspeed, rank, world = setup_distributed()
     rank0 = rank == 0
-    ds_config = dict(cfg.deepspeed, train_micro_batch_size_per_gpu=cfg.batch_size)
-    accum = int(ds_config.get("gradient_accumulation_steps", 1))
-    ds_config["train_batch_size"] = cfg.batch_size * accum * world
+    accum = int(cfg.deepspeed.get("gradient_accumulation_steps", 1))
     per_step = accum * world  # micro-batches per optimizer step, all ranks together
     lengths = [len(e.input_ids) for e in examples]
     steps_per_epoch = len(length_batches(lengths, cfg.batch_size, cfg.bucket_batches, cfg.seed, 0)) // per_step
@@ -100,9 +113,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
         raise ValueError(f"train: {len(examples)} sequences make no full step of {per_step} batches "
                          f"of {cfg.batch_size}; lower train.batch_size or gradient_accumulation_steps")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    if ds_config.get("scheduler", {}).get("params", {}).get("total_num_steps") == "auto":
-        ds_config["scheduler"] = {**ds_config["scheduler"],
-                                  "params": {**ds_config["scheduler"]["params"], "total_num_steps": total}}
+    config = ds_config(cfg.deepspeed, cfg.batch_size, world, total)
     ident = {"model": p.model.spec, "tokenizer": tokenizer_hash(model_dir), "policy": policy, "fold": fold,
              "baseline": p.returns.baseline, "standardize": p.returns.standardize, "clip": p.returns.clip,
              "dataset": json.loads((data / "stats.json").read_text()).get("tokenizer_hash"),
@@ -115,7 +126,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
 
     _seed_all(cfg.seed)
     model = load_model(model_dir, cfg.lora)
-    engine, _, _, _ = deepspeed.initialize(model=model, config=ds_config,
+    engine, _, _, _ = deepspeed.initialize(model=model, config=config,
                                            model_parameters=[q for q in model.parameters() if q.requires_grad])
     state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "mlflow_run_id": None, "history": []}
     if resume:
@@ -147,7 +158,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
         bar = tqdm(total=total, initial=state["step"], desc=f"train {name}", unit="step", file=sys.stderr)
     engine.train()
     last = {}
-    window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "padded": 0, "turns": 0, "excluded": 0, "t0": time.perf_counter()}
+    window = _new_window()
     while state["step"] < total:
         batches = length_batches(lengths, cfg.batch_size, cfg.bucket_batches, cfg.seed, state["epoch"])
         usable = len(batches) // per_step * per_step
@@ -191,8 +202,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
                 if bar:
                     bar.update(1)
                     bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-            window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "padded": 0, "turns": 0, "excluded": 0,
-                      "t0": time.perf_counter()}
+            window = _new_window()
             if state["step"] % cfg.checkpoint_every == 0 or state["step"] == total:
                 checkpoint.save(engine, workdir, state["step"], {"ppg": state, "rng": _rng_state()}, fp, ident,
                                 cfg.keep_checkpoints, rank0)

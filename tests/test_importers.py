@@ -1,10 +1,9 @@
-import json
 from pathlib import Path
 
 import pytest
 
 from ppg.data.importers import conflict_list, import_paths, prompt_verdict
-from ppg.data.schema import DataError, read_dialogues, write_dialogues
+from ppg.data.schema import read_dialogues, write_dialogues
 
 FIX = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/consistent-llms/dialogues"
