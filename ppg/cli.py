@@ -157,12 +157,13 @@ def build(
     every policy in returns.policies; persona-disjoint splits; {split}.parquet and stats.json."""
     from ppg.data.build import build_dataset
     from ppg.data.schema import DataError
-    from ppg.models import resolve_model
+    from ppg.models import base_model, resolve_model
 
     p = _params(params)
     spec = model or p.model.spec
     try:
-        stats = build_dataset(Path(data or p.data.imported), Path(out or p.build.out), resolve_model(spec),
+        stats = build_dataset(Path(data or p.data.imported), Path(out or p.build.out),
+                              resolve_model(model) if model else base_model(p),
                               spec, p.returns.policies, p.returns.segments, p.build)
     except (DataError, FileNotFoundError) as e:
         fail(str(e))
@@ -338,6 +339,9 @@ def returns(
                         row[pid] = None if math.isnan(v) else round(v, 6)
                     f.write(json.dumps(row) + "\n")
         typer.echo(f"wrote {out}")
+
+
+import ppg.cli_pipeline  # noqa: E402,F401  (registers prepare-model, run, serve, promote, rollback)
 
 
 def main():

@@ -56,6 +56,9 @@ class DataConfig:
     (generated with the sim section)."""
     imported: str = "data/imported"
     """Folder of the imported canonical dataset (dialogues.jsonl + summary.json); a DVC output."""
+    incoming: str = "data/incoming"
+    """Drop folder for user data (point source at it, e.g. jsonl:data/incoming). The import stage
+    depends on it, so a new file there re-runs import -> ... -> gate at the next pipeline run."""
 
 
 @dataclass
@@ -91,6 +94,9 @@ class ValidateConfig:
 class ModelConfig:
     spec: str = "smollm2-135m"
     """smollm2-135m (real, offline from PyPI) | tiny (tests) | a local folder | ORG/NAME on a hub."""
+    base: str = ""
+    """Folder written by `ppg prepare-model` (a DVC output, e.g. models/base). When set, every stage
+    loads the base model from it; empty = resolve spec into the local cache."""
 
 
 @dataclass
@@ -204,6 +210,9 @@ class MlflowConfig:
     """Artifact folder of a new experiment in the embedded store."""
     experiment: str = "ppg"
     """Experiment name."""
+    ui_url: str = "http://127.0.0.1:5000"
+    """Where the MLflow UI answers (`mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db`);
+    used for the links in the pipeline's comparison table."""
 
 
 def _sim_domains():
@@ -301,18 +310,53 @@ class EvalConfig:
     generation: dict = field(default_factory=lambda: {"max_new_tokens": 32, "temperature": 0.7, "top_p": 0.9,
                                                       "batch_size": 8})
     """Sampling for rollouts (~7-13 new tokens/s for SmolLM2 on a 2-core CPU)."""
-    split: str = "test"
-    """Split for offline evaluation without --fold (with --fold F: fold F of train.split)."""
+    split: str = "validation"
+    """validation (the evaluate stage; the best policy is chosen on it) or test (the promotion gate).
+    Offline: the Parquet split of that name (with --fold F: fold F of train.split). Online: the
+    held-out personas of seed (validation) or seed + 1 (test)."""
     min_contradictions: int = 10
     """Fewer contradicting turns than this: AUC is reported as refused, not scored."""
-    primary: str = "online.consistency"
-    """The metric promotion compares (dotted path into metrics.json, e.g. offline.auc)."""
+    primary: str = "online.reward"
+    """The metric that picks the best policy (validation) and that the gate compares (test): a dotted
+    path into metrics.json, e.g. online.reward (the judge's reward: consistent AND answering, so
+    dodging every question cannot win), online.consistency, offline.auc."""
 
     def __post_init__(self):
         if self.mode not in ("online", "offline", "both"):
             raise ValueError(f"eval.mode: expected online, offline or both, got {self.mode!r}")
         if self.personas < 1:
             raise ValueError(f"eval.personas: must be >= 1, got {self.personas}")
+        if self.split not in ("validation", "test"):
+            raise ValueError(f"eval.split: expected validation or test, got {self.split!r}")
+
+    def persona_seed(self, split: str) -> int:
+        return self.seed + (split == "test")
+
+
+@dataclass
+class RegistryConfig:
+    model: str = "ppg-{domain}"
+    """Registered model name; {domain} = the evaluated simulator domain (online) or the data's
+    first domain (offline only)."""
+    margin: float = 0.0
+    """The challenger becomes champion only if its primary metric beats the champion's by more
+    than this, both measured on the test split with the same seeds."""
+    thresholds: dict = field(default_factory=lambda: {"online.reward": 0.3, "online.consistency": 0.5})
+    """Absolute minimums (dotted metric path -> value) the challenger must reach, champion or not."""
+
+    def __post_init__(self):
+        if not isinstance(self.thresholds, dict) or not all(isinstance(v, (int, float)) for v in self.thresholds.values()):
+            raise ValueError(f"registry.thresholds: expected a mapping metric -> number, got {self.thresholds!r}")
+
+
+@dataclass
+class PipelineConfig:
+    lock_timeout: float = 1800
+    """Seconds a pipeline run waits for another run on the same workspace before it fails."""
+    schedule: str = "0 3 * * *"
+    """Cron schedule of `ppg serve` (scheduled retraining)."""
+    deployment: str = "scheduled"
+    """Deployment name `ppg serve` registers (flow ppg-pipeline)."""
 
 
 @dataclass
@@ -337,6 +381,10 @@ class Params:
     """Online PPG against the simulator (ppg.online)."""
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     """Tracking (ppg.tracking)."""
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    """Registration and the promotion gate (ppg.registry)."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """The Prefect pipeline (flows/pipeline.py): lock and schedule."""
 
 
 def _build(cls, data, where):

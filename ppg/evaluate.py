@@ -133,7 +133,7 @@ def load_trained(p, name: str):
 
     from transformers import AutoModelForCausalLM
 
-    from ppg.models import load_tokenizer, resolve_model
+    from ppg.models import base_model, load_tokenizer
 
     trained = Path(p.train.out) / name
     if not (trained / "run.json").exists():
@@ -145,7 +145,7 @@ def load_trained(p, name: str):
         model = AutoPeftModelForCausalLM.from_pretrained(str(trained)).eval()
         return model, None, tok, True
     model = AutoModelForCausalLM.from_pretrained(str(trained)).eval()
-    ref = AutoModelForCausalLM.from_pretrained(str(resolve_model(p.model.spec))).eval()
+    ref = AutoModelForCausalLM.from_pretrained(str(base_model(p))).eval()
     return model, ref, tok, False
 
 
@@ -205,52 +205,110 @@ def table(metrics: dict) -> str:
             return x["reason"]
         return f"{x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
 
-    cols = [("online", "consistency"), ("online", "persona"), ("online", "commitment"), ("online", "coverage"),
+    cols = [("online", "reward"), ("online", "consistency"), ("online", "persona"), ("online", "commitment"),
+            ("online", "coverage"),
             ("online", "qa"), ("offline", "auc"), ("offline", "weighted_nll")]
     head = "| policy | " + " | ".join(f"{a}.{b}" for a, b in cols) + " |"
     rows = [f"| {name} | " + " | ".join(cell(m.get(a, {}).get(b)) for a, b in cols) + " |" for name, m in metrics.items()]
     return "\n".join([head, "|" + "---|" * (len(cols) + 1)] + rows) + "\n"
 
 
-def evaluate(p, policy: str, fold: int | None = None, run: str | None = None) -> dict:
-    """Evaluate models/<policy>[-fold<F>] (or models/<run>, e.g. k3-online) as params p.eval
-    says; write eval/<name>/ files. policy picks the weights of the offline weighted NLL."""
-    import json
+def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False, fold: int | None = None):
+    """Metrics of a loaded model on a split, as p.eval says: (metrics, judged dialogues or None).
+    The evaluate stage and the promotion gate both measure through here, with the same seeds."""
     from pathlib import Path
 
     import pyarrow.parquet as pq
 
-    from ppg.io import atomic_open
     from ppg.rollout import GenerationConfig, play, scenes
+
+    cfg, metrics, dialogues = p.eval, {"split": split}, None
+    if cfg.mode in ("online", "both"):
+        domain = cfg.domain or p.sim.domain
+        gen = GenerationConfig(**cfg.generation)
+        judge = SimJudge(p.sim.evasive_reward, p.sim.require)
+        seed = cfg.persona_seed(split)
+        eps = scenes(domain, cfg.personas, 1, cfg.turns or p.sim.turns, seed, p.sim.domains[domain])
+        dialogues = play(model, tok, eps, domain, gen, seed, judge)
+        qa = backstory_qa(model, tok, dialogues, gen) if cfg.qa else None
+        metrics["online"] = {"domain": domain, "seed": seed, **online_metrics(dialogues, judge, qa)}
+    if cfg.mode in ("offline", "both"):
+        path = Path(p.train.data) / (f"{p.train.split}.parquet" if fold is not None else f"{split}.parquet")
+        table_ = pq.read_table(path)
+        rows = table_.to_pylist()
+        rows = [r for r in rows if r["fold"] == fold] if fold is not None else rows
+        metrics["offline"] = {"data": str(path), "fold": fold,
+                              "domain": rows[0]["domain"] if rows and "domain" in table_.column_names else None,
+                              **offline_metrics(offline_turns(model, ref, lora, tok, rows, policy), cfg.min_contradictions)}
+    return metrics, dialogues
+
+
+def metric(metrics: dict, path: str) -> float | None:
+    """A dotted path into metrics.json (e.g. online.consistency -> its mean); None if absent or refused."""
+    x = metrics
+    for part in path.split("."):
+        if not isinstance(x, dict) or part not in x:
+            return None
+        x = x[part]
+    if isinstance(x, dict):
+        x = None if x.get("refused") else x.get("mean")
+    return float(x) if isinstance(x, (int, float)) else None
+
+
+def flat_metrics(metrics: dict, prefix: str = "") -> dict:
+    """Scalar metrics for MLflow: every {mean, lo, hi} as name, name.lo, name.hi."""
+    out = {}
+    for key, v in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(v, dict) and "mean" in v:
+            out.update({name: v["mean"], f"{name}.lo": v.get("lo"), f"{name}.hi": v.get("hi")})
+        elif isinstance(v, dict):
+            out.update(flat_metrics(v, f"{name}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[name] = v
+    return out
+
+
+def log_evaluation(p, run_id: str, metrics: dict, folder) -> None:
+    """Evaluation metrics (prefixed by split), the drift curve by turn and the files of folder
+    into the training run (the policy's child run)."""
+    from ppg import tracking
+
+    c = tracking.client(p.mlflow)
+    split = metrics.get("split", "validation")
+    scalars = flat_metrics({k: v for k, v in metrics.items() if k in ("online", "offline")}, f"{split}.")
+    tracking.log_metrics(c, run_id, {k: v for k, v in scalars.items() if ".drift." not in k}, 0)
+    for x in metrics.get("online", {}).get("drift", []):
+        tracking.log_metrics(c, run_id, {f"{split}.drift": x["mean"]}, x["turn"])
+    c.log_artifacts(run_id, str(folder), f"eval-{split}")
+
+
+def evaluate(p, policy: str, fold: int | None = None, run: str | None = None, log: bool = True) -> dict:
+    """Evaluate models/<policy>[-fold<F>] (or models/<run>, e.g. k3-online) on eval.split as p.eval
+    says; write eval/<name>/ files and log them into the model's MLflow run. policy picks the
+    weights of the offline weighted NLL."""
+    import json
+    from pathlib import Path
+
+    from ppg.data.schema import write_dialogues
+    from ppg.io import atomic_open
     from ppg.train import run_name
 
     cfg = p.eval
     name = run or run_name(policy, fold)
     model, ref, tok, lora = load_trained(p, name)
     trained = json.loads((Path(p.train.out) / name / "run.json").read_text())
+    m, dialogues = measure(p, model, tok, cfg.split, policy, ref, lora, fold)
     metrics = {"policy": policy, "fold": fold, "model": p.model.spec, "mlflow_run_id": trained.get("mlflow_run_id"),
-               "primary": cfg.primary}
-    if cfg.mode in ("online", "both"):
-        domain = cfg.domain or p.sim.domain
-        gen = GenerationConfig(**cfg.generation)
-        judge = SimJudge(p.sim.evasive_reward, p.sim.require)
-        eps = scenes(domain, cfg.personas, 1, cfg.turns or p.sim.turns, cfg.seed, p.sim.domains[domain])
-        dialogues = play(model, tok, eps, domain, gen, cfg.seed, judge)
-        qa = backstory_qa(model, tok, dialogues, gen) if cfg.qa else None
-        metrics["online"] = {"domain": domain, "seed": cfg.seed, **online_metrics(dialogues, judge, qa)}
-        from ppg.data.schema import write_dialogues
-
-        write_dialogues(Path(cfg.out) / name / "dialogues.jsonl", dialogues)
-    if cfg.mode in ("offline", "both"):
-        path = Path(p.train.data) / (f"{p.train.split}.parquet" if fold is not None else f"{cfg.split}.parquet")
-        rows = pq.read_table(path).to_pylist()
-        rows = [r for r in rows if r["fold"] == fold] if fold is not None else rows
-        metrics["offline"] = {"data": str(path), "fold": fold,
-                              **offline_metrics(offline_turns(model, ref, lora, tok, rows, policy), cfg.min_contradictions)}
+               "primary": cfg.primary, **m}
     out = Path(cfg.out) / name
+    if dialogues is not None:
+        write_dialogues(out / "dialogues.jsonl", dialogues)
     with atomic_open(out / "metrics.json") as f:
         json.dump(metrics, f, indent=1)
     with atomic_open(out / "table.md") as f:
         f.write(table({name: metrics}))
     plot_drift({name: metrics}, out / "drift.png")
+    if log and metrics["mlflow_run_id"]:
+        log_evaluation(p, metrics["mlflow_run_id"], metrics, out)
     return metrics

@@ -132,6 +132,18 @@ def resolve_model(spec: str) -> Path:
     raise FileNotFoundError(f"model: {spec!r} is not tiny, smollm2-135m, a local folder or ORG/NAME")
 
 
+def base_model(p) -> Path:
+    """The base model folder of params p: model.base (the prepare-model stage's output) if set,
+    else model.spec resolved into the cache."""
+    if p.model.base:
+        base = Path(p.model.base)
+        if not (base / "config.json").exists():
+            raise FileNotFoundError(f"model.base: {base} holds no model; run `ppg prepare-model` "
+                                    f"(or `dvc repro prepare-model`) first")
+        return base
+    return resolve_model(p.model.spec)
+
+
 def prepare_model(spec: str, out: str | Path) -> Path:
     """Copy the resolved model into out (the pipeline's base-model folder), atomically."""
     src = resolve_model(spec)

@@ -26,7 +26,7 @@ from ppg.data.build import end_of_turn_marker, render, token_layout
 from ppg.data.schema import write_dialogues
 from ppg.judges import SimJudge
 from ppg.losses import online_ppg_loss, token_logprobs
-from ppg.models import load_model, load_tokenizer, resolve_model, tokenizer_hash
+from ppg.models import base_model, load_model, load_tokenizer, tokenizer_hash
 from ppg.returns import parse_policy_id, partial_returns, shape_weights
 from ppg.rollout import GenerationConfig, play, rewards_tensor, scenes
 from ppg.sim.simulate import SPEAKER
@@ -67,7 +67,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     domain = oc.domain or p.sim.domain
     if domain not in p.sim.domains:
         raise ValueError(f"online.domain: {domain!r} is not one of {sorted(p.sim.domains)}")
-    model_dir = resolve_model(p.model.spec)
+    model_dir = base_model(p)
     config = ds_config(dict(cfg.deepspeed, gradient_accumulation_steps=1), oc.personas_per_step * oc.group,
                        1, oc.steps)
     deepspeed, rank, world = setup_distributed()

@@ -12,8 +12,10 @@ def client(cfg):
     from mlflow import MlflowClient
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith("sqlite:///"):  # made absolute: the process may change directory later
+        db = Path(uri[len("sqlite:///"):]).resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{db}"
     return MlflowClient(tracking_uri=uri)
 
 

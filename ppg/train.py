@@ -25,7 +25,7 @@ from ppg import checkpoint, tracking
 from ppg.batching import collate, length_batches, load_examples
 from ppg.data.build import check_tokenizer
 from ppg.losses import offline_ppg_loss, token_logprobs
-from ppg.models import load_model, load_tokenizer, resolve_model, tokenizer_hash
+from ppg.models import base_model, load_model, load_tokenizer, tokenizer_hash
 from ppg.returns import parse_policy_id
 
 
@@ -98,7 +98,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     kind, k = parse_policy_id(policy)
     cfg = p.train
     name = run_name(policy, fold)
-    model_dir = resolve_model(p.model.spec)
+    model_dir = base_model(p)
     data = Path(cfg.data)
     check_tokenizer(data / f"{cfg.split}.parquet", model_dir)
     examples, wstats = load_examples(data, cfg.split, policy, p.returns.baseline, p.returns.standardize,

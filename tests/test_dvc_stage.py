@@ -28,7 +28,7 @@ def digest(folder: Path) -> dict:
 @pytest.mark.slow
 def test_dvc_repro_push_pull_from_a_fresh_repo(tmp_path):
     repo = tmp_path / "repo"
-    for rel in ("dvc.yaml", "params.yaml", "data/examples", "ppg"):
+    for rel in ("dvc.yaml", "params.yaml", "data/incoming", "ppg"):
         src, dst = ROOT / rel, repo / rel
         if src.is_dir():
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
@@ -44,12 +44,16 @@ def test_dvc_repro_push_pull_from_a_fresh_repo(tmp_path):
     params["model"]["spec"] = "tiny"
     params["returns"]["policies"] = ["greedy", "k2"]
     params["train"].update(max_steps=2, batch_size=1)
+    params["sim"].update(dialogues=60, turns=4)
+    params["eval"].update(personas=2, turns=3, qa=False,
+                          generation={"max_new_tokens": 4, "temperature": 0.0, "top_p": 1.0, "batch_size": 2})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git", "init", "-q", cwd=repo, env=env)
     sh("dvc", "init", "-q", cwd=repo, env=env)
     shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")  # the project's default local remote
     out = sh("dvc", "repro", cwd=repo, env=env)
-    for stage in ("import", "validate", "build", "train@greedy", "train@k2"):
+    for stage in ("prepare-model", "import", "validate", "build", "train@greedy", "train@k2", "evaluate@greedy",
+                  "evaluate@k2"):
         assert f"Running stage '{stage}'" in out
     assert (repo / "data/built/train.parquet").exists() and (repo / "data/validation/report.md").exists()
     run_json = json.loads((repo / "models/k2/run.json").read_text())
@@ -62,7 +66,8 @@ def test_dvc_repro_push_pull_from_a_fresh_repo(tmp_path):
     assert "Running stage 'build'" in out and "Running stage 'import'" not in out
     assert "Running stage 'train@k2'" in out  # the folds column changed the built data
     # push to the default local remote, lose outputs and cache, pull them back unchanged
-    outs = ["data/imported", "data/validation", "data/built", "models/greedy", "models/k2"]
+    outs = ["models/base", "data/imported", "data/validation", "data/built", "models/greedy", "models/k2",
+            "eval/greedy", "eval/k2"]
     before = {d: digest(repo / d) for d in outs}
     sh("dvc", "push", cwd=repo, env=env)
     assert (repo / ".dvc-remote").is_dir()

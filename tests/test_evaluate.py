@@ -72,6 +72,7 @@ def trained(tmp_path_factory, tiny_model):
     train(p, "k2", progress=False)
     train(p, "k2", fold=1, progress=False)
     p.eval.out, p.eval.personas, p.eval.turns, p.eval.min_contradictions = str(tmp / "eval"), 3, 3, 1
+    p.eval.split = "test"  # this fixture builds train and test only
     p.eval.generation = {"max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "batch_size": 4}
     return p, tmp
 
@@ -90,6 +91,15 @@ def test_evaluate_writes_metrics_plot_and_table(trained):
     assert "| k2 |" in (tmp / "eval/k2/table.md").read_text()
     assert m["mlflow_run_id"] == json.loads((tmp / "models/k2/run.json").read_text())["mlflow_run_id"]
     assert len((tmp / "eval/k2/dialogues.jsonl").read_text().splitlines()) == 3
+    # logged into the policy's training run: metrics by split, the drift curve by turn, the files
+    from mlflow import MlflowClient
+
+    c = MlflowClient(p.mlflow.tracking_uri)
+    run = c.get_run(m["mlflow_run_id"])
+    assert run.data.metrics["test.online.consistency"] == pytest.approx(saved["online"]["consistency"]["mean"])
+    assert [x.step for x in c.get_metric_history(run.info.run_id, "test.drift")] == [0, 1, 2]
+    assert {f.path for f in c.list_artifacts(run.info.run_id, "eval-test")} >= {"eval-test/metrics.json",
+                                                                                "eval-test/drift.png"}
 
 
 def test_evaluate_a_fold_uses_the_model_trained_without_it(trained):

@@ -239,12 +239,19 @@ IMPORTERS = {"consistent-llms": import_consistent_llms,
              "chitchat": import_chitchat, "jsonl": import_jsonl}
 
 
+def _files(path: Path) -> list[Path]:
+    """A file, or the data files (*.jsonl, *.json) of a folder such as data/incoming, sorted."""
+    if not path.is_dir():
+        return [path]
+    return sorted(f for f in path.iterdir() if f.suffix in (".jsonl", ".json") and not f.name.startswith("."))
+
+
 def import_paths(fmt: str, paths: list[Path]) -> tuple[list[Dialogue], dict]:
     """Parse every path fully (all or nothing); duplicate dialogue ids across files are errors."""
     if fmt not in IMPORTERS:
         raise DataError(f"format: {fmt!r} is not one of {FORMATS}")
     stats, out, seen = ImportStats(), [], {}
-    for p in paths:
+    for p in [f for p in paths for f in _files(Path(p))]:
         for d in IMPORTERS[fmt](Path(p), stats):
             if d.dialogue_id in seen:
                 raise DataError(f"{p}: field dialogue_id: {d.dialogue_id!r} already imported from {seen[d.dialogue_id]}")

@@ -1,0 +1,199 @@
+"""ppg-pipeline: the DVC stage graph run by Prefect, recorded in MLflow, gated into the registry.
+
+Division of labour: DVC owns the graph, caching and versions (each task is `dvc repro <stage>`,
+so dvc.lock stays the truth and unchanged stages are skipped); Prefect owns running it (order,
+retries, logs, schedules, artifacts); MLflow owns runs and the registry. Nothing here
+re-implements a `ppg` stage.
+
+    lock -> parent run -> dvc status (clean: stop, say so) -> prepare-model, import, validate,
+    build -> train@P, evaluate@P for every policy P, one at a time -> best policy on the
+    validation split -> register as `challenger` -> gate on the test split -> dvc push
+
+Started by `ppg run` (embedded engine) or served with a cron schedule by `ppg serve`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from ppg import registry, tracking
+from ppg.config import load_params
+from ppg.evaluate import metric, table
+from ppg.lock import workspace_lock
+
+STRIP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", tracking.PARENT_ENV)
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def stage_env(parent_run_id: str) -> dict:
+    """The environment of a stage: this interpreter's bin first (dvc, ppg), the parent run id."""
+    env = {k: v for k, v in os.environ.items() if k not in STRIP}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env[tracking.PARENT_ENV] = parent_run_id
+    return env
+
+
+def _dvc(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], capture_output=True, text=True,
+                          env=env or stage_env(""))
+
+
+@task(task_run_name="dvc repro {stage}")
+def repro(stage: str, parent_run_id: str) -> bool:
+    """Run one DVC stage; True if it ran, False if DVC found it unchanged."""
+    log = get_run_logger()
+    r = _dvc("repro", stage, env=stage_env(parent_run_id))
+    tail = (r.stdout + r.stderr)[-3000:]
+    if r.returncode:
+        if stage == "validate" and Path("data/validation/report.md").exists():
+            tail += "\n--- data/validation/report.md ---\n" + Path("data/validation/report.md").read_text()[:3000]
+        raise StageFailed(f"stage {stage} failed (dvc repro exit {r.returncode}); nothing after it ran:\n{tail}")
+    ran = f"Running stage '{stage}'" in r.stdout
+    log.info("%s %s", stage, "ran" if ran else "unchanged (skipped by DVC)")
+    return ran
+
+
+@task
+def register_and_gate(policy: str, parent_run_id: str) -> dict:
+    p = load_params()
+    log = get_run_logger()
+    version = registry.register(p, policy, parent_run_id)
+    metrics = json.loads((Path(p.eval.out) / policy / "metrics.json").read_text())
+    name = registry.model_name(p, metrics)
+    log.info("registered %s v%s (%s) as %s", name, version, policy, registry.CHALLENGER)
+    return registry.gate(p, name, version, policy, parent_run_id, say=log.info)
+
+
+def link_runs(p, c, parent_run_id: str, trained: dict) -> dict:
+    """Tag each policy's run (dataset md5, git commit, policy, K); a run DVC skipped is linked to
+    this parent through the run.json it wrote before. Returns policy -> run id."""
+    from ppg.returns import parse_policy_id
+
+    runs, md5, commit = {}, registry.dvc_md5(p.build.out), registry.git_commit()
+    for policy in p.returns.policies:
+        run_id = json.loads((Path(p.train.out) / policy / "run.json").read_text())["mlflow_run_id"]
+        runs[policy] = run_id
+        kind, k = parse_policy_id(policy)
+        for key, v in {"ppg.dataset_md5": md5, "ppg.git_commit": commit, "ppg.policy": policy,
+                       "ppg.k": k or "", "ppg.policy_class": kind}.items():
+            c.set_tag(run_id, key, str(v or ""))
+        if not trained.get(policy):
+            c.set_tag(parent_run_id, f"ppg.linked.{policy}", run_id)
+    return runs
+
+
+def comparison(p, runs: dict, trained: dict) -> tuple[str, dict]:
+    """The per-policy markdown table (validation split, 95% CIs) with links to the MLflow runs."""
+    metrics = {pol: json.loads((Path(p.eval.out) / pol / "metrics.json").read_text()) for pol in p.returns.policies}
+    exp = tracking.experiment_id(tracking.client(p.mlflow), p.mlflow)
+    links = "\n".join(f"- {pol}: {'trained in this run' if trained.get(pol) else 'unchanged, from an earlier run'}, "
+                      f"[MLflow run {runs[pol]}]({p.mlflow.ui_url}/#/experiments/{exp}/runs/{runs[pol]})"
+                      for pol in p.returns.policies)
+    return f"Primary metric: `{p.eval.primary}` (validation split)\n\n{table(metrics)}\n{links}\n", metrics
+
+
+def apply_overlay(params: Path, overlay: Path) -> None:
+    """Merge an overlay (e.g. params.tiny.yaml) into params.yaml, key by key, atomically."""
+    import yaml
+
+    from ppg.io import atomic_open
+
+    def merge(a, b):
+        return {**a, **{k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+                        for k, v in b.items()}}
+
+    merged = merge(yaml.safe_load(params.read_text()) or {}, yaml.safe_load(overlay.read_text()) or {})
+    with atomic_open(params) as f:
+        yaml.safe_dump(merged, f, sort_keys=False)
+    load_params(params)  # a bad overlay fails here, before anything runs
+
+
+@flow(name="ppg-pipeline", log_prints=True)
+def ppg_pipeline(workspace: str = ".", overlay: str = "") -> dict:
+    """One pipeline run on a workspace (a git + DVC repo with params.yaml and dvc.yaml)."""
+    start = os.getcwd()
+    os.chdir(workspace)  # stages and the embedded MLflow store use workspace-relative paths
+    try:
+        return _run(overlay)
+    finally:
+        os.chdir(start)
+
+
+def _run(overlay: str) -> dict:
+    log = get_run_logger()
+    p = load_params()
+    with workspace_lock(p.pipeline.lock_timeout, say=log.warning):
+        if overlay:
+            apply_overlay(Path("params.yaml"), Path(overlay))
+            log.info("merged %s into params.yaml", overlay)
+        p = load_params()
+        c = tracking.client(p.mlflow)
+        os.environ.pop(tracking.PARENT_ENV, None)
+        parent = tracking.open_run(c, p.mlflow, name="pipeline",
+                                   tags={"ppg.stage": "pipeline", "ppg.git_commit": registry.git_commit() or ""})
+        try:
+            result = _stages(p, c, parent, log)
+        except BaseException as e:
+            c.set_tag(parent, "ppg.error", str(e)[:5000])
+            c.set_terminated(parent, "FAILED")
+            raise
+        c.set_terminated(parent, "FINISHED")
+        return result
+
+
+def _stages(p, c, parent: str, log) -> dict:
+    status = _dvc("status", "--json")
+    if status.returncode:
+        raise StageFailed(f"dvc status failed: {status.stderr[-2000:]}")
+    result = {"parent_run_id": parent, "policies": list(p.returns.policies)}
+    if json.loads(status.stdout or "{}") == {} and all((Path(p.eval.out) / x / "metrics.json").exists()
+                                                       for x in p.returns.policies):
+        log.info("nothing changed (dvc status is clean: no new data, same params): training skipped, "
+                 "nothing registered")
+        c.set_tag(parent, "ppg.skipped", "dvc status clean")
+        trained, result["skipped"] = {}, True
+    else:
+        for stage in ("prepare-model", "import", "validate", "build"):
+            repro(stage, parent)
+        trained = {pol: repro(f"train@{pol}", parent) for pol in p.returns.policies}
+        for pol in p.returns.policies:  # evaluation may call a remote judge: retry once
+            repro.with_options(retries=1, retry_delay_seconds=5)(f"evaluate@{pol}", parent)
+        result["skipped"] = False
+    runs = link_runs(p, c, parent, trained)
+    md, metrics = comparison(p, runs, trained)
+    c.log_text(parent, md, "policies.md")
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(md, key="ppg-policies", description="Per-policy comparison (validation split)")
+    scores = {pol: metric(m, p.eval.primary) for pol, m in metrics.items()}
+    known = {pol: s for pol, s in scores.items() if s is not None}
+    best = max(known, key=known.get) if known else None
+    result.update(table=md, trained=trained, runs=runs, validation=scores, best=best, gate=None)
+    if best is not None:
+        c.set_tag(parent, "ppg.best_policy", best)
+    if not any(trained.values()):
+        log.info("no policy was retrained: registration and the gate are skipped")
+    elif best is None:
+        log.warning("no policy has a %s score on validation: nothing registered", p.eval.primary)
+    elif not trained[best]:
+        log.info("best policy %s was trained in an earlier run: nothing new to register", best)
+    else:
+        result["gate"] = register_and_gate(best, parent)
+    if not result["skipped"]:
+        push = _dvc("push")
+        if push.returncode:
+            log.warning("dvc push failed (outputs stay in the local cache): %s", push.stderr[-1000:])
+    name = result["gate"]["model"] if result["gate"] else None
+    if name is None and best is not None:
+        name = registry.model_name(p, metrics[best])
+    champ = registry.alias_version(c, name, registry.CHAMPION) if name else None
+    result["champion"] = {"model": name, "version": champ}
+    print(md + f"\nchampion: {name} v{champ}" if champ else md + f"\nchampion: none yet for {name}")
+    return result

@@ -1,0 +1,109 @@
+"""`ppg` commands of the pipeline around the stages: prepare-model, run, serve, promote, rollback.
+(Registered on the one typer app of ppg.cli; split out to keep each file short.)"""
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from ppg.cli import _params, app, fail
+
+PARAMS = typer.Option(Path("params.yaml"), help="The config tree.")
+
+
+def _prefect_env():
+    # The embedded (ephemeral) Prefect server needs more than its default 20 s to start on 2 cores
+    # (env-notes section 3); the analytics heartbeat locks a fresh SQLite database.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@app.command("prepare-model")
+def prepare_model(
+    out: Path = typer.Option(None, help="Folder to write (default: model.base in params.yaml)."),
+    params: Path = PARAMS,
+):
+    """Copy the base model (model.spec, converted or built once into the cache) into a folder the
+    pipeline versions with DVC."""
+    from ppg.models import prepare_model as prepare
+
+    p = _params(params)
+    out = out or (Path(p.model.base) if p.model.base else None)
+    if out is None:
+        fail("out: give --out or set model.base in params.yaml")
+    try:
+        typer.echo(f"wrote {prepare(p.model.spec, out)} ({p.model.spec})")
+    except FileNotFoundError as e:
+        fail(str(e))
+
+
+@app.command()
+def run(
+    params: Path = typer.Option(None, "--params", help="An overlay (e.g. params.tiny.yaml) merged into "
+                                "params.yaml before the run; DVC sees the merged values."),
+    workspace: Path = typer.Option(Path("."), help="The git + DVC workspace."),
+):
+    """The whole pipeline once (Prefect's embedded engine): DVC stages, per-policy evaluation,
+    registration of the best policy and the promotion gate."""
+    _prefect_env()
+    from flows.pipeline import ppg_pipeline
+
+    if params is not None and not params.exists():
+        fail(f"{params}: no such params overlay")
+    result = ppg_pipeline(workspace=str(workspace), overlay=str(params.resolve()) if params else "")
+    typer.echo(json.dumps({k: result.get(k) for k in ("parent_run_id", "skipped", "best", "champion")}))
+
+
+@app.command()
+def serve(
+    workspace: Path = typer.Option(Path("."), help="The git + DVC workspace the runs use."),
+    params: Path = PARAMS,
+):
+    """Serve the pipeline as a deployment with pipeline.schedule (cron). Runs against the Prefect
+    server of PREFECT_API_URL (e.g. `prefect server start`); blocks until stopped."""
+    _prefect_env()
+    from flows.pipeline import ppg_pipeline
+
+    p = _params(params)
+    typer.echo(f"serving ppg-pipeline/{p.pipeline.deployment} on cron {p.pipeline.schedule!r}")
+    ppg_pipeline.serve(name=p.pipeline.deployment, cron=p.pipeline.schedule,
+                       parameters={"workspace": str(workspace.resolve())})
+
+
+def _registry_op(params, op):
+    from mlflow.exceptions import MlflowException
+
+    from ppg.lock import LockTimeout, workspace_lock
+
+    p = _params(params)
+    try:
+        with workspace_lock(p.pipeline.lock_timeout, what="registry change by hand"):
+            return op(p)
+    except (MlflowException, ValueError, LockTimeout) as e:
+        fail(str(e))
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(..., help="Registered model version to make champion."),
+    model: str = typer.Option(..., help="Registered model name, e.g. ppg-therapy."),
+    params: Path = PARAMS,
+):
+    """Make VERSION the champion by hand (no gate); the previous champion is kept for rollback."""
+    from ppg import registry
+
+    _registry_op(params, lambda p: registry.promote(p, model, version, "by hand (ppg promote)"))
+    typer.echo(f"{model}@champion -> v{version}")
+
+
+@app.command()
+def rollback(
+    model: str = typer.Option(..., help="Registered model name, e.g. ppg-therapy."),
+    params: Path = PARAMS,
+):
+    """Give the champion alias back to the previous champion."""
+    from ppg import registry
+
+    v = _registry_op(params, lambda p: registry.rollback(p, model))
+    typer.echo(f"{model}@champion -> v{v}")

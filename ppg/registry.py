@@ -1,0 +1,186 @@
+"""The MLflow model registry: register a run's best policy as `challenger`, gate it against the
+`champion` on the test split, promote or roll back by hand.
+
+Aliases, not stages (MLflow 3). The registered model is the merged HF model (LoRA folded into
+its base), logged with mlflow.transformers into the policy's own run, so
+`models:/ppg-<domain>@champion` loads anywhere without peft or this package. The champion's
+history is a JSON list in the registered model's tag `ppg.champion_history`, so a rollback
+knows where to go back to.
+"""
+
+import json
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from ppg import tracking
+from ppg.evaluate import measure, metric
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HISTORY_TAG = "ppg.champion_history"
+
+
+def model_name(p, metrics: dict) -> str:
+    domain = (metrics.get("online") or {}).get("domain") or (metrics.get("offline") or {}).get("domain") or "data"
+    return p.registry.model.format(domain=domain)
+
+
+def git_commit() -> str | None:
+    r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def dvc_md5(path: str, lock: Path = Path("dvc.lock")) -> str | None:
+    """The md5 dvc.lock records for an output path (the dataset version a model was trained on)."""
+    if not lock.exists():
+        return None
+    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+        for out in stage.get("outs", []):
+            if out.get("path", "").rstrip("/") == path.rstrip("/"):
+                return out.get("md5")
+    return None
+
+
+def _mlflow(p):
+    import mlflow
+
+    c = tracking.client(p.mlflow)
+    mlflow.set_tracking_uri(c._tracking_client.tracking_uri)
+    tracking.experiment_id(c, p.mlflow)
+    return mlflow, c
+
+
+def register(p, policy: str, parent_run_id: str | None = None) -> str:
+    """Merge models/<policy>, log it into the policy's run and register it as a new version of
+    its registered model with alias `challenger`. Returns the version."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from ppg.models import export_merged, load_tokenizer
+
+    trained = Path(p.train.out) / policy
+    run = json.loads((trained / "run.json").read_text())
+    metrics = json.loads((Path(p.eval.out) / policy / "metrics.json").read_text())
+    name = model_name(p, metrics)
+    merged = export_merged(trained, Path(p.train.workdir).parent / "register" / policy)
+    mlflow, c = _mlflow(p)
+    model, tok = AutoModelForCausalLM.from_pretrained(str(merged)), load_tokenizer(merged)
+    gen = p.eval.generation
+    with mlflow.start_run(run_id=run["mlflow_run_id"]):  # explicit run id: never a shared active run
+        info = mlflow.transformers.log_model(
+            {"model": model, "tokenizer": tok}, name="model", task="text-generation", registered_model_name=name,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],
+            model_config={"max_new_tokens": gen.get("max_new_tokens", 32), "do_sample": False})
+    version = str(info.registered_model_version)
+    tags = {"ppg.policy": policy, "ppg.run_id": run["mlflow_run_id"], "ppg.parent_run_id": parent_run_id or "",
+            "ppg.dataset_md5": dvc_md5(p.build.out) or "", "ppg.git_commit": git_commit() or "",
+            f"ppg.validation.{p.eval.primary}": str(metric(metrics, p.eval.primary))}
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, v)
+    c.set_registered_model_alias(name, CHALLENGER, version)
+    return version
+
+
+def load_registered(uri: str):
+    """(model, tokenizer) of a registered model URI, e.g. models:/ppg-therapy@champion."""
+    import mlflow
+
+    parts = mlflow.transformers.load_model(uri, return_type="components")
+    model, tok = parts["model"].eval(), parts["tokenizer"]
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def alias_version(c, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(c.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _history(c, name) -> list[str]:
+    return json.loads(c.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+
+
+def promote(p, name: str, version: str, reason: str = "by hand") -> None:
+    """Make `version` the champion; the previous champion is remembered for rollback."""
+    _, c = _mlflow(p)
+    c.get_model_version(name, version)  # raises if there is no such version
+    hist = [v for v in _history(c, name) if v != str(version)] + [str(version)]
+    c.set_registered_model_alias(name, CHAMPION, str(version))
+    c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(hist))
+    c.set_model_version_tag(name, str(version), "ppg.promoted", reason)
+
+
+def rollback(p, name: str) -> str:
+    """Give `champion` back to the version that held it before the current one."""
+    _, c = _mlflow(p)
+    hist = _history(c, name)
+    current = alias_version(c, name, CHAMPION)
+    if current is None or len(hist) < 2 or hist[-1] != current:
+        raise ValueError(f"registry: {name} has no earlier champion to roll back to (history {hist}, "
+                         f"champion {current})")
+    c.set_registered_model_alias(name, CHAMPION, hist[-2])
+    c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(hist[:-1]))
+    c.set_model_version_tag(name, current, "ppg.rolled_back", "true")
+    return hist[-2]
+
+
+def gate(p, name: str, version: str, policy: str, parent_run_id: str | None = None, say=print) -> dict:
+    """Promote `version` to champion if, on the test split with the same seeds as the current
+    champion's re-evaluation, it passes registry.thresholds and beats the champion's primary
+    metric by more than registry.margin (no champion yet: the thresholds are enough)."""
+    from ppg.models import base_model
+
+    mlflow, c = _mlflow(p)
+    pt = replace(p, eval=replace(p.eval, split="test"))
+    primary, margin = p.eval.primary, p.registry.margin
+    ref = None
+    if p.eval.mode in ("offline", "both"):
+        from transformers import AutoModelForCausalLM
+
+        ref = AutoModelForCausalLM.from_pretrained(str(base_model(p))).eval()
+
+    def test_metrics(v):
+        model, tok = load_registered(f"models:/{name}/{v}")
+        return measure(pt, model, tok, "test", policy, ref=ref)[0]
+
+    chal = test_metrics(version)
+    champ_v = alias_version(c, name, CHAMPION)
+    champ = test_metrics(champ_v) if champ_v and champ_v != version else None
+    x = metric(chal, primary)
+    failed = [f"{k} = {metric(chal, k)} (minimum {t})" for k, t in p.registry.thresholds.items()
+              if metric(chal, k) is None or metric(chal, k) < t]
+    y = metric(champ, primary) if champ else None
+    if x is None:
+        promoted, reason = False, f"{primary} is unavailable for v{version} (refused or absent)"
+    elif failed:
+        promoted, reason = False, "below the thresholds: " + "; ".join(failed)
+    elif champ is not None and (y is None or not x > y + margin):
+        promoted, reason = False, (f"{primary} {x:.4f} does not beat champion v{champ_v} ({y if y is None else round(y, 4)}) "
+                                   f"by more than {margin:g}")
+    else:
+        promoted = True
+        reason = (f"{primary} {x:.4f} beats champion v{champ_v} ({y:.4f}) by more than {margin:g}" if champ
+                  else f"{primary} {x:.4f} passes the thresholds; no champion yet")
+    if promoted:
+        promote(p, name, version, reason)
+    decision = {"model": name, "challenger": version, "champion_before": champ_v,
+                "champion": version if promoted else champ_v, "promoted": promoted, "reason": reason,
+                "primary": primary, "challenger_test": x, "champion_test": y,
+                "thresholds": p.registry.thresholds, "margin": margin}
+    c.set_model_version_tag(name, version, "ppg.gate", ("promoted: " if promoted else "blocked: ") + reason)
+    if parent_run_id:
+        c.log_dict(parent_run_id, {"decision": decision, "challenger": chal, "champion": champ}, "gate.json")
+        for k, v in (("gate.challenger_test", x), ("gate.champion_test", y)):
+            if v is not None:
+                c.log_metric(parent_run_id, k, v)
+        c.set_tag(parent_run_id, "ppg.gate", ("promoted v" if promoted else "blocked v") + f"{version}: {reason}")
+    say(("PROMOTED " if promoted else "NOT PROMOTED ") + f"{name} v{version}: {reason}")
+    return decision

@@ -1,0 +1,211 @@
+"""The product path: the Prefect flow over real `dvc` in a real git repo, the real MLflow registry
+(SQLite), a real deployment served by `ppg serve`, the promotion gate and the workspace lock.
+One workspace and one Prefect test server for the whole lifecycle (tiny model, 2 policies)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STRIP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI", "PPG_PARENT_RUN_ID")
+
+
+def write_incoming(ws: Path, name: str, seed: int, n: int = 120, null_rewards: bool = False):
+    from ppg.config import SimConfig
+    from ppg.data.schema import write_dialogues
+    from ppg.sim.simulate import simulate
+
+    ds = simulate("chatting", n, 4, seed, SimConfig())
+    if null_rewards:  # parses, but fails the validation gate (null-verdict share)
+        for d in ds:
+            for ln in d.lines:
+                if ln.speaker in d.evaluated_speakers:
+                    ln.reward = None
+    write_dialogues(ws / "data/incoming" / name, ds)
+
+
+def set_params(ws: Path, **sections):
+    path = ws / "params.yaml"
+    p = yaml.safe_load(path.read_text())
+    for sec, values in sections.items():
+        p[sec].update(values)
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Environment of the workspace processes (the serve runner, CLI calls)."""
+    tmp = tmp_path_factory.mktemp("pipeline-env")
+    e = {k: v for k, v in os.environ.items() if k not in STRIP}
+    e.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_SITE_CACHE_DIR=str(tmp / "dvc-site"),
+             GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    for k in STRIP:
+        os.environ.pop(k, None)
+    os.environ.update(DVC_SITE_CACHE_DIR=e["DVC_SITE_CACHE_DIR"], PATH=e["PATH"])
+    return e
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, env) -> Path:
+    ws = tmp_path_factory.mktemp("workspace")
+    for rel in ("dvc.yaml", "params.yaml", "params.tiny.yaml", ".dvcignore", "data/incoming/README.md", "ppg"):
+        src, dst = ROOT / rel, ws / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=ws, env=env, check=True)
+    shutil.copy(ROOT / ".dvc/config", ws / ".dvc/config")
+    from flows.pipeline import apply_overlay
+
+    apply_overlay(ws / "params.yaml", ws / "params.tiny.yaml")
+    set_params(ws, data={"source": "jsonl:data/incoming"},
+               train={"max_steps": 20, "batch_size": 8, "checkpoint_every": 10},
+               eval={"personas": 4, "turns": 4, "generation": {"max_new_tokens": 8, "temperature": 0.0,
+                                                               "top_p": 1.0, "batch_size": 4}},
+               registry={"thresholds": {"online.reward": 0.0}, "margin": 0.0})
+    write_incoming(ws, "batch-000.jsonl", seed=0)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()
+
+
+def registry_state(ws: Path, name: str = "ppg-chatting"):
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{ws}/mlflow/mlflow.db")
+    versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{name}'"))
+    aliases = c.get_registered_model(name).aliases if versions else {}
+    return c, versions, {k: str(v) for k, v in aliases.items()}
+
+
+@pytest.mark.slow
+def test_pipeline_lifecycle(ws, env, prefect_api):
+    from flows.pipeline import ppg_pipeline
+
+    # 1. first run: every stage runs, the best policy is registered and (thresholds pass, no
+    #    champion yet) promoted
+    r = ppg_pipeline(workspace=str(ws))
+    assert not r["skipped"] and r["trained"] == {"greedy": True, "k3": True}
+    assert r["gate"]["promoted"] and r["champion"]["version"] == "1"
+    c, versions, aliases = registry_state(ws)
+    assert versions == [1] and aliases == {"champion": "1", "challenger": "1"}
+    parent = c.get_run(r["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["ppg.best_policy"] == r["best"]
+    for policy, run_id in r["runs"].items():  # one child run per policy, tagged and evaluated
+        child = c.get_run(run_id)
+        assert child.data.tags["mlflow.parentRunId"] == r["parent_run_id"]
+        assert child.data.tags["ppg.policy"] == policy and child.data.tags["ppg.dataset_md5"].endswith(".dir")
+        assert child.data.tags["ppg.k"] == ("3" if policy == "k3" else "")
+        assert 0.0 <= child.data.metrics["validation.online.reward"] <= 1.0
+    assert "| greedy |" in r["table"] and "| k3 |" in r["table"]
+    assert (ws / ".dvc-remote").is_dir()  # outputs pushed to the default local remote
+    # the champion loads from the registry and generates
+    import mlflow
+
+    from ppg.registry import load_registered
+
+    mlflow.set_tracking_uri(f"sqlite:///{ws}/mlflow/mlflow.db")
+    model, tok = load_registered("models:/ppg-chatting@champion")
+    ids = tok("I am Maya.", return_tensors="pt").input_ids
+    assert model.generate(ids, min_new_tokens=3, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+    # 2. nothing changed: dvc status is clean, training is skipped, nothing registered
+    r = ppg_pipeline(workspace=str(ws))
+    assert r["skipped"] and r["gate"] is None and registry_state(ws)[1] == [1]
+
+    # 3. another run holds the workspace: fail cleanly after the timeout, then wait for it
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from ppg.lock import workspace_lock\n"
+                               "with workspace_lock(10, what='holder'):\n print('held', flush=True); time.sleep(4)"],
+                              cwd=ws, env=env, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    set_params(ws, pipeline={"lock_timeout": 1})
+    from ppg.lock import LockTimeout
+
+    with pytest.raises(LockTimeout, match="holder"):
+        ppg_pipeline(workspace=str(ws))
+    set_params(ws, pipeline={"lock_timeout": 60})
+    t0 = time.monotonic()
+    assert ppg_pipeline(workspace=str(ws))["skipped"]  # waited for the holder, then ran
+    assert time.monotonic() - t0 > 1 and holder.wait(10) == 0
+    assert registry_state(ws)[2]["champion"] == "1"
+
+    # 4. a new incoming file, through the served deployment: import -> ... -> gate; a margin no
+    #    challenger can beat blocks promotion and the champion stays
+    from prefect.deployments import run_deployment
+
+    set_params(ws, registry={"margin": 1.0})
+    write_incoming(ws, "batch-001.jsonl", seed=1)
+    dep = ppg_pipeline.to_deployment(name="scheduled", cron="0 3 * * *", parameters={"workspace": str(ws)})
+    assert dep.apply()
+    runner = subprocess.Popen([str(BIN / "ppg"), "serve", "--workspace", str(ws)], cwd=ws,
+                              env={**env, "PREFECT_API_URL": prefect_api, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        run = run_deployment("ppg-pipeline/scheduled", timeout=400)
+        assert run.state.is_completed(), run.state
+    finally:
+        runner.terminate()
+        out = runner.communicate(timeout=30)[0]
+    assert "serving ppg-pipeline/scheduled on cron '0 3 * * *'" in out
+    c, versions, aliases = registry_state(ws)
+    assert versions == [1, 2] and aliases == {"champion": "1", "challenger": "2"}
+    assert c.get_model_version("ppg-chatting", "2").tags["ppg.gate"].startswith("blocked: ")
+
+    # 5. bad data: the run fails at validation, before training; nothing registered
+    write_incoming(ws, "batch-002.jsonl", seed=2, null_rewards=True)
+    from flows.pipeline import StageFailed
+
+    with pytest.raises(StageFailed, match="stage validate failed"):
+        ppg_pipeline(workspace=str(ws))
+    assert registry_state(ws)[1:] == ([1, 2], {"champion": "1", "challenger": "2"})
+
+    # 6. by hand: promote v2, roll back to v1
+    from ppg.config import load_params
+    from ppg.registry import promote, rollback
+
+    os.chdir(ws)
+    try:
+        p = load_params()
+        promote(p, "ppg-chatting", "2")
+        assert registry_state(ws)[2]["champion"] == "2"
+        assert rollback(p, "ppg-chatting") == "1" and registry_state(ws)[2]["champion"] == "1"
+        with pytest.raises(ValueError, match="no earlier champion"):
+            rollback(p, "ppg-chatting")
+    finally:
+        os.chdir(ROOT)
+
+
+def test_workspace_lock_waits_times_out_and_is_released_by_a_dead_holder(tmp_path):
+    from ppg.lock import LockTimeout, workspace_lock
+
+    lock = tmp_path / "pipeline.lock"
+    code = f"from ppg.lock import workspace_lock\nimport os\nwith workspace_lock(5, path={str(lock)!r}):\n" \
+           " print('held', flush=True); os._exit(0)"  # dies holding it: the kernel releases flock
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.stdout.strip() == "held"
+    with workspace_lock(1, path=lock):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        said = []
+        with pytest.raises(LockTimeout, match=r"gave up after \d+ s \(pipeline.lock_timeout = 0.3\)"):
+            with workspace_lock(0.3, path=lock, say=said.append):
+                pass
+        assert said and "held by" in said[0]
+    assert lock.read_text() == ""  # released and cleared
