@@ -34,13 +34,21 @@ def wilson(k: float, n: int) -> tuple[float, float]:
     return (c - h, c + h)
 
 
-def mean_ci(x) -> dict:
-    """Mean with a normal 95% interval over independent units (dialogues)."""
+def mean_ci(x, bounds: tuple[float, float] | None = None) -> dict:
+    """Mean with a Student-t 95% interval over independent units (dialogues): a few held-out
+    personas are the common case, where the normal quantile is too narrow. Rates pass
+    bounds=(0, 1) so the interval stays inside what the metric can take."""
+    from scipy.stats import t as student_t
+
     x = np.asarray(x, dtype=float)
     if len(x) == 0:
         return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
-    h = Z95 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
-    return {"mean": float(x.mean()), "lo": float(x.mean() - h), "hi": float(x.mean() + h), "n": int(len(x))}
+    m = float(x.mean())
+    h = student_t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
+    lo, hi = m - h, m + h
+    if bounds is not None and h == h:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return {"mean": m, "lo": float(lo), "hi": float(hi), "n": int(len(x))}
 
 
 def online_metrics(dialogues, judge: SimJudge, qa: list[list[bool]] | None = None) -> dict:
@@ -54,11 +62,11 @@ def online_metrics(dialogues, judge: SimJudge, qa: list[list[bool]] | None = Non
             per[k].append(s[k])
         for t, x in enumerate(v):
             by_turn.setdefault(t, []).append(int(x.persona and x.commitment))
-    out = {k: mean_ci(vals) for k, vals in per.items()}
+    out = {k: mean_ci(vals, (0.0, 1.0)) for k, vals in per.items()}
     out["drift"] = [{"turn": t, "mean": sum(x) / len(x), "lo": wilson(sum(x), len(x))[0],
                      "hi": wilson(sum(x), len(x))[1], "n": len(x)} for t, x in sorted(by_turn.items())]
     if qa is not None:
-        out["qa"] = mean_ci([sum(q) / len(q) for q in qa if q])
+        out["qa"] = mean_ci([sum(q) / len(q) for q in qa if q], (0.0, 1.0))
     out["dialogues"] = len(dialogues)
     return out
 

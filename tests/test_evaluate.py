@@ -111,3 +111,15 @@ def test_evaluate_a_fold_uses_the_model_trained_without_it(trained):
     assert m["offline"]["fold"] == 1 and (tmp / "eval/k2-fold1/metrics.json").exists()
     with pytest.raises(FileNotFoundError, match="no trained model"):
         evaluate(p, "k2", fold=0)
+
+
+def test_mean_ci_is_student_t_and_rates_stay_in_bounds():
+    from ppg.evaluate import mean_ci
+
+    x = [1.0, 1.0, 1.0, 0.5]  # mean 0.875, sd 0.25, n 4: t(0.975, 3) = 3.182446
+    ci = mean_ci(x)
+    assert ci["mean"] == pytest.approx(0.875)
+    assert ci["hi"] - ci["mean"] == pytest.approx(3.182446 * 0.25 / 2, abs=1e-6)
+    bounded = mean_ci(x, (0.0, 1.0))
+    assert bounded["hi"] == 1.0 and bounded["lo"] == pytest.approx(ci["lo"])
+    assert mean_ci([0.3])["n"] == 1 and mean_ci([0.3])["lo"] != mean_ci([0.3])["lo"]  # NaN: no spread from one unit

@@ -87,6 +87,13 @@ def simulate_dialogue(rng: random.Random, dialogue_id: str, domain: str, turns: 
                       behaviour: dict) -> Dialogue:
     """One dialogue of `turns` persona turns, replies drawn from the behaviour mix."""
     persona, windows, kind, partner = scene(rng, turns, setting)
+    replies = behaviour_replies(rng, persona, kind, turns, behaviour)
+    return to_dialogue(dialogue_id, domain, persona, windows, partner, replies)
+
+
+def behaviour_replies(rng: random.Random, persona, kind: dict, turns: int, behaviour: dict) -> list[str]:
+    """The behaviour policy's replies to a scene (also played on held-out scenes, to compare a
+    trained policy with the behaviour that logged its data on the same personas)."""
     said: dict[str, str] = {}  # the speaker's commitments so far
     replies = []
     for t in range(turns):
@@ -119,7 +126,7 @@ def simulate_dialogue(rng: random.Random, dialogue_id: str, domain: str, turns: 
             else:
                 reply = (AFFIRM if value == truth else INSIST).format(fact=first_person(a, value))
         replies.append(reply)
-    return to_dialogue(dialogue_id, domain, persona, windows, partner, replies)
+    return replies
 
 
 def simulate(domain: str, dialogues: int, turns: int, seed: int, cfg) -> list[Dialogue]:
