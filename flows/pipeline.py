@@ -12,16 +12,18 @@ re-implements a `ppg` stage.
 Started by `ppg run` (embedded engine) or served with a cron schedule by `ppg serve`.
 """
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from prefect import flow, get_run_logger, task
 
 from ppg import registry, tracking
-from ppg.config import load_params
+from ppg.config import Params, load_params
 from ppg.evaluate import metric, table
 from ppg.lock import workspace_lock
 
@@ -100,19 +102,30 @@ def comparison(p, runs: dict, trained: dict) -> tuple[str, dict]:
 
 
 def apply_overlay(params: Path, overlay: Path) -> None:
-    """Merge an overlay (e.g. params.tiny.yaml) into params.yaml, key by key, atomically."""
-    import yaml
+    """Merge an overlay (e.g. params.tiny.yaml) into params.yaml key by key, atomically, keeping
+    params.yaml's comments (ruamel round trip; `git checkout params.yaml` undoes it)."""
+    from ruamel.yaml import YAML
 
     from ppg.io import atomic_open
 
-    def merge(a, b):
-        return {**a, **{k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-                        for k, v in b.items()}}
+    rt = YAML()
+    rt.preserve_quotes, rt.width = True, 110
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
 
-    merged = merge(yaml.safe_load(params.read_text()) or {}, yaml.safe_load(overlay.read_text()) or {})
+    def merge(a, b):
+        for k, v in b.items():
+            if isinstance(v, dict) and isinstance(a.get(k), dict):
+                merge(a[k], v)
+            else:
+                a[k] = v
+
+    base = rt.load(params.read_text()) or {}
+    merge(base, YAML(typ="safe").load(overlay.read_text()) or {})
+    text = io.StringIO()
+    rt.dump(base, text)
+    Params.from_dict(yaml.safe_load(text.getvalue()), f"{params} + {overlay}")  # bad overlay: params.yaml untouched
     with atomic_open(params) as f:
-        yaml.safe_dump(merged, f, sort_keys=False)
-    load_params(params)  # a bad overlay fails here, before anything runs
+        f.write(text.getvalue())
 
 
 @flow(name="ppg-pipeline", log_prints=True)

@@ -386,6 +386,11 @@ class Params:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """The Prefect pipeline (flows/pipeline.py): lock and schedule."""
 
+    @staticmethod
+    def from_dict(data: dict, where: str) -> "Params":
+        """The tree from parsed YAML; errors name `where` and the key."""
+        return _build(Params, data, where)
+
 
 def _build(cls, data, where):
     if not isinstance(data, dict):
@@ -411,5 +416,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         return Params()
-    data = yaml.safe_load(path.read_text()) or {}
-    return _build(Params, data, str(path))
+    return Params.from_dict(yaml.safe_load(path.read_text()) or {}, str(path))

@@ -9,6 +9,7 @@ knows where to go back to.
 """
 
 import json
+import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -74,6 +75,7 @@ def register(p, policy: str, parent_run_id: str | None = None) -> str:
             {"model": model, "tokenizer": tok}, name="model", task="text-generation", registered_model_name=name,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],
             model_config={"max_new_tokens": gen.get("max_new_tokens", 32), "do_sample": False})
+    shutil.rmtree(merged)  # a full copy of the model; the registry holds it now
     version = str(info.registered_model_version)
     tags = {"ppg.policy": policy, "ppg.run_id": run["mlflow_run_id"], "ppg.parent_run_id": parent_run_id or "",
             "ppg.dataset_md5": dvc_md5(p.build.out) or "", "ppg.git_commit": git_commit() or "",

@@ -209,3 +209,22 @@ def test_workspace_lock_waits_times_out_and_is_released_by_a_dead_holder(tmp_pat
                 pass
         assert said and "held by" in said[0]
     assert lock.read_text() == ""  # released and cleared
+
+
+def test_params_overlay_merges_keys_keeps_comments_and_refuses_bad_keys(tmp_path):
+    from flows.pipeline import apply_overlay
+
+    params, overlay = tmp_path / "params.yaml", tmp_path / "over.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    overlay.write_text("model: {spec: tiny}\ntrain: {deepspeed: {optimizer: {params: {lr: 0.003}}}}\n")
+    apply_overlay(params, overlay)
+    p = yaml.safe_load(params.read_text())
+    assert p["model"] == {"spec": "tiny", "base": "models/base"}  # merged, not replaced
+    assert p["train"]["deepspeed"]["optimizer"]["params"]["lr"] == 0.003
+    assert p["train"]["deepspeed"]["optimizer"]["params"]["torch_adam"] is True
+    assert "# The one config tree" in params.read_text() and p["online"]["domain"] is None
+    before = params.read_text()
+    overlay.write_text("train: {max_stepz: 3}\n")
+    with pytest.raises(ValueError, match=r"over.yaml.*max_stepz"):
+        apply_overlay(params, overlay)
+    assert params.read_text() == before
