@@ -9,8 +9,10 @@ knows where to go back to.
 """
 
 import json
+import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,13 +46,30 @@ def dvc_md5(path: str, lock: Path = Path("dvc.lock")) -> str | None:
     return None
 
 
-def _mlflow(p):
+def _client(p):
+    c = tracking.client(p.mlflow)
+    tracking.experiment_id(c, p.mlflow)
+    return c
+
+
+@contextmanager
+def _fluent(p):
+    """MLflow's fluent API (log_model, load_model) on p's store, for this block only:
+    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which every later subprocess (a
+    stage, a test's `ppg train`) would inherit, so both are put back."""
     import mlflow
 
-    c = tracking.client(p.mlflow)
+    before, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    c = _client(p)
     mlflow.set_tracking_uri(c._tracking_client.tracking_uri)
-    tracking.experiment_id(c, p.mlflow)
-    return mlflow, c
+    try:
+        yield mlflow
+    finally:
+        mlflow.set_tracking_uri(before)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def register(p, policy: str, parent_run_id: str | None = None) -> str:
@@ -67,10 +86,11 @@ def register(p, policy: str, parent_run_id: str | None = None) -> str:
     metrics = json.loads((Path(p.eval.out) / policy / "metrics.json").read_text())
     name = model_name(p, metrics)
     merged = export_merged(trained, Path(p.train.workdir).parent / "register" / policy)
-    mlflow, c = _mlflow(p)
+    c = _client(p)
     model, tok = AutoModelForCausalLM.from_pretrained(str(merged)), load_tokenizer(merged)
     gen = p.eval.generation
-    with mlflow.start_run(run_id=run["mlflow_run_id"]):  # explicit run id: never a shared active run
+    # explicit run id: never a shared active run
+    with _fluent(p) as mlflow, mlflow.start_run(run_id=run["mlflow_run_id"]):
         info = mlflow.transformers.log_model(
             {"model": model, "tokenizer": tok}, name="model", task="text-generation", registered_model_name=name,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],
@@ -86,11 +106,10 @@ def register(p, policy: str, parent_run_id: str | None = None) -> str:
     return version
 
 
-def load_registered(uri: str):
-    """(model, tokenizer) of a registered model URI, e.g. models:/ppg-therapy@champion."""
-    import mlflow
-
-    parts = mlflow.transformers.load_model(uri, return_type="components")
+def load_registered(p, uri: str):
+    """(model, tokenizer) of a registered model URI in p's store, e.g. models:/ppg-therapy@champion."""
+    with _fluent(p) as mlflow:
+        parts = mlflow.transformers.load_model(uri, return_type="components")
     model, tok = parts["model"].eval(), parts["tokenizer"]
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -112,7 +131,7 @@ def _history(c, name) -> list[str]:
 
 def promote(p, name: str, version: str, reason: str = "by hand") -> None:
     """Make `version` the champion; the previous champion is remembered for rollback."""
-    _, c = _mlflow(p)
+    c = _client(p)
     c.get_model_version(name, version)  # raises if there is no such version
     hist = [v for v in _history(c, name) if v != str(version)] + [str(version)]
     c.set_registered_model_alias(name, CHAMPION, str(version))
@@ -122,7 +141,7 @@ def promote(p, name: str, version: str, reason: str = "by hand") -> None:
 
 def rollback(p, name: str) -> str:
     """Give `champion` back to the version that held it before the current one."""
-    _, c = _mlflow(p)
+    c = _client(p)
     hist = _history(c, name)
     current = alias_version(c, name, CHAMPION)
     if current is None or len(hist) < 2 or hist[-1] != current:
@@ -140,7 +159,7 @@ def gate(p, name: str, version: str, policy: str, parent_run_id: str | None = No
     metric by more than registry.margin (no champion yet: the thresholds are enough)."""
     from ppg.models import base_model
 
-    mlflow, c = _mlflow(p)
+    c = _client(p)
     pt = replace(p, eval=replace(p.eval, split="test"))
     primary, margin = p.eval.primary, p.registry.margin
     ref = None
@@ -150,7 +169,7 @@ def gate(p, name: str, version: str, policy: str, parent_run_id: str | None = No
         ref = AutoModelForCausalLM.from_pretrained(str(base_model(p))).eval()
 
     def test_metrics(v):
-        model, tok = load_registered(f"models:/{name}/{v}")
+        model, tok = load_registered(p, f"models:/{name}/{v}")
         return measure(pt, model, tok, "test", policy, ref=ref)[0]
 
     chal = test_metrics(version)

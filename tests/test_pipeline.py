@@ -118,12 +118,13 @@ def test_pipeline_lifecycle(ws, env, prefect_api):
     assert "| greedy |" in r["table"] and "| k3 |" in r["table"]
     assert (ws / ".dvc-remote").is_dir()  # outputs pushed to the default local remote
     # the champion loads from the registry and generates
-    import mlflow
-
+    from ppg.config import load_params
     from ppg.registry import load_registered
 
-    mlflow.set_tracking_uri(f"sqlite:///{ws}/mlflow/mlflow.db")
-    model, tok = load_registered("models:/ppg-chatting@champion")
+    p = load_params(ws / "params.yaml")
+    p.mlflow.tracking_uri = f"sqlite:///{ws}/mlflow/mlflow.db"
+    model, tok = load_registered(p, "models:/ppg-chatting@champion")
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # nothing leaks into later subprocesses
     ids = tok("I am Maya.", return_tensors="pt").input_ids
     assert model.generate(ids, min_new_tokens=3, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
 

@@ -229,3 +229,42 @@ def test_smollm2_with_lora_trains_and_the_merged_export_generates(tmp_path):
     text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert len(text.strip()) > 0
     assert json.loads((merged / "run.json").read_text())["mlflow_run_id"] == r["mlflow_run_id"]
+
+
+def test_disk_full_while_checkpointing_keeps_the_last_complete_checkpoint_usable(tmp_path, data, monkeypatch):
+    """A writer that fails half-way (ENOSPC) during the step-8 checkpoint: the run fails, the
+    step-4 checkpoint stays the resume point, and the resumed run ends where an uninterrupted one
+    does, in the same MLflow run."""
+    import errno
+
+    import torch
+
+    real_save, calls = torch.save, []
+
+    def full_disk(obj, f, *a, **kw):
+        calls.append(str(f))
+        if "step-0000008" in str(f):
+            Path(f).write_bytes(b"\0" * 10)  # a truncated shard, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *a, **kw)
+
+    p = params(tmp_path, data)
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run(p)
+    monkeypatch.setattr(torch, "save", real_save)
+    work = tmp_path / "work/k2"
+    assert json.loads((work / "latest.json").read_text())["tag"] == "step-0000004"
+    assert not (work / "step-0000008/ppg-complete.json").exists()
+    from ppg.checkpoint import find_resume
+
+    assert find_resume(work, json.loads((work / "step-0000004/ppg-complete.json").read_text())["fingerprint"],
+                       {})[1] == 4
+    resumed = run(p)
+    clean = run(params(tmp_path / "clean", data))
+    assert resumed["steps"] == 8 and resumed["loss_history"] == pytest.approx(clean["loss_history"], abs=1e-6)
+    from mlflow import MlflowClient
+
+    c = MlflowClient(p.mlflow.tracking_uri)
+    runs = c.search_runs([c.get_experiment_by_name(p.mlflow.experiment).experiment_id])
+    assert [r.info.run_id for r in runs] == [resumed["mlflow_run_id"]]  # one run, continued
