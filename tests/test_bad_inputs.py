@@ -1,5 +1,6 @@
 """Malformed inputs: each stops `ppg import` with an error naming file, record and field, and
-leaves no output behind."""
+leaves no output behind; data that parses but is wrong as a whole fails the validation gate.
+The cases below are also the files of the tests/bad_inputs/ corpus (checked to agree)."""
 
 import copy
 import json
@@ -79,17 +80,55 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("fmt,content,message", CASES, ids=[f"{i:02d}-{c[0]}" for i, c in enumerate(CASES)])
-def test_malformed_input_names_file_record_field_and_leaves_nothing(tmp_path, fmt, content, message):
-    src = tmp_path / "in" / "input.data"
-    src.parent.mkdir()
-    src.write_bytes(content)
-    out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["import", "-f", fmt, str(src), "--out", str(out)])
+CORPUS = Path(__file__).parent / "bad_inputs"
+MANIFEST = json.loads((CORPUS / "cases.json").read_text())
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def import_(src: Path, fmt: str, out: Path):
+    return CliRunner().invoke(app, ["import", "-f", fmt, str(src), "--out", str(out)])
+
+
+def assert_stopped_at_import(res, src: Path, message: str, out: Path):
     assert res.exit_code == 2, res.output
     text = " ".join(res.output.split())  # rich may wrap long messages
     assert str(src) in text and message in text, text
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("case", MANIFEST, ids=[c["file"] for c in MANIFEST])
+def test_each_bad_input_of_the_corpus_stops_before_training(tmp_path, case):
+    """tests/bad_inputs/ (cases.json says where each file stops): import names file, record and
+    field and writes nothing; what only the whole table shows fails the validation gate, whose
+    report names the check and the offending dialogue and line."""
+    src, imported, report = CORPUS / case["file"], tmp_path / "imported", tmp_path / "validation"
+    res = import_(src, case["format"], imported)
+    if case["stops_at"] == "import":
+        return assert_stopped_at_import(res, src, case["error"], imported)
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["validate", str(imported), "--out", str(report), "--params", str(ROOT / "params.yaml")])
+    assert res.exit_code == 1, res.output
+    text = (report / "report.md").read_text()
+    assert "\nFAILED: " in text, text[:300]
+    assert f"| {case['error']}" in text, text
+    if "offender" in case:  # a row-level check lists the record: file, dialogue, line, turn
+        assert str(imported / "dialogues.jsonl") in text and case["offender"] in text, text
+
+
+@pytest.mark.parametrize("fmt,content,message", [c for c in CASES if len(c[1]) > 100_000], ids=["cl-10MB", "jsonl-10MB"])
+def test_oversized_lines_stop_at_import(tmp_path, fmt, content, message):
+    src = tmp_path / "in" / "input.data"
+    src.parent.mkdir()
+    src.write_bytes(content)
+    assert_stopped_at_import(import_(src, fmt, tmp_path / "out"), src, message, tmp_path / "out")
+
+
+def test_the_corpus_covers_every_inline_case():
+    small = [c for c in CASES if len(c[1]) <= 100_000]
+    files = [c for c in MANIFEST if c["stops_at"] == "import"]
+    assert [(c["format"], c["error"]) for c in files] == [(f, m) for f, _, m in small]
+    assert [(CORPUS / c["file"]).read_bytes() for c in files] == [b for _, b, _ in small]
+    assert len(MANIFEST) >= 25
 
 
 def test_the_same_dialogue_from_two_files_is_a_duplicate(tmp_path):
