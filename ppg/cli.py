@@ -234,9 +234,11 @@ def evaluate_(
             p.eval = type(p.eval)(**{**p.eval.__dict__, "mode": mode})
         except ValueError as e:
             fail(str(e))
+    from ppg.llm_judge import JudgeError
+
     try:
         m = evaluate(p, policy, fold, run)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, JudgeError) as e:
         fail(str(e))
     from ppg.evaluate import table
     from ppg.train import run_name

@@ -316,6 +316,11 @@ class EvalConfig:
     held-out personas of seed (validation) or seed + 1 (test)."""
     min_contradictions: int = 10
     """Fewer contradicting turns than this: AUC is reported as refused, not scored."""
+    llm_judge: dict | None = None
+    """Also judge the online rollouts with an OpenAI-compatible LLM judge (ppg.llm_judge.LLMJudgeConfig
+    keys: base_url, model, api_key_env, timeout_s, retries, ...): online.llm holds its
+    prompt-to-line + line-to-line consistency and the share of turns it left without a verdict.
+    An endpoint that stays down fails the evaluation (nothing written, nothing logged)."""
     primary: str = "online.reward"
     """The metric that picks the best policy (validation) and that the gate compares (test): a dotted
     path into metrics.json, e.g. online.reward (the judge's reward: consistent AND answering, so
@@ -326,6 +331,13 @@ class EvalConfig:
             raise ValueError(f"eval.mode: expected online, offline or both, got {self.mode!r}")
         if self.personas < 1:
             raise ValueError(f"eval.personas: must be >= 1, got {self.personas}")
+        if self.llm_judge is not None:
+            from ppg.llm_judge import LLMJudgeConfig
+
+            known = {f.name for f in dataclasses.fields(LLMJudgeConfig)}
+            if not isinstance(self.llm_judge, dict) or set(self.llm_judge) - known:
+                raise ValueError(f"eval.llm_judge: expected a mapping with keys from {sorted(known)}, "
+                                 f"got {self.llm_judge!r}")
         if self.split not in ("validation", "test"):
             raise ValueError(f"eval.split: expected validation or test, got {self.split!r}")
 

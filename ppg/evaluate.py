@@ -240,6 +240,8 @@ def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False
         dialogues = play(model, tok, eps, domain, gen, seed, judge)
         qa = backstory_qa(model, tok, dialogues, gen) if cfg.qa else None
         metrics["online"] = {"domain": domain, "seed": seed, **online_metrics(dialogues, judge, qa)}
+        if cfg.llm_judge:
+            metrics["online"]["llm"] = llm_metrics(dialogues, cfg.llm_judge)
     if cfg.mode in ("offline", "both"):
         path = Path(p.train.data) / (f"{p.train.split}.parquet" if fold is not None else f"{split}.parquet")
         table_ = pq.read_table(path)
@@ -249,6 +251,21 @@ def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False
                               "domain": rows[0]["domain"] if rows and "domain" in table_.column_names else None,
                               **offline_metrics(offline_turns(model, ref, lora, tok, rows, policy), cfg.min_contradictions)}
     return metrics, dialogues
+
+
+def llm_metrics(dialogues, judge_cfg: dict) -> dict:
+    """The rollouts judged again by an LLM judge: per-dialogue share of consistent turns among
+    those with a verdict (prompt-to-line and line-to-line, as LLMJudgeConfig.require says), and
+    the share of turns left without one (never counted as 0 or 1). Raises JudgeError when the
+    endpoint stays down."""
+    from ppg.llm_judge import LLMJudge, LLMJudgeConfig
+
+    lj = LLMJudge(LLMJudgeConfig(**judge_cfg))
+    rewards = [[ln.reward for ln in d.turns(SPEAKER)] for d in lj.judge(dialogues)]
+    known = [[r for r in rs if r is not None] for rs in rewards]
+    n = sum(len(rs) for rs in rewards)
+    return {"consistency": mean_ci([sum(k) / len(k) for k in known if k], (0.0, 1.0)),
+            "unknown_share": (n - sum(len(k) for k in known)) / max(n, 1), "counts": dict(lj.counts)}
 
 
 def metric(metrics: dict, path: str) -> float | None:

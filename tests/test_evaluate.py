@@ -1,6 +1,7 @@
 import json
 import random
 from itertools import product
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,81 @@ def test_mean_ci_is_student_t_and_rates_stay_in_bounds():
     bounded = mean_ci(x, (0.0, 1.0))
     assert bounded["hi"] == 1.0 and bounded["lo"] == pytest.approx(ci["lo"])
     assert mean_ci([0.3])["n"] == 1 and mean_ci([0.3])["lo"] != mean_ci([0.3])["lo"]  # NaN: no spread from one unit
+
+
+class FlakyJudge:
+    """An OpenAI-compatible judge that answers `healthy` requests, then fails every one (500)."""
+
+    def __init__(self, healthy: int):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        state = {"n": 0, "auth": []}
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                state["n"] += 1
+                state["auth"].append(self.headers.get("Authorization"))
+                if state["n"] > healthy:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                text = "Reasoning. []" if "Python list" in body else "It fits. NO"
+                out = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(out.encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.state = state
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+
+SECRET = "sk-eval-DO-NOT-LEAK-0987654321"
+
+
+def test_llm_judge_in_evaluation_and_a_judge_that_dies_mid_run(trained, monkeypatch, capsys, caplog, tmp_path):
+    import dataclasses
+
+    from mlflow import MlflowClient
+
+    from ppg.evaluate import evaluate
+    from ppg.llm_judge import JudgeError
+
+    p, tmp = trained
+    monkeypatch.setenv("PPG_JUDGE_API_KEY", SECRET)
+    up = FlakyJudge(healthy=10 ** 6)
+    cfg = dict(base_url=up.url, model="judge", retries=1, backoff_s=0.01, timeout_s=5)
+    good = dataclasses.replace(p, eval=dataclasses.replace(p.eval, mode="online", split="validation",
+                                                           out=str(tmp_path / "ok"), llm_judge=cfg))
+    m = evaluate(good, "k2")
+    llm = m["online"]["llm"]
+    assert llm["consistency"]["mean"] == 1.0 and llm["unknown_share"] == 0.0  # every answer was NO / []
+    assert llm["counts"]["requests"] == up.state["n"] > 0 and set(up.state["auth"]) == {f"Bearer {SECRET}"}
+    run_id = m["mlflow_run_id"]
+    c = MlflowClient(p.mlflow.tracking_uri)
+    assert c.get_run(run_id).data.metrics["validation.online.llm.consistency"] == 1.0
+    # the endpoint dies mid-evaluation: retried, then the evaluation fails with nothing written
+    # and nothing logged for that split
+    down = FlakyJudge(healthy=3)
+    bad = dataclasses.replace(p, eval=dataclasses.replace(good.eval, split="test", out=str(tmp_path / "down"),
+                                                          llm_judge={**cfg, "base_url": down.url}))
+    before = c.get_run(run_id).data.metrics
+    with pytest.raises(JudgeError, match="attempts"):
+        evaluate(bad, "k2")
+    assert down.state["n"] > 3 and not (tmp_path / "down").exists()
+    assert c.get_run(run_id).data.metrics == before
+    # the key is in no log, MLflow param, tag or artifact, and in no evaluation output
+    logs = capsys.readouterr()
+    assert SECRET not in logs.out + logs.err + caplog.text
+    run = c.get_run(run_id)
+    assert SECRET not in json.dumps(run.data.params) + json.dumps(run.data.tags)
+    stores = [Path(p.mlflow.tracking_uri[len("sqlite:///"):]), Path(p.mlflow.artifacts), tmp_path / "ok"]
+    for f in [f for s in stores for f in ([s] if s.is_file() else s.rglob("*")) if f.is_file()]:
+        assert SECRET.encode() not in f.read_bytes(), f
