@@ -107,3 +107,18 @@ def rollback(
 
     v = _registry_op(params, lambda p: registry.rollback(p, model))
     typer.echo(f"{model}@champion -> v{v}")
+
+
+@app.command()
+def study(
+    params: Path = PARAMS,
+    limit: int = typer.Option(0, help="Run only the first N cells (0 = the whole grid)."),
+):
+    """The K study on the simulator (study section of params.yaml) as a Prefect flow: every
+    (distance, data size, seed, policy, weighting) cell trained and evaluated once; a rerun skips
+    finished cells. Summary in <study.out>/summary.json and MLflow."""
+    _prefect_env()
+    from flows.study import ppg_study
+
+    s = ppg_study(params=str(params.resolve()), limit=limit)
+    typer.echo(json.dumps({"cells_run": s["cells_run"], "best": s["best"]}))

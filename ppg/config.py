@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from ppg.config_ops import MlflowConfig, PipelineConfig, RegistryConfig, StudyConfig  # noqa: F401
 from ppg.returns import BASELINES, parse_policy_id
 
 
@@ -201,20 +202,6 @@ class TrainConfig:
             raise ValueError("train.max_steps and train.subsample must be >= 0")
 
 
-@dataclass
-class MlflowConfig:
-    tracking_uri: str = "sqlite:///mlflow/mlflow.db"
-    """Where runs go (MLFLOW_TRACKING_URI overrides it): the embedded SQLite store by default,
-    or e.g. http://host:5000 for an `mlflow server`."""
-    artifacts: str = "mlflow/artifacts"
-    """Artifact folder of a new experiment in the embedded store."""
-    experiment: str = "ppg"
-    """Experiment name."""
-    ui_url: str = "http://127.0.0.1:5000"
-    """Where the MLflow UI answers (`mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db`);
-    used for the links in the pipeline's comparison table."""
-
-
 def _sim_domains():
     # Named settings of the dependency distance d (turns between an ask and its probe) and of
     # how much the backstory states; the K study sweeps d itself.
@@ -346,32 +333,6 @@ class EvalConfig:
 
 
 @dataclass
-class RegistryConfig:
-    model: str = "ppg-{domain}"
-    """Registered model name; {domain} = the evaluated simulator domain (online) or the data's
-    first domain (offline only)."""
-    margin: float = 0.0
-    """The challenger becomes champion only if its primary metric beats the champion's by more
-    than this, both measured on the test split with the same seeds."""
-    thresholds: dict = field(default_factory=lambda: {"online.reward": 0.3, "online.consistency": 0.5})
-    """Absolute minimums (dotted metric path -> value) the challenger must reach, champion or not."""
-
-    def __post_init__(self):
-        if not isinstance(self.thresholds, dict) or not all(isinstance(v, (int, float)) for v in self.thresholds.values()):
-            raise ValueError(f"registry.thresholds: expected a mapping metric -> number, got {self.thresholds!r}")
-
-
-@dataclass
-class PipelineConfig:
-    lock_timeout: float = 1800
-    """Seconds a pipeline run waits for another run on the same workspace before it fails."""
-    schedule: str = "0 3 * * *"
-    """Cron schedule of `ppg serve` (scheduled retraining)."""
-    deployment: str = "scheduled"
-    """Deployment name `ppg serve` registers (flow ppg-pipeline)."""
-
-
-@dataclass
 class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The base model (ppg.models)."""
@@ -397,6 +358,8 @@ class Params:
     """Registration and the promotion gate (ppg.registry)."""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """The Prefect pipeline (flows/pipeline.py): lock and schedule."""
+    study: StudyConfig = field(default_factory=StudyConfig)
+    """The K study (ppg.study, `ppg study`)."""
 
     @staticmethod
     def from_dict(data: dict, where: str) -> "Params":

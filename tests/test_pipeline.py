@@ -229,3 +229,28 @@ def test_params_overlay_merges_keys_keeps_comments_and_refuses_bad_keys(tmp_path
     with pytest.raises(ValueError, match=r"over.yaml.*max_stepz"):
         apply_overlay(params, overlay)
     assert params.read_text() == before
+
+
+def test_study_runs_its_cells_once_and_resumes(tmp_path, prefect_api):
+    from flows.study import ppg_study
+
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["model"] = {"spec": "tiny"}
+    p["train"].update(batch_size=4, lora={"enabled": False})
+    p["eval"].update(qa=False, generation={"max_new_tokens": 6, "temperature": 0.0, "top_p": 1.0, "batch_size": 4})
+    p["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifacts": str(tmp_path / "art")}
+    p["study"] = {"out": str(tmp_path / "study"), "distances": [2], "known": 4, "turns": 4,
+                  "policies": ["greedy", "k3", "k5"], "sizes": [40], "seeds": [0], "steps": 3, "personas": 2,
+                  "weights": {"raw": {"baseline": "none", "standardize": False, "clip": None}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    s = ppg_study(workspace=str(tmp_path))
+    assert s["cells_run"] == 2 and sorted(s["cells"]) == ["2|40|greedy|raw", "2|40|k3|raw"]  # k5 >= 4 turns: skipped
+    assert s["best"]["2|40|raw"] in ("greedy", "k3")
+    cell = json.loads((tmp_path / "study/cells/d2-n40-s0-k3-raw/metrics.json").read_text())
+    assert 0.0 <= cell["online"]["consistency"]["mean"] <= 1.0 and len(cell["drift"]) == 4
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = c.get_run(cell["mlflow_run_id"])
+    assert run.data.tags["ppg.policy"] == "k3" and "validation.online.consistency" in run.data.metrics
+    assert ppg_study(workspace=str(tmp_path))["cells_run"] == 0  # finished cells are read back

@@ -1,0 +1,60 @@
+"""ppg-study: the K study grid (ppg.study) as a Prefect flow, one task per cell, in MLflow.
+
+Cells run one at a time (2 CPU cores gain nothing from parallel training); a finished cell is
+read back, not retrained, so a stopped study resumes. One parent MLflow run per study run; each
+cell's training run is its child (tags ppg.policy, ppg.k, ...), with the evaluation logged in it.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from ppg import tracking
+from ppg.config import load_params
+from ppg.study import cells, run_cell, summary
+
+
+@task(cache_policy=NO_CACHE)
+def study_cell(p, cell: dict, root: str) -> dict:
+    r = run_cell(p, cell, Path(root))
+    get_run_logger().info("%s: %s consistency %.3f coverage %.3f", cell["id"], "done before" if r["skipped"] else
+                          f"trained in {r['seconds']:.0f} s,", r["online"]["consistency"]["mean"],
+                          r["online"]["coverage"]["mean"])
+    return r
+
+
+@flow(name="ppg-study", log_prints=True)
+def ppg_study(workspace: str = ".", params: str = "params.yaml", limit: int = 0) -> dict:
+    """Run (or resume) the grid of params.yaml's study section; limit > 0 runs the first cells only."""
+    start = os.getcwd()
+    os.chdir(workspace)
+    before = os.environ.get(tracking.PARENT_ENV)
+    try:
+        p = load_params(params)
+        root = Path(p.study.out)
+        c = tracking.client(p.mlflow)
+        os.environ.pop(tracking.PARENT_ENV, None)
+        parent = tracking.open_run(c, p.mlflow, name="study", tags={"ppg.stage": "study"},
+                                   params={"study": json.dumps(p.study.__dict__, default=str)})
+        os.environ[tracking.PARENT_ENV] = parent  # every cell's training run becomes its child
+        grid = cells(p.study)
+        results = [study_cell.with_options(task_run_name=cell["id"])(p, cell, str(root))
+                   for cell in (grid[:limit] if limit else grid)]
+        s = summary(results)
+        s["cells_run"] = sum(not r["skipped"] for r in results)
+        s["seconds"] = sum(r["seconds"] for r in results if not r["skipped"])
+        (root / "summary.json").write_text(json.dumps(s, indent=1))
+        c.log_dict(parent, s, "summary.json")
+        c.set_terminated(parent, "FINISHED")
+        print(f"study: {len(results)} of {len(grid)} cells ({s['cells_run']} trained now, "
+              f"{s['seconds']:.0f} s); summary in {root / 'summary.json'}")
+        return s
+    finally:
+        if before is None:
+            os.environ.pop(tracking.PARENT_ENV, None)
+        else:
+            os.environ[tracking.PARENT_ENV] = before
+        os.chdir(start)

@@ -1,0 +1,70 @@
+"""params.yaml sections of the operations around training: tracking, registry and promotion,
+the pipeline, the K study. (Part of the one config tree of ppg.config; split out for length.)"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///mlflow/mlflow.db"
+    """Where runs go (MLFLOW_TRACKING_URI overrides it): the embedded SQLite store by default,
+    or e.g. http://host:5000 for an `mlflow server`."""
+    artifacts: str = "mlflow/artifacts"
+    """Artifact folder of a new experiment in the embedded store."""
+    experiment: str = "ppg"
+    """Experiment name."""
+    ui_url: str = "http://127.0.0.1:5000"
+    """Where the MLflow UI answers (`mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db`);
+    used for the links in the pipeline's comparison table."""
+
+
+@dataclass
+class RegistryConfig:
+    model: str = "ppg-{domain}"
+    """Registered model name; {domain} = the evaluated simulator domain (online) or the data's
+    first domain (offline only)."""
+    margin: float = 0.0
+    """The challenger becomes champion only if its primary metric beats the champion's by more
+    than this, both measured on the test split with the same seeds."""
+    thresholds: dict = field(default_factory=lambda: {"online.reward": 0.3, "online.consistency": 0.5})
+    """Absolute minimums (dotted metric path -> value) the challenger must reach, champion or not."""
+
+    def __post_init__(self):
+        if not isinstance(self.thresholds, dict) or not all(isinstance(v, (int, float)) for v in self.thresholds.values()):
+            raise ValueError(f"registry.thresholds: expected a mapping metric -> number, got {self.thresholds!r}")
+
+
+@dataclass
+class PipelineConfig:
+    lock_timeout: float = 1800
+    """Seconds a pipeline run waits for another run on the same workspace before it fails."""
+    schedule: str = "0 3 * * *"
+    """Cron schedule of `ppg serve` (scheduled retraining)."""
+    deployment: str = "scheduled"
+    """Deployment name `ppg serve` registers (flow ppg-pipeline)."""
+
+
+@dataclass
+class StudyConfig:
+    out: str = "study"
+    """Cells go to OUT/cells/<cell>/ (metrics.json marks a finished cell: a rerun skips it)."""
+    distances: list = field(default_factory=lambda: [1, 2, 3, "end"])
+    """Dependency distances d swept (the simulator's ask -> probe gap; "end" = at the last turn)."""
+    known: int = 4
+    """Facts the backstory states (of 8); the rest are open (the tempting decision)."""
+    turns: int = 8
+    """Persona turns per dialogue; policies k<K> with K >= turns are skipped (they equal full)."""
+    policies: list = field(default_factory=lambda: ["greedy", "k2", "k3", "k5", "full", "segment"])
+    """Policy ids trained in every cell."""
+    sizes: list = field(default_factory=lambda: [100, 300, 1000])
+    """Training set sizes (logged dialogues)."""
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    """Seeds: data, initialization and evaluation personas per seed."""
+    weights: dict = field(default_factory=lambda: {"raw": {"baseline": "none", "standardize": False, "clip": None},
+                                                   "shaped": {"baseline": "turn_mean", "standardize": False,
+                                                              "clip": [0.0, None]}})
+    """Weight shapings compared (name -> returns.baseline/standardize/clip)."""
+    steps: int = 300
+    """Offline PPG steps per cell (the rest of train is as in params.yaml)."""
+    personas: int = 32
+    """Held-out personas per cell (validation split)."""
