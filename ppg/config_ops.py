@@ -64,7 +64,13 @@ class StudyConfig:
                                                    "shaped": {"baseline": "turn_mean", "standardize": False,
                                                               "clip": [0.0, None]}})
     """Weight shapings compared (name -> returns.baseline/standardize/clip)."""
+    model: str = "tiny"
+    """Model spec of every cell (full fine-tuning: the tiny model has no use for LoRA)."""
     steps: int = 300
-    """Offline PPG steps per cell (the rest of train is as in params.yaml)."""
+    """Offline PPG steps per cell."""
+    batch_size: int = 16
+    """Sequences per step."""
+    lr: float = 3.0e-3
+    """Peak learning rate (linear warm-up over the first 5% of steps, then linear decay)."""
     personas: int = 32
     """Held-out personas per cell (validation split)."""

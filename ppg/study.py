@@ -8,6 +8,7 @@ when OUT/cells/<cell>/metrics.json exists, so an interrupted study resumes where
 Nothing here knows which K should win.
 """
 
+import copy
 import json
 import time
 from dataclasses import replace
@@ -47,11 +48,18 @@ def cell_params(p, c: dict, root: Path):
     sim = replace(p.sim, domain=SETTING, domains={SETTING: setting}, dialogues=c["n"], turns=cfg.turns, seed=c["seed"])
     returns = replace(p.returns, policies=list(cfg.policies), segments={"from": "meta.segment_starts"},
                       **cfg.weights[c["weights"]])
+    ds = copy.deepcopy(p.train.deepspeed)
+    ds["optimizer"]["params"]["lr"] = cfg.lr
+    ds["scheduler"] = {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr,
+                                                           "warmup_num_steps": max(1, cfg.steps // 20),
+                                                           "warmup_type": "linear", "total_num_steps": "auto"}}
     train = replace(p.train, data=str(data / "built"), out=str(here / "models"), workdir=str(here / "work"),
-                    max_steps=cfg.steps, seed=c["seed"])
+                    max_steps=cfg.steps, seed=c["seed"], batch_size=cfg.batch_size, deepspeed=ds,
+                    lora=replace(p.train.lora, enabled=False), checkpoint_every=max(cfg.steps, 1))
     ev = replace(p.eval, out=str(here / "eval"), mode="online", domain=SETTING, personas=cfg.personas,
                  turns=cfg.turns, split="validation", seed=1000 + 10 * c["seed"])
-    return replace(p, sim=sim, returns=returns, train=train, eval=ev), data
+    model = replace(p.model, spec=cfg.model, base="")
+    return replace(p, model=model, sim=sim, returns=returns, train=train, eval=ev), data
 
 
 def prepare_data(p, data: Path) -> None:

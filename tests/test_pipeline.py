@@ -235,12 +235,10 @@ def test_study_runs_its_cells_once_and_resumes(tmp_path, prefect_api):
     from flows.study import ppg_study
 
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["model"] = {"spec": "tiny"}
-    p["train"].update(batch_size=4, lora={"enabled": False})
     p["eval"].update(qa=False, generation={"max_new_tokens": 6, "temperature": 0.0, "top_p": 1.0, "batch_size": 4})
     p["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifacts": str(tmp_path / "art")}
     p["study"] = {"out": str(tmp_path / "study"), "distances": [2], "known": 4, "turns": 4,
-                  "policies": ["greedy", "k3", "k5"], "sizes": [40], "seeds": [0], "steps": 3, "personas": 2,
+                  "policies": ["greedy", "k3", "k5"], "sizes": [40], "seeds": [0], "steps": 3, "personas": 2, "batch_size": 4,
                   "weights": {"raw": {"baseline": "none", "standardize": False, "clip": None}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     s = ppg_study(workspace=str(tmp_path))
