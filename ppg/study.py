@@ -56,8 +56,10 @@ def cell_params(p, c: dict, root: Path):
     train = replace(p.train, data=str(data / "built"), out=str(here / "models"), workdir=str(here / "work"),
                     max_steps=cfg.steps, seed=c["seed"], batch_size=cfg.batch_size, deepspeed=ds,
                     lora=replace(p.train.lora, enabled=False), checkpoint_every=max(cfg.steps, 1))
+    # greedy decoding, all personas in one batch: the policy's mode, cheap and without sampling noise
     ev = replace(p.eval, out=str(here / "eval"), mode="online", domain=SETTING, personas=cfg.personas,
-                 turns=cfg.turns, split="validation", seed=1000 + 10 * c["seed"])
+                 turns=cfg.turns, split="validation", seed=1000 + 10 * c["seed"], qa=False,
+                 generation={"max_new_tokens": 24, "temperature": 0.0, "top_p": 1.0, "batch_size": cfg.personas})
     model = replace(p.model, spec=cfg.model, base="")
     return replace(p, model=model, sim=sim, returns=returns, train=train, eval=ev), data
 
