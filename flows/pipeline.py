@@ -66,9 +66,7 @@ def repro(stage: str, parent_run_id: str) -> bool:
 def register_and_gate(policy: str, parent_run_id: str) -> dict:
     p = load_params()
     log = get_run_logger()
-    version = registry.register(p, policy, parent_run_id)
-    metrics = json.loads((Path(p.eval.out) / policy / "metrics.json").read_text())
-    name = registry.model_name(p, metrics)
+    name, version = registry.register(p, policy, parent_run_id)
     log.info("registered %s v%s (%s) as %s", name, version, policy, registry.CHALLENGER)
     return registry.gate(p, name, version, policy, parent_run_id, say=log.info)
 
@@ -91,10 +89,10 @@ def link_runs(p, c, parent_run_id: str, trained: dict) -> dict:
     return runs
 
 
-def comparison(p, runs: dict, trained: dict) -> tuple[str, dict]:
+def comparison(p, c, runs: dict, trained: dict) -> tuple[str, dict]:
     """The per-policy markdown table (validation split, 95% CIs) with links to the MLflow runs."""
     metrics = {pol: json.loads((Path(p.eval.out) / pol / "metrics.json").read_text()) for pol in p.returns.policies}
-    exp = tracking.experiment_id(tracking.client(p.mlflow), p.mlflow)
+    exp = tracking.experiment_id(c, p.mlflow)
     links = "\n".join(f"- {pol}: {'trained in this run' if trained.get(pol) else 'unchanged, from an earlier run'}, "
                       f"[MLflow run {runs[pol]}]({p.mlflow.ui_url}/#/experiments/{exp}/runs/{runs[pol]})"
                       for pol in p.returns.policies)
@@ -180,7 +178,7 @@ def _stages(p, c, parent: str, log) -> dict:
             repro.with_options(retries=1, retry_delay_seconds=5)(f"evaluate@{pol}", parent)
         result["skipped"] = False
     runs = link_runs(p, c, parent, trained)
-    md, metrics = comparison(p, runs, trained)
+    md, metrics = comparison(p, c, runs, trained)
     c.log_text(parent, md, "policies.md")
     from prefect.artifacts import create_markdown_artifact
 

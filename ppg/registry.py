@@ -72,9 +72,9 @@ def _fluent(p):
             os.environ["MLFLOW_TRACKING_URI"] = env
 
 
-def register(p, policy: str, parent_run_id: str | None = None) -> str:
+def register(p, policy: str, parent_run_id: str | None = None) -> tuple[str, str]:
     """Merge models/<policy>, log it into the policy's run and register it as a new version of
-    its registered model with alias `challenger`. Returns the version."""
+    its registered model with alias `challenger`. Returns (registered name, version)."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM
@@ -103,7 +103,7 @@ def register(p, policy: str, parent_run_id: str | None = None) -> str:
     for k, v in tags.items():
         c.set_model_version_tag(name, version, k, v)
     c.set_registered_model_alias(name, CHALLENGER, version)
-    return version
+    return name, version
 
 
 def load_registered(p, uri: str):
