@@ -7,6 +7,7 @@ cell's training run is its child (tags ppg.policy, ppg.k, ...), with the evaluat
 
 import json
 import os
+import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -14,15 +15,23 @@ from prefect.cache_policies import NO_CACHE
 
 from ppg import tracking
 from ppg.config import load_params
-from ppg.study import cells, run_cell, summary
+from ppg.io import atomic_open
+from ppg.study import cells, prepare_base, run_cell, summary
+
+
+@task(cache_policy=NO_CACHE)
+def study_base(p, root: str) -> str:
+    """Behaviour-clone the study base once (read back when it exists)."""
+    return str(prepare_base(p, Path(root)))
 
 
 @task(cache_policy=NO_CACHE)
 def study_cell(p, cell: dict, root: str) -> dict:
     r = run_cell(p, cell, Path(root))
-    get_run_logger().info("%s: %s consistency %.3f coverage %.3f", cell["id"], "done before" if r["skipped"] else
-                          f"trained in {r['seconds']:.0f} s,", r["online"]["consistency"]["mean"],
-                          r["online"]["coverage"]["mean"])
+    get_run_logger().info("%s: %s reward %.3f consistency %.3f coverage %.3f invented %s", cell["id"],
+                          "done before" if r["skipped"] else f"{r['seconds']:.0f} s,", r["online"]["reward"]["mean"],
+                          r["online"]["consistency"]["mean"], r["online"]["coverage"]["mean"],
+                          r["decisions"]["invented"])
     return r
 
 
@@ -40,17 +49,23 @@ def ppg_study(workspace: str = ".", params: str = "params.yaml", limit: int = 0)
         parent = tracking.open_run(c, p.mlflow, name="study", tags={"ppg.stage": "study"},
                                    params={"study": json.dumps(p.study.__dict__, default=str)})
         os.environ[tracking.PARENT_ENV] = parent  # every cell's training run becomes its child
+        t0 = time.perf_counter()
+        study_base(p, str(root))
+        base_seconds = time.perf_counter() - t0
         grid = cells(p.study)
         results = [study_cell.with_options(task_run_name=cell["id"])(p, cell, str(root))
                    for cell in (grid[:limit] if limit else grid)]
         s = summary(results)
         s["cells_run"] = sum(not r["skipped"] for r in results)
         s["seconds"] = sum(r["seconds"] for r in results if not r["skipped"])
-        (root / "summary.json").write_text(json.dumps(s, indent=1))
+        s["wall_seconds"] = time.perf_counter() - t0  # this run: base (if trained now), data, cells, summary
+        s["base_seconds"] = base_seconds
+        with atomic_open(root / "summary.json") as f:
+            json.dump(s, f, indent=1)
         c.log_dict(parent, s, "summary.json")
         c.set_terminated(parent, "FINISHED")
         print(f"study: {len(results)} of {len(grid)} cells ({s['cells_run']} trained now, "
-              f"{s['seconds']:.0f} s); summary in {root / 'summary.json'}")
+              f"{s['seconds']:.0f} s in cells, {s['wall_seconds']:.0f} s wall); summary in {root / 'summary.json'}")
         return s
     finally:
         if before is None:

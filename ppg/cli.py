@@ -175,7 +175,7 @@ def build(
 
 @app.command()
 def train(
-    policy: str = typer.Option(..., help="Policy id: greedy, k<K> (e.g. k3), full or segment."),
+    policy: str = typer.Option(..., help="Policy id: greedy, k<K> (e.g. k3), full, segment or bc (behaviour cloning)."),
     k: int = typer.Option(None, help="With --policy kstep: the horizon K (same as --policy k<K>)."),
     fold: int = typer.Option(None, help="Train on every fold but F (k-fold evaluation)."),
     mode: str = typer.Option("offline", help="offline (logged data, ppg build output) or online (simulator rollouts)."),

@@ -17,7 +17,7 @@ from ppg.returns import BASELINES, parse_policy_id
 @dataclass
 class ReturnsConfig:
     policies: list[str] = field(default_factory=lambda: ["greedy", "k2", "k3", "full", "segment"])
-    """Policy ids to compute: greedy, k<K> (K-step lookahead), full, segment."""
+    """Policy ids to compute: greedy, k<K> (K-step lookahead), full, segment, bc (behaviour cloning: weight 1)."""
     gamma: float = 1.0
     """Discount inside the credited subset, in (0, 1]; 1.0 = the paper's undiscounted sums."""
     segments: dict = field(default_factory=lambda: {"length": 3})

@@ -65,12 +65,22 @@ class StudyConfig:
                                                               "clip": [0.0, None]}})
     """Weight shapings compared (name -> returns.baseline/standardize/clip)."""
     model: str = "tiny"
-    """Model spec of every cell (full fine-tuning: the tiny model has no use for LoRA)."""
-    steps: int = 300
-    """Offline PPG steps per cell."""
-    batch_size: int = 16
-    """Sequences per step."""
-    lr: float = 3.0e-3
-    """Peak learning rate (linear warm-up over the first 5% of steps, then linear decay)."""
-    personas: int = 32
-    """Held-out personas per cell (validation split)."""
+    """Model spec of the study base (full fine-tuning: the tiny model has no use for LoRA)."""
+    base_dialogues: int = 2000
+    """Behaviour dialogues (every distance mixed, a seed of its own) the study base clones."""
+    base_steps: int = 1500
+    """Behaviour-cloning steps of the study base, trained once; every cell starts from it."""
+    base_lr: float = 3.0e-3
+    """Peak learning rate of the study base."""
+    base_batch_size: int = 16
+    """Sequences per step of the study base."""
+    steps: int = 100
+    """Offline PPG steps per cell, from the study base."""
+    batch_size: int = 8
+    """Sequences (dialogues) per step of a cell."""
+    lr: float = 2.0e-3
+    """Peak learning rate of a cell (linear warm-up over the first 5% of steps, then linear decay)."""
+    personas: int = 96
+    """Held-out personas per cell (validation split), sampled in one batch."""
+    temperature: float = 1.0
+    """Sampling temperature of the evaluation rollouts (1 = the trained distribution itself)."""

@@ -11,6 +11,8 @@ import torch
 
 def credited_turns(policy, t, n, k=None, starts=None, seg_len=None):
     """S_t as a range of 0-based turn indices for a dialogue of n turns."""
+    if policy == "bc":  # credits no reward: its weight is 1 (naive_partial_returns)
+        return range(t, t)
     if policy == "greedy":
         return range(t, t + 1)
     if policy == "kstep":
@@ -34,7 +36,7 @@ def naive_partial_returns(rewards, mask, policy, k=None, segments=None, gamma=1.
         n = sum(m[b])
         for t in range(n):
             S = credited_turns(policy, t, n, k, starts[b], seg_len)
-            w[b, t] = math.fsum(gamma ** (j - t) * r[b][j] for j in S)  # NaN stays NaN
+            w[b, t] = 1.0 if policy == "bc" else math.fsum(gamma ** (j - t) * r[b][j] for j in S)  # NaN stays NaN
     return w
 
 

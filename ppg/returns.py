@@ -7,6 +7,8 @@ where S_t depends on the policy class (n = number of real turns of dialogue b):
     kstep    {t, ..., min(t + k, n) - 1}          (k = 1 is greedy, k >= n is full)
     full     {t, ..., n - 1}                      (plain REINFORCE return)
     segment  {t, ..., last turn of t's segment}   (segments partition 0..n-1)
+    bc       no rewards: w_t = 1 at every real turn (behaviour cloning, the SFT baseline; an
+             unknown reward does not matter, a baseline or clip applies as to any weight)
 
 Each class is a difference of two prefix sums, P[e] - P[t] with e the first turn past S_t
 (suffix sums when gamma < 1), so the cost is O(B*T) whatever k is. A NaN reward is "unknown" (no verdict): w_t
@@ -15,16 +17,16 @@ is NaN exactly when S_t holds an unknown, every other w_t stays exact.
 
 import torch
 
-POLICIES = ("greedy", "kstep", "full", "segment")
+POLICIES = ("greedy", "kstep", "full", "segment", "bc")
 
 
 def parse_policy_id(policy_id: str) -> tuple[str, int | None]:
-    """`greedy` | `k<K>` | `full` | `segment` -> (policy class, k). The ids of CLI, DVC and MLflow."""
-    if policy_id in ("greedy", "full", "segment"):
+    """`greedy` | `k<K>` | `full` | `segment` | `bc` -> (policy class, k). The ids of CLI, DVC and MLflow."""
+    if policy_id in ("greedy", "full", "segment", "bc"):
         return policy_id, None
     if policy_id.startswith("k") and policy_id[1:].isdigit() and int(policy_id[1:]) >= 1:
         return "kstep", int(policy_id[1:])
-    raise ValueError(f"policy id {policy_id!r}: expected greedy, k<K> with K >= 1 (e.g. k3), full or segment")
+    raise ValueError(f"policy id {policy_id!r}: expected greedy, k<K> with K >= 1 (e.g. k3), full, segment or bc")
 
 
 def policy_id(policy: str, k: int | None = None) -> str:
@@ -118,7 +120,7 @@ def partial_returns(rewards, mask, policy, k=None, segments=None, gamma=1.0, val
 
     rewards: float [B, T] per-turn rewards of the trained speaker; NaN = unknown.
     mask: bool [B, T], True at real turns, left-aligned.
-    policy: "greedy" | "kstep" | "full" | "segment"; k: lookahead for kstep.
+    policy: "greedy" | "kstep" | "full" | "segment" | "bc"; k: lookahead for kstep.
     segments: for segment, an int segment length or a bool [B, T] mask True at segment starts.
     gamma: discount inside the credited subset, in (0, 1]; 1.0 is the paper's plain sum.
     validate: check arguments and raise ValueError naming the bad one (skip for speed).
@@ -129,6 +131,8 @@ def partial_returns(rewards, mask, policy, k=None, segments=None, gamma=1.0, val
         raise ValueError(f"policy: {policy!r} is not one of {POLICIES}")
     if validate:
         _check(rewards, mask, policy, k, segments, gamma)
+    if policy == "bc":
+        return mask.to(rewards.dtype)  # every logged turn counts once, whatever its reward
     x = torch.where(mask, rewards, 0)  # padding values never reach a sum
     one_turn = k == 1 if policy == "kstep" else isinstance(segments, int) and segments == 1
     if policy == "greedy" or (policy in ("kstep", "segment") and one_turn):

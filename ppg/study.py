@@ -6,6 +6,12 @@ behaviour dialogues and `ppg build` turns them into sequences once; every policy
 then trains offline PPG on them and is evaluated on the same held-out personas. A cell is done
 when OUT/cells/<cell>/metrics.json exists, so an interrupted study resumes where it stopped.
 Nothing here knows which K should win.
+
+Every cell starts from one STUDY BASE: the tiny model behaviour-cloned (`bc`) on a separate pool
+of behaviour dialogues (all distances mixed, its own seed), built once in OUT/base/. It plays the
+part SmolLM2 plays in the pipeline: a pretrained model that already speaks the simulator's
+language and imitates the behaviour policy (pi_0). Without it a cell's few hundred steps go into
+learning English templates from random weights and no cell learns the decision K is about.
 """
 
 import copy
@@ -24,9 +30,12 @@ def cell_id(d, n, seed, policy, weights) -> str:
 
 
 def cells(cfg) -> list[dict]:
-    """Every cell of the grid; k<K> with K >= turns is skipped (it is the full horizon)."""
+    """Every cell of the grid; k<K> with K >= turns is skipped (it is the full horizon). Per
+    (d, seed) a `base` cell evaluates the study base itself: the line every policy starts from."""
     out = []
     for d in cfg.distances:
+        for seed in cfg.seeds:
+            out.append({"id": f"d{d}-s{seed}-base", "d": d, "n": 0, "seed": seed, "policy": "base", "weights": "-"})
         for n in cfg.sizes:
             for seed in cfg.seeds:
                 for policy in cfg.policies:
@@ -39,29 +48,64 @@ def cells(cfg) -> list[dict]:
     return out
 
 
-def cell_params(p, c: dict, root: Path):
-    """params.yaml with this cell's world, data, returns shaping, steps and output folders."""
+BASE_SEED = 9999  # the base pool's simulator seed: no cell's data (seeds 0..) or evaluation (1000+)
+
+
+def _params(p, *, distances, data: Path, here: Path, model: str, policies, weights: dict, steps: int, lr: float,
+            batch: int, dialogues: int, seed: int):
+    """params.yaml for one training run of the study: its world, data, shaping, steps and folders."""
     cfg = p.study
-    setting = {"distance": [c["d"]], "known": cfg.known}
-    data = root / "data" / f"d{c['d']}-n{c['n']}-s{c['seed']}"
-    here = root / "cells" / c["id"]
-    sim = replace(p.sim, domain=SETTING, domains={SETTING: setting}, dialogues=c["n"], turns=cfg.turns, seed=c["seed"])
-    returns = replace(p.returns, policies=list(cfg.policies), segments={"from": "meta.segment_starts"},
-                      **cfg.weights[c["weights"]])
+    setting = {"distance": list(distances), "known": cfg.known}
+    sim = replace(p.sim, domain=SETTING, domains={SETTING: setting}, dialogues=dialogues, turns=cfg.turns, seed=seed)
+    returns = replace(p.returns, policies=list(policies), segments={"from": "meta.segment_starts"}, **weights)
     ds = copy.deepcopy(p.train.deepspeed)
-    ds["optimizer"]["params"]["lr"] = cfg.lr
-    ds["scheduler"] = {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr,
-                                                           "warmup_num_steps": max(1, cfg.steps // 20),
+    ds["optimizer"]["params"]["lr"] = lr
+    ds["scheduler"] = {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
+                                                           "warmup_num_steps": max(1, steps // 20),
                                                            "warmup_type": "linear", "total_num_steps": "auto"}}
     train = replace(p.train, data=str(data / "built"), out=str(here / "models"), workdir=str(here / "work"),
-                    max_steps=cfg.steps, seed=c["seed"], batch_size=cfg.batch_size, deepspeed=ds,
-                    lora=replace(p.train.lora, enabled=False), checkpoint_every=max(cfg.steps, 1))
-    # greedy decoding, all personas in one batch: the policy's mode, cheap and without sampling noise
+                    max_steps=steps, seed=seed, batch_size=batch, deepspeed=ds,
+                    lora=replace(p.train.lora, enabled=False), checkpoint_every=max(steps, 1))
+    # sampling at study.temperature, all personas in one batch: offline PPG reweights the base's
+    # distribution (pi ~ pi_0 * E[w | a]); greedy decoding would hide every shift that does not
+    # move the argmax. Validation personas of the seed; no training data uses them.
     ev = replace(p.eval, out=str(here / "eval"), mode="online", domain=SETTING, personas=cfg.personas,
-                 turns=cfg.turns, split="validation", seed=1000 + 10 * c["seed"], qa=False,
-                 generation={"max_new_tokens": 24, "temperature": 0.0, "top_p": 1.0, "batch_size": cfg.personas})
-    model = replace(p.model, spec=cfg.model, base="")
-    return replace(p, model=model, sim=sim, returns=returns, train=train, eval=ev), data
+                 turns=cfg.turns, split="validation", seed=1000 + 10 * seed, qa=False,
+                 generation={"max_new_tokens": 24, "temperature": cfg.temperature, "top_p": 1.0,
+                             "batch_size": cfg.personas})
+    return replace(p, model=replace(p.model, spec=model, base=""), sim=sim, returns=returns, train=train, eval=ev)
+
+
+def base_params(p, root: Path):
+    """The study base: behaviour cloning of study.model on study.base_dialogues (every distance)."""
+    cfg = p.study
+    raw = {"baseline": "none", "standardize": False, "clip": None}
+    return _params(p, distances=cfg.distances, data=root / "base" / "data", here=root / "base", model=cfg.model,
+                   policies=["bc"], weights=raw, steps=cfg.base_steps, lr=cfg.base_lr, batch=cfg.base_batch_size,
+                   dialogues=cfg.base_dialogues, seed=BASE_SEED)
+
+
+def prepare_base(p, root: Path) -> Path:
+    """Train the study base once (OUT/base/models/bc/run.json marks it done); its model folder."""
+    from ppg.train import train
+
+    bp = base_params(p, root)
+    out = Path(bp.train.out) / "bc"
+    if not (out / "run.json").exists():
+        prepare_data(bp, root / "base" / "data")
+        train(bp, "bc", progress=False)
+    return out
+
+
+def cell_params(p, c: dict, root: Path):
+    """params.yaml of one cell (starting from the study base) and its (d, n, seed) data folder."""
+    cfg = p.study
+    data = root / "data" / f"d{c['d']}-n{c['n']}-s{c['seed']}"
+    cp = _params(p, distances=[c["d"]], data=data, here=root / "cells" / c["id"],
+                 model=str(Path(base_params(p, root).train.out) / "bc"), policies=cfg.policies,
+                 weights=cfg.weights[c["weights"]], steps=cfg.steps, lr=cfg.lr, batch=cfg.batch_size,
+                 dialogues=c["n"], seed=c["seed"])
+    return cp, data
 
 
 def prepare_data(p, data: Path) -> None:
@@ -79,31 +123,77 @@ def prepare_data(p, data: Path) -> None:
                   p.returns.segments, p.build)
 
 
+def decisions(dialogues) -> dict:
+    """The choices K is about, read from evaluation rollouts (meta.sim holds the story):
+    invented = asks of an OPEN fact answered with a value (the tempting reply); answered_known =
+    asks of a stated fact answered (coverage where copying the backstory is the right reply);
+    exposed = probes of an open fact scoring 0 (what inventing costs d turns later)."""
+    n = {"open_asks": 0, "open_invented": 0, "known_asks": 0, "known_answered": 0, "open_probes": 0, "open_exposed": 0}
+    for d in dialogues:
+        known = set(d.meta["sim"]["persona"]["known"])
+        for line in d.lines:
+            j = line.judge
+            if line.speaker != "persona" or not j or not j.get("asked"):
+                continue
+            if j["probe"]:
+                if j["asked"] not in known:
+                    n["open_probes"] += 1
+                    n["open_exposed"] += line.reward == 0
+            elif j["asked"] in known:
+                n["known_asks"] += 1
+                n["known_answered"] += bool(j["answered"])
+            else:
+                n["open_asks"] += 1
+                n["open_invented"] += bool(j["answered"])
+    rate = lambda a, b: n[a] / n[b] if n[b] else None  # noqa: E731
+    return {"invented": rate("open_invented", "open_asks"), "answered_known": rate("known_answered", "known_asks"),
+            "exposed": rate("open_exposed", "open_probes"), "counts": n}
+
+
 def run_cell(p, c: dict, root: Path) -> dict:
-    """Train and evaluate one cell, or read it back if it is done."""
+    """Train and evaluate one cell (a base cell: evaluate the study base), or read it back if done."""
+    import shutil
+
+    from ppg.data.schema import read_dialogues
     from ppg.evaluate import evaluate
+    from ppg.io import atomic_open
     from ppg.train import train
 
     done = root / "cells" / c["id"] / "metrics.json"
     if done.exists():
         return {**json.loads(done.read_text()), "skipped": True}
-    cp, data = cell_params(p, c, root)
-    prepare_data(cp, data)
+    base = prepare_base(p, root)
     t0 = time.perf_counter()
-    train(cp, c["policy"], progress=False)
-    m = evaluate(cp, c["policy"])
-    from ppg.io import atomic_open
-
-    result = {**c, "seconds": time.perf_counter() - t0, "mlflow_run_id": m.get("mlflow_run_id"),
-              "online": {k: v for k, v in m["online"].items() if k != "drift"}, "drift": m["online"]["drift"]}
+    if c["policy"] == "base":
+        cp = _params(p, distances=[c["d"]], data=root / "base" / "data", here=root / "cells" / c["id"], model=str(base),
+                     policies=["bc"], weights={}, steps=1, lr=p.study.lr, batch=1, dialogues=1, seed=c["seed"])
+        shutil.copytree(base, Path(cp.train.out) / "base", dirs_exist_ok=True)
+        m = evaluate(cp, "bc", run="base", log=False)  # its metrics would overwrite each other in the base's run
+        name = "base"
+    else:
+        cp, data = cell_params(p, c, root)
+        prepare_data(cp, data)
+        train(cp, c["policy"], progress=False)
+        m = evaluate(cp, c["policy"])
+        name = c["policy"]
+    rollouts = read_dialogues(Path(cp.eval.out) / name / "dialogues.jsonl")
+    result = {**c, "seconds": time.perf_counter() - t0, "mlflow_run_id": m.get("mlflow_run_id") if name != "base" else None,
+              "online": {k: v for k, v in m["online"].items() if k != "drift"}, "drift": m["online"]["drift"],
+              "decisions": decisions(rollouts)}
     with atomic_open(done) as f:
         json.dump(result, f, indent=1, default=str)
     return {**result, "skipped": False}
 
 
+METRICS = ("reward", "consistency", "coverage")
+DECISIONS = ("invented", "answered_known", "exposed")
+
+
 def summary(results: list[dict]) -> dict:
-    """Mean over seeds (and its spread) of consistency, coverage and reward per (d, n, policy,
-    weighting); and, per (d, n, weighting), the policy with the highest mean consistency."""
+    """Mean over seeds with a Student-t interval of the reward (the study's metric: persona and
+    commitment verdicts hold and the asked question is answered), consistency and coverage, the
+    decision rates and the drift curve, per (d, n, policy, weighting); and, per (d, n, weighting),
+    the policy with the highest mean reward."""
     import numpy as np
 
     from ppg.evaluate import mean_ci
@@ -113,14 +203,22 @@ def summary(results: list[dict]) -> dict:
         groups.setdefault((str(r["d"]), r["n"], r["policy"], r["weights"]), []).append(r)
     table = {}
     for key, rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        table["|".join(map(str, key))] = {
-            m: mean_ci([r["online"][m]["mean"] for r in rs], (0.0, 1.0)) for m in ("consistency", "coverage", "reward")}
-        table["|".join(map(str, key))]["seeds"] = len(rs)
+        row = {m: mean_ci([r["online"][m]["mean"] for r in rs], (0.0, 1.0)) for m in METRICS}
+        for m in DECISIONS:
+            xs = [r["decisions"][m] for r in rs if r.get("decisions", {}).get(m) is not None]
+            row[m] = mean_ci(xs, (0.0, 1.0)) if xs else None
+        turns = len(rs[0]["drift"])
+        row["drift"] = [float(np.mean([r["drift"][t]["mean"] for r in rs])) for t in range(turns)]
+        row["seeds"] = len(rs)
+        table["|".join(map(str, key))] = row
     best = {}
     for key, row in table.items():
         d, n, policy, w = key.split("|")
+        if policy == "base":
+            continue
         k = f"{d}|{n}|{w}"
-        if k not in best or row["consistency"]["mean"] > table[best[k]]["consistency"]["mean"]:
+        if k not in best or row["reward"]["mean"] > table[best[k]]["reward"]["mean"]:
             best[k] = key
+    trained = [r for r in results if r["policy"] != "base"]
     return {"cells": table, "best": {k: v.split("|")[2] for k, v in best.items()},
-            "consistency_mean": float(np.mean([r["online"]["consistency"]["mean"] for r in results])) if results else None}
+            "reward_mean": float(np.mean([r["online"]["reward"]["mean"] for r in trained])) if trained else None}

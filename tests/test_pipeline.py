@@ -239,13 +239,19 @@ def test_study_runs_its_cells_once_and_resumes(tmp_path, prefect_api):
     p["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifacts": str(tmp_path / "art")}
     p["study"] = {"out": str(tmp_path / "study"), "distances": [2], "known": 4, "turns": 4,
                   "policies": ["greedy", "k3", "k5"], "sizes": [40], "seeds": [0], "steps": 3, "personas": 2, "batch_size": 4,
+                  "base_dialogues": 20, "base_steps": 3,
                   "weights": {"raw": {"baseline": "none", "standardize": False, "clip": None}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     s = ppg_study(workspace=str(tmp_path))
-    assert s["cells_run"] == 2 and sorted(s["cells"]) == ["2|40|greedy|raw", "2|40|k3|raw"]  # k5 >= 4 turns: skipped
-    assert s["best"]["2|40|raw"] in ("greedy", "k3")
+    # k5 >= 4 turns: skipped; the base cell evaluates the behaviour-cloned start of every cell
+    assert s["cells_run"] == 3 and sorted(s["cells"]) == ["2|0|base|-", "2|40|greedy|raw", "2|40|k3|raw"]
+    assert s["best"] == {"2|40|raw": max(("greedy", "k3"), key=lambda q: s["cells"][f"2|40|{q}|raw"]["reward"]["mean"])}
+    base = json.loads((tmp_path / "study/base/models/bc/run.json").read_text())
+    assert base["policy"] == "bc" and base["steps"] == 3
     cell = json.loads((tmp_path / "study/cells/d2-n40-s0-k3-raw/metrics.json").read_text())
-    assert 0.0 <= cell["online"]["consistency"]["mean"] <= 1.0 and len(cell["drift"]) == 4
+    assert 0.0 <= cell["online"]["reward"]["mean"] <= 1.0 and len(cell["drift"]) == 4
+    n = cell["decisions"]["counts"]  # 4 turns, d = 2: one ask -> probe window per dialogue
+    assert n["open_asks"] + n["known_asks"] == 2 and n["open_probes"] == n["open_asks"]
     from mlflow import MlflowClient
 
     c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

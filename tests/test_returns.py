@@ -33,6 +33,7 @@ def policy_cases(rng, T, starts):
     yield "full", {}
     yield "segment", {"segments": rng.randint(1, T + 2)}
     yield "segment", {"segments": starts}
+    yield "bc", {}
 
 
 def assert_same(got, want, atol):
@@ -63,6 +64,8 @@ def test_hand_computed_example():
     starts = torch.tensor([[1, 0, 0, 1, 0], [1, 0, 1, 0, 0]], dtype=torch.bool)
     assert_same(partial_returns(r, m, "segment", segments=starts),
                 torch.tensor([[2.0, 1, 1, 1, 0], [NAN, NAN, 1, 0, 0]], dtype=torch.float64), 0)
+    # behaviour cloning: weight 1 at every real turn, an unknown reward included; 0 at padding
+    assert_same(partial_returns(r, m, "bc"), torch.tensor([[1.0, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.float64), 0)
     # gamma = 0.5, k = 2: w_t = r_t + 0.5 r_{t+1}
     assert_same(partial_returns(r, m, "kstep", k=2, gamma=0.5),
                 torch.tensor([[1.0, 0.5, 1.5, 1.0, 0], [NAN, NAN, 1, 0, 0]], dtype=torch.float64), 1e-7)
