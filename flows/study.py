@@ -73,3 +73,52 @@ def ppg_study(workspace: str = ".", params: str = "params.yaml", limit: int = 0)
         else:
             os.environ[tracking.PARENT_ENV] = before
         os.chdir(start)
+
+
+@task(cache_policy=NO_CACHE)
+def real_cell(p, cell: dict, root: str, data: str) -> dict:
+    from ppg.study_real import run_real_cell
+
+    r = run_real_cell(p, cell, Path(root), Path(data))
+    get_run_logger().info("%s: %s, %d turns scored", cell["id"], "done before" if r["skipped"] else
+                          f"{r['seconds']:.0f} s", r["turns"])
+    return r
+
+
+@flow(name="ppg-study-real", log_prints=True)
+def ppg_study_real(data: str, workspace: str = ".", params: str = "params.yaml", limit: int = 0) -> dict:
+    """The real-data part of the K study (study.real of params.yaml) on Consistent-LLMs files in data."""
+    from ppg.study_real import real_cells, real_summary
+
+    start = os.getcwd()
+    data = str(Path(data).resolve())
+    os.chdir(workspace)
+    before = os.environ.get(tracking.PARENT_ENV)
+    try:
+        p = load_params(params)
+        root = Path(p.study.real.out)
+        c = tracking.client(p.mlflow)
+        os.environ.pop(tracking.PARENT_ENV, None)
+        parent = tracking.open_run(c, p.mlflow, name="study-real", tags={"ppg.stage": "study-real"},
+                                   params={"study.real": json.dumps(p.study.real.__dict__, default=str), "data": data})
+        os.environ[tracking.PARENT_ENV] = parent
+        t0 = time.perf_counter()
+        grid = real_cells(p.study)
+        results = [real_cell.with_options(task_run_name=cell["id"])(p, cell, str(root), data)
+                   for cell in (grid[:limit] if limit else grid)]
+        s = real_summary(p, root, results)
+        s["cells_run"] = sum(not r["skipped"] for r in results)
+        s["wall_seconds"] = time.perf_counter() - t0
+        with atomic_open(root / "summary.json") as f:
+            json.dump(s, f, indent=1)
+        c.log_dict(parent, s, "summary.json")
+        c.set_terminated(parent, "FINISHED")
+        print(f"study-real: {len(results)} of {len(grid)} cells ({s['cells_run']} trained now, "
+              f"{s['wall_seconds']:.0f} s wall); summary in {root / 'summary.json'}")
+        return s
+    finally:
+        if before is None:
+            os.environ.pop(tracking.PARENT_ENV, None)
+        else:
+            os.environ[tracking.PARENT_ENV] = before
+        os.chdir(start)

@@ -122,3 +122,34 @@ def study(
 
     s = ppg_study(params=str(params.resolve()), limit=limit)
     typer.echo(json.dumps({"cells_run": s["cells_run"], "best": s["best"]}))
+
+
+@app.command("study-real")
+def study_real(
+    data: Path = typer.Option(..., help="The dialogues/ folder of consistent-LLMs (<domain>__*.json files)."),
+    params: Path = PARAMS,
+    limit: int = typer.Option(0, help="Run only the first N cells (0 = all)."),
+):
+    """The K study on real logged dialogues (study.real of params.yaml) as a Prefect flow: offline
+    PPG per domain, fold, policy and weighting; likelihood-ratio AUC (or refused, with the count)
+    and weighted NLL pooled over persona-grouped folds. Summary in <study.real.out>/summary.json."""
+    _prefect_env()
+    from flows.study import ppg_study_real
+
+    if not data.is_dir():
+        fail(f"--data: {data} is not a folder")
+    s = ppg_study_real(data=str(data.resolve()), params=str(params.resolve()), limit=limit)
+    typer.echo(json.dumps({"cells_run": s["cells_run"], "wall_seconds": round(s["wall_seconds"])}))
+
+
+@app.command("study-report")
+def study_report(
+    out: Path = typer.Option(Path("docs/results"), help="Folder for study-tables.md and the plots."),
+    params: Path = PARAMS,
+):
+    """Tables and plots of the K study from <study.out>/summary.json and <study.real.out>/summary.json."""
+    from ppg.study_report import report
+
+    p = _params(params)
+    path = report(Path(p.study.out) / "summary.json", Path(p.study.real.out) / "summary.json", out)
+    typer.echo(f"wrote {path}")

@@ -45,6 +45,38 @@ class PipelineConfig:
 
 
 @dataclass
+class RealStudyConfig:
+    out: str = "study-real"
+    """Cells go to OUT/cells/<cell>/ (turns.jsonl marks a finished cell), built data to OUT/data/."""
+    domains: list = field(default_factory=lambda: ["chatting", "education", "therapy"])
+    """Consistent-LLMs domains (files <domain>__*.json of --data)."""
+    policies: list = field(default_factory=lambda: ["greedy", "k3", "full"])
+    """Policy ids trained per domain and fold (segment uses returns.segments: fixed-length on real data)."""
+    weights: list = field(default_factory=lambda: ["raw", "shaped"])
+    """Names from study.weights."""
+    model: str = "smollm2-135m"
+    """Model spec (the untrained model is the likelihood-ratio reference)."""
+    lora: bool = True
+    """LoRA (train.lora's r/alpha/targets) or a full fine-tune."""
+    max_dialogues: int = 40
+    """Seeded subsample of each domain's dialogues (0 = all): the CPU budget."""
+    folds: int = 3
+    """Persona-grouped folds per domain."""
+    max_length: int = 768
+    """Token windows (persona + recent history); longer dialogues are cut into several."""
+    steps: int = 24
+    """Offline PPG steps per cell."""
+    batch_size: int = 2
+    """Sequences per step."""
+    lr: float = 1.0e-3
+    """Peak learning rate (LoRA; linear warm-up over 10% of steps, then linear decay)."""
+
+    def __post_init__(self):
+        if self.folds < 2:
+            raise ValueError(f"study.real.folds: cross-validation needs >= 2 folds, got {self.folds}")
+
+
+@dataclass
 class StudyConfig:
     out: str = "study"
     """Cells go to OUT/cells/<cell>/ (metrics.json marks a finished cell: a rerun skips it)."""
@@ -84,3 +116,10 @@ class StudyConfig:
     """Held-out personas per cell (validation split), sampled in one batch."""
     temperature: float = 1.0
     """Sampling temperature of the evaluation rollouts (1 = the trained distribution itself)."""
+    real: RealStudyConfig = field(default_factory=RealStudyConfig)
+    """The real-data part (`ppg study-real --data DIR`)."""
+
+    def __post_init__(self):
+        unknown = [w for w in self.real.weights if w not in self.weights]
+        if unknown:
+            raise ValueError(f"study.real.weights: {unknown} not in study.weights ({sorted(self.weights)})")

@@ -159,7 +159,7 @@ def load_trained(p, name: str):
 
 @torch.no_grad()
 def offline_turns(model, ref, lora: bool, tok, rows, policy: str) -> list[dict]:
-    """Per judged turn of each row: LR score, reward, weighted NLL term, persona group."""
+    """Per judged turn of each row: LR score, reward, raw weight, weighted NLL term, persona group."""
     from contextlib import nullcontext
 
     from ppg.batching import Example, collate
@@ -178,7 +178,7 @@ def offline_turns(model, ref, lora: bool, tok, rows, policy: str) -> list[dict]:
         for t in range(n):
             if present[0, t]:
                 w = float(r[f"w_{policy}"][t])
-                out.append({"group": r["persona_group"], "reward": float(r["reward"][t]),
+                out.append({"group": r["persona_group"], "reward": float(r["reward"][t]), "weight": w,
                             "score": float(ell[0, t] - ell_ref[0, t]),
                             "nll_term": -w * float(ell[0, t]) if w == w else float("nan")})
     return out

@@ -26,3 +26,13 @@ def tiny_model() -> Path:
     from ppg.models import resolve_model
 
     return resolve_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect server for every flow test of the session (it takes ~10 s to start)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()

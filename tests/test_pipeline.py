@@ -78,15 +78,6 @@ def ws(tmp_path_factory, env) -> Path:
     return ws
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield PREFECT_API_URL.value()
-
-
 def registry_state(ws: Path, name: str = "ppg-chatting"):
     from mlflow import MlflowClient
 
@@ -239,7 +230,7 @@ def test_study_runs_its_cells_once_and_resumes(tmp_path, prefect_api):
     p["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifacts": str(tmp_path / "art")}
     p["study"] = {"out": str(tmp_path / "study"), "distances": [2], "known": 4, "turns": 4,
                   "policies": ["greedy", "k3", "k5"], "sizes": [40], "seeds": [0], "steps": 3, "personas": 2, "batch_size": 4,
-                  "base_dialogues": 20, "base_steps": 3,
+                  "base_dialogues": 20, "base_steps": 3, "real": {"weights": ["raw"]},
                   "weights": {"raw": {"baseline": "none", "standardize": False, "clip": None}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     s = ppg_study(workspace=str(tmp_path))
@@ -258,3 +249,12 @@ def test_study_runs_its_cells_once_and_resumes(tmp_path, prefect_api):
     run = c.get_run(cell["mlflow_run_id"])
     assert run.data.tags["ppg.policy"] == "k3" and "validation.online.consistency" in run.data.metrics
     assert ppg_study(workspace=str(tmp_path))["cells_run"] == 0  # finished cells are read back
+    from ppg.study_report import report
+
+    md = report(tmp_path / "study/summary.json", None, tmp_path / "results").read_text()
+    best = s["best"]["2|40|raw"]
+    assert f"| 2 | raw | {best} |" in md  # the best-policy table
+    reward = s["cells"][f"2|40|{best}|raw"]["reward"]["mean"]
+    assert f"| {best} | raw | **{reward:.3f}" in md  # the reward table marks it
+    for png in ("sim-reward-vs-n.png", "sim-invented-vs-n.png", "sim-best-policy.png", "sim-drift.png"):
+        assert (tmp_path / "results" / png).stat().st_size > 1000

@@ -1,0 +1,122 @@
+"""The K study on real logged dialogues (Consistent-LLMs): offline PPG per policy and weight
+shaping, scored by persona-grouped cross-validation.
+
+Per domain the logged dialogues (optionally a seeded subsample) are built into sequences with
+`folds` persona-grouped folds. A cell = (domain, fold, policy, weighting): offline PPG (LoRA on
+the study's model) trains on every fold but F; each judged turn of fold F is then scored by
+    score_t = log pi_theta(a_t | x_t) - log pi_ref(a_t | x_t)      (the likelihood ratio)
+with pi_ref the untrained model (LoRA adapters off). Pooled over a domain's folds, every turn is
+scored exactly once by a model that never saw its persona group:
+- AUC: P(score of a consistent turn > score of a contradicting one) with a bootstrap interval over
+  persona groups; refused (with the count) when the domain has too few contradicting turns.
+- weighted NLL: mean of -w_t log pi_theta(a_t | x_t) with the policy's raw weights, and its change
+  from the untrained model, mean of -w_t * score_t (< 0: the trained model puts more mass on the
+  turns the policy credits). Intervals are Student-t over turns.
+A cell is done when OUT/cells/<cell>/turns.jsonl exists, so a stopped study resumes.
+"""
+
+import json
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+
+def real_cells(cfg) -> list[dict]:
+    r = cfg.real
+    return [{"id": f"{d}-f{f}-{pol}-{w}", "domain": d, "fold": f, "policy": pol, "weights": w}
+            for d in r.domains for f in range(r.folds) for pol in r.policies for w in r.weights]
+
+
+def domain_files(data: Path, domain: str) -> list[Path]:
+    files = sorted(Path(data).glob(f"{domain}__*.json"))
+    if not files:
+        raise FileNotFoundError(f"{data}: no {domain}__*.json file (the dialogues/ folder of consistent-LLMs)")
+    return files
+
+
+def prepare_domain(p, data: Path, domain: str, root: Path) -> Path:
+    """Import a domain's files, subsample, build with persona-grouped folds (once); the built folder."""
+    from ppg.data.build import build_dataset
+    from ppg.data.importers import import_paths
+    from ppg.data.schema import write_dialogues
+    from ppg.models import resolve_model
+
+    r = p.study.real
+    built = root / "data" / domain / "built"
+    if (built / "stats.json").exists():
+        return built
+    dialogues, _ = import_paths("consistent-llms", domain_files(data, domain))
+    if r.max_dialogues and len(dialogues) > r.max_dialogues:
+        dialogues = sorted(random.Random(f"real:{domain}").sample(dialogues, r.max_dialogues), key=lambda d: d.dialogue_id)
+    write_dialogues(root / "data" / domain / "dialogues.jsonl", dialogues)
+    cfg = replace(p.build, splits={"train": 1.0}, folds=r.folds, max_length=r.max_length)
+    build_dataset(root / "data" / domain, built, resolve_model(r.model), r.model, r.policies, p.returns.segments, cfg)
+    return built
+
+
+def cell_params(p, c: dict, root: Path):
+    r = p.study.real
+    here = root / "cells" / c["id"]
+    returns = replace(p.returns, policies=list(r.policies), **p.study.weights[c["weights"]])
+    ds = json.loads(json.dumps(p.train.deepspeed))
+    ds["optimizer"]["params"]["lr"] = r.lr
+    ds["scheduler"] = {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": r.lr,
+                                                           "warmup_num_steps": max(1, r.steps // 10),
+                                                           "warmup_type": "linear", "total_num_steps": "auto"}}
+    train = replace(p.train, data=str(root / "data" / c["domain"] / "built"), split="train", out=str(here / "models"),
+                    workdir=str(here / "work"), max_steps=r.steps, batch_size=r.batch_size,
+                    subsample=0, deepspeed=ds, checkpoint_every=max(r.steps, 1), lora=replace(p.train.lora, enabled=r.lora))
+    return replace(p, model=replace(p.model, spec=r.model, base=""), returns=returns, train=train)
+
+
+def run_real_cell(p, c: dict, root: Path, data: Path) -> dict:
+    """Train one cell on every fold but its own, score the judged turns of its fold (or read back)."""
+    import pyarrow.parquet as pq
+
+    from ppg.evaluate import load_trained, offline_turns
+    from ppg.io import atomic_open
+    from ppg.train import run_name, train
+
+    here = root / "cells" / c["id"]
+    if (here / "turns.jsonl").exists():
+        return {**json.loads((here / "cell.json").read_text()), "skipped": True}
+    built = prepare_domain(p, data, c["domain"], root)
+    cp = cell_params(p, c, root)
+    t0 = time.perf_counter()
+    result = train(cp, c["policy"], fold=c["fold"], progress=False)
+    model, ref, tok, lora = load_trained(cp, run_name(c["policy"], c["fold"]))
+    rows = [x for x in pq.read_table(built / "train.parquet").to_pylist() if x["fold"] == c["fold"]]
+    turns = offline_turns(model, ref, lora, tok, rows, c["policy"])
+    cell = {**c, "seconds": time.perf_counter() - t0, "steps": result["steps"], "tokens": result["tokens"],
+            "mlflow_run_id": result.get("mlflow_run_id"), "turns": len(turns)}
+    with atomic_open(here / "cell.json") as f:
+        json.dump(cell, f, indent=1)
+    with atomic_open(here / "turns.jsonl") as f:  # written last: its presence marks the cell done
+        f.writelines(json.dumps(t) + "\n" for t in turns)
+    return {**cell, "skipped": False}
+
+
+def real_summary(p, root: Path, results: list[dict]) -> dict:
+    """Pool each (domain, policy, weighting)'s folds: AUC (or refused, with the count), weighted
+    NLL and its change from the untrained model, each with an interval."""
+    from ppg.evaluate import mean_ci, offline_metrics
+
+    groups: dict[tuple, list[dict]] = {}
+    for c in results:
+        turns = [json.loads(x) for x in (root / "cells" / c["id"] / "turns.jsonl").read_text().splitlines()]
+        groups.setdefault((c["domain"], c["policy"], c["weights"]), []).append({"cell": c, "turns": turns})
+    table = {}
+    for (domain, policy, w), parts in sorted(groups.items()):
+        turns = [t for part in parts for t in part["turns"]]
+        m = offline_metrics(turns, p.eval.min_contradictions)
+        delta = [-t["weight"] * t["score"] for t in turns if t["weight"] == t["weight"]]
+        m["weighted_nll_change"] = mean_ci(delta)
+        m["folds"] = sorted(part["cell"]["fold"] for part in parts)
+        m["steps"] = parts[0]["cell"]["steps"]
+        m["seconds"] = float(np.sum([part["cell"]["seconds"] for part in parts]))
+        table[f"{domain}|{policy}|{w}"] = m
+    return {"cells": table, "model": p.study.real.model, "steps": p.study.real.steps,
+            "seconds": float(np.sum([m["seconds"] for m in table.values()]))}

@@ -1,0 +1,198 @@
+"""Tables and plots of the K study from its summaries (study/summary.json, study-real/summary.json):
+`ppg study-report --out docs/results`. Everything here reads numbers; nothing is typed in by hand."""
+
+import json
+from pathlib import Path
+
+HORIZON = {"greedy": 1, "k2": 2, "k3": 3, "k5": 5}  # full = the dialogue's length, segment = a probe window
+
+
+def _pm(x, digits=3) -> str:
+    if not x or x.get("mean") != x.get("mean"):
+        return "-"
+    if x.get("lo") != x.get("lo"):
+        return f"{x['mean']:.{digits}f}"
+    return f"{x['mean']:.{digits}f} ± {(x['hi'] - x['lo']) / 2:.{digits}f}"
+
+
+def _split(key: str):
+    d, n, policy, w = key.split("|")
+    return d, int(n), policy, w
+
+
+def _order(policies):
+    rank = ["base", "greedy", "k2", "k3", "k5", "full", "segment"]
+    return sorted(policies, key=lambda q: rank.index(q) if q in rank else len(rank))
+
+
+def sim_tables(s: dict, metric: str = "reward") -> str:
+    """Per d: rows policy x weighting, columns data sizes; mean ± t-interval half-width over seeds."""
+    cells = {_split(k): v for k, v in s["cells"].items()}
+    ds = sorted({k[0] for k in cells}, key=lambda d: (d == "end", d))
+    ns = sorted({k[1] for k in cells if k[2] != "base"})
+    out = []
+    for d in ds:
+        best = {n: {w: s["best"].get(f"{d}|{n}|{w}") for w in {k[3] for k in cells}} for n in ns}
+        out += [f"**d = {d}** ({metric}; base model: {_pm(cells.get((d, 0, 'base', '-'), {}).get(metric))})", "",
+                "| policy | weights | " + " | ".join(f"n = {n}" for n in ns) + " |", "|---|---|" + "---|" * len(ns)]
+        for w in sorted({k[3] for k in cells if k[2] != "base"}):
+            for policy in _order({k[2] for k in cells if k[2] != "base"}):
+                row = [_pm(cells.get((d, n, policy, w), {}).get(metric)) for n in ns]
+                row = [f"**{x}**" if best[n].get(w) == policy and metric == "reward" else x for n, x in zip(ns, row)]
+                out.append(f"| {policy} | {w} | " + " | ".join(row) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def best_table(s: dict) -> str:
+    cells = {_split(k): v for k, v in s["cells"].items()}
+    ds = sorted({k[0] for k in cells}, key=lambda d: (d == "end", d))
+    ns = sorted({k[1] for k in cells if k[2] != "base"})
+    ws = sorted({k[3] for k in cells if k[2] != "base"})
+    out = ["| d | weights | " + " | ".join(f"n = {n}" for n in ns) + " |", "|---|---|" + "---|" * len(ns)]
+    for d in ds:
+        for w in ws:
+            out.append(f"| {d} | {w} | " + " | ".join(s["best"].get(f"{d}|{n}|{w}", "-") for n in ns) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot_sim(s: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = {_split(k): v for k, v in s["cells"].items()}
+    ds = sorted({k[0] for k in cells}, key=lambda d: (d == "end", d))
+    ns = sorted({k[1] for k in cells if k[2] != "base"})
+    ws = sorted({k[3] for k in cells if k[2] != "base"})
+    policies = _order({k[2] for k in cells if k[2] != "base"})
+    files = []
+    for metric, name in (("reward", "sim-reward-vs-n.png"), ("invented", "sim-invented-vs-n.png")):
+        fig, axes = plt.subplots(len(ws), len(ds), figsize=(3.2 * len(ds), 2.8 * len(ws)), squeeze=False, sharey=True)
+        for i, w in enumerate(ws):
+            for j, d in enumerate(ds):
+                ax = axes[i][j]
+                for policy in policies:
+                    xs = [(n, cells[(d, n, policy, w)][metric]) for n in ns if cells.get((d, n, policy, w), {}).get(metric)]
+                    if xs:
+                        ax.errorbar([n for n, _ in xs], [x["mean"] for _, x in xs], fmt="o-", ms=3, capsize=2,
+                                    yerr=[[max(x["mean"] - x["lo"], 0) if x["lo"] == x["lo"] else 0 for _, x in xs],
+                                          [max(x["hi"] - x["mean"], 0) if x["hi"] == x["hi"] else 0 for _, x in xs]],
+                                    label=policy)
+                base = cells.get((d, 0, "base", "-"), {}).get(metric)
+                if base:
+                    ax.axhline(base["mean"], color="grey", ls="--", lw=1, label="base")
+                ax.set_xscale("log")
+                ax.set_xticks(ns, [str(n) for n in ns])
+                ax.set_title(f"d = {d}, {w}", fontsize=9)
+                if j == 0:
+                    ax.set_ylabel({"reward": "held-out reward", "invented": "open asks answered (invented)"}[metric],
+                                  fontsize=8)
+                if i == len(ws) - 1:
+                    ax.set_xlabel("logged dialogues n", fontsize=8)
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+    # best horizon vs d: the horizon of the winning policy per (d, n), full = T, segment marked apart
+    fig, axes = plt.subplots(1, len(ws), figsize=(4.2 * len(ws), 3.2), squeeze=False)
+    turns = len(next(iter(s["cells"].values()))["drift"])
+    for i, w in enumerate(ws):
+        ax = axes[0][i]
+        for n, marker in zip(ns, "osD^v"):
+            ys = [s["best"].get(f"{d}|{n}|{w}") for d in ds]
+            ax.plot(range(len(ds)), [HORIZON.get(y, turns if y == "full" else 0) for y in ys], marker=marker,
+                    ls=":", label=f"n = {n}")
+        ax.set_xticks(range(len(ds)), [f"d={d}" for d in ds])
+        ax.set_yticks([0, 1, 2, 3, 5, turns], ["segment", "greedy", "k2", "k3", "k5", "full"])
+        ax.set_title(f"best policy by held-out reward ({w})", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "sim-best-policy.png", dpi=110)
+    plt.close(fig)
+    files.append("sim-best-policy.png")
+    # drift: consistency per turn at the largest n, per policy, one panel per d
+    fig, axes = plt.subplots(1, len(ds), figsize=(3.2 * len(ds), 2.8), squeeze=False, sharey=True)
+    w = "shaped" if "shaped" in ws else ws[0]
+    for j, d in enumerate(ds):
+        ax = axes[0][j]
+        for policy in ["base", *policies]:
+            row = cells.get((d, 0, "base", "-") if policy == "base" else (d, ns[-1], policy, w))
+            if row:
+                ax.plot(range(1, len(row["drift"]) + 1), row["drift"], marker=".", label=policy,
+                        **({"color": "grey", "ls": "--"} if policy == "base" else {}))
+        ax.set_title(f"d = {d}, n = {ns[-1]}, {w}", fontsize=9)
+        ax.set_xlabel("persona turn", fontsize=8)
+    axes[0][0].set_ylabel("consistent turns (share)", fontsize=8)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "sim-drift.png", dpi=110)
+    plt.close(fig)
+    files.append("sim-drift.png")
+    return files
+
+
+def real_table(s: dict) -> str:
+    out = ["| domain | policy | weights | AUC [95% bootstrap] | contradicting / judged turns | weighted NLL | "
+           "change from base | folds | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, m in s["cells"].items():
+        domain, policy, w = key.split("|")
+        a = m["auc"]
+        auc = a["reason"] if a.get("refused") else f"{a['mean']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}]"
+        out.append(f"| {domain} | {policy} | {w} | {auc} | {m['contradictions']} / {m['turns']} | "
+                   f"{_pm(m['weighted_nll'], 2)} | {_pm(m['weighted_nll_change'], 4)} | {len(m['folds'])} | "
+                   f"{m['seconds']:.0f} |")
+    return "\n".join(out) + "\n"
+
+
+def plot_real(s: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(k.split("|"), m["auc"]) for k, m in s["cells"].items() if not m["auc"].get("refused")]
+    if not rows:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    labels = [f"{d}\n{p} {w}" for (d, p, w), _ in rows]
+    ax.errorbar(range(len(rows)), [a["mean"] for _, a in rows], fmt="o", capsize=3,
+                yerr=[[a["mean"] - a["lo"] for _, a in rows], [a["hi"] - a["mean"] for _, a in rows]])
+    ax.axhline(0.5, color="grey", ls="--", lw=1)
+    ax.set_xticks(range(len(rows)), labels, fontsize=6)
+    ax.set_ylabel("likelihood-ratio AUC")
+    fig.tight_layout()
+    fig.savefig(out / "real-auc.png", dpi=110)
+    plt.close(fig)
+    return ["real-auc.png"]
+
+
+def report(sim: Path | None, real: Path | None, out: Path) -> Path:
+    """Write OUT/study-tables.md (+ PNGs) from the summaries that exist."""
+    from ppg.io import atomic_open
+
+    out.mkdir(parents=True, exist_ok=True)
+    parts = ["# K study: generated tables", "",
+             "Written by `ppg study-report`; every number comes from the study summaries.", ""]
+    if sim and Path(sim).exists():
+        s = json.loads(Path(sim).read_text())
+        figs = plot_sim(s, out)
+        parts += ["## Simulator", "", f"Trained cells in the run: {s.get('cells_run')}, cell seconds "
+                  f"{s.get('seconds', 0):.0f}, wall seconds of the run {s.get('wall_seconds', 0):.0f}.", "",
+                  "### Best policy (highest mean held-out reward over seeds)", "", best_table(s),
+                  "### Held-out reward (mean ± 95% t half-width over seeds; bold = best)", "", sim_tables(s),
+                  "### Open asks answered with an invented value", "", sim_tables(s, "invented"),
+                  "### Consistency (turns whose persona and commitment verdicts hold)", "",
+                  sim_tables(s, "consistency"), "### Coverage (asked turns answered)", "",
+                  sim_tables(s, "coverage"), *[f"![{f}]({f})" for f in figs], ""]
+    if real and Path(real).exists():
+        r = json.loads(Path(real).read_text())
+        figs = plot_real(r, out)
+        parts += ["## Consistent-LLMs (real logged dialogues)", "",
+                  f"Model {r['model']}, {r['steps']} steps per cell, cell seconds {r['seconds']:.0f}, "
+                  f"wall seconds {r.get('wall_seconds', 0):.0f}.", "", real_table(r), *[f"![{f}]({f})" for f in figs], ""]
+    with atomic_open(out / "study-tables.md") as f:
+        f.write("\n".join(parts))
+    return out / "study-tables.md"
