@@ -10,6 +10,8 @@ from ppg.evaluate import auc, offline_metrics, online_metrics, wilson
 from ppg.judges import SimJudge
 from ppg.sim.simulate import simulate
 
+from judge_server import FlakyJudge
+
 
 def naive_auc(scores, labels):
     pos = [s for s, y in zip(scores, labels) if y]
@@ -124,40 +126,6 @@ def test_mean_ci_is_student_t_and_rates_stay_in_bounds():
     bounded = mean_ci(x, (0.0, 1.0))
     assert bounded["hi"] == 1.0 and bounded["lo"] == pytest.approx(ci["lo"])
     assert mean_ci([0.3])["n"] == 1 and mean_ci([0.3])["lo"] != mean_ci([0.3])["lo"]  # NaN: no spread from one unit
-
-
-class FlakyJudge:
-    """An OpenAI-compatible judge that answers `healthy` requests, then fails every one (500)."""
-
-    def __init__(self, healthy: int):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        state = {"n": 0, "auth": []}
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-                state["n"] += 1
-                state["auth"].append(self.headers.get("Authorization"))
-                if state["n"] > healthy:
-                    self.send_response(500)
-                    self.end_headers()
-                    return
-                text = "Reasoning. []" if "Python list" in body else "It fits. NO"
-                out = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(out.encode())
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.state = state
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
 
 SECRET = "sk-eval-DO-NOT-LEAK-0987654321"

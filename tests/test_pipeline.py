@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from judge_server import FlakyJudge
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+SECRET = "sk-pipeline-DO-NOT-LEAK-1234567890"  # the judge API key: must reach the judge and nothing else
 STRIP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI", "PPG_PARENT_RUN_ID")
 
 
@@ -46,15 +48,23 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline-env")
     e = {k: v for k, v in os.environ.items() if k not in STRIP}
     e.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_SITE_CACHE_DIR=str(tmp / "dvc-site"),
+             PPG_JUDGE_API_KEY=SECRET,
              GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     for k in STRIP:
         os.environ.pop(k, None)
-    os.environ.update(DVC_SITE_CACHE_DIR=e["DVC_SITE_CACHE_DIR"], PATH=e["PATH"])
-    return e
+    os.environ.update(DVC_SITE_CACHE_DIR=e["DVC_SITE_CACHE_DIR"], PATH=e["PATH"], PPG_JUDGE_API_KEY=SECRET)
+    yield e
+    os.environ.pop("PPG_JUDGE_API_KEY", None)
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory, env) -> Path:
+def judge():
+    """The LLM judge the evaluate stage calls (eval.llm_judge), with the key from the environment."""
+    return FlakyJudge(healthy=10 ** 9)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, env, judge) -> Path:
     ws = tmp_path_factory.mktemp("workspace")
     for rel in ("dvc.yaml", "params.yaml", "params.tiny.yaml", ".dvcignore", "data/incoming/README.md", "ppg"):
         src, dst = ROOT / rel, ws / rel
@@ -72,7 +82,9 @@ def ws(tmp_path_factory, env) -> Path:
     set_params(ws, data={"source": "jsonl:data/incoming"},
                train={"max_steps": 20, "batch_size": 8, "checkpoint_every": 10},
                eval={"personas": 4, "turns": 4, "generation": {"max_new_tokens": 8, "temperature": 0.0,
-                                                               "top_p": 1.0, "batch_size": 4}},
+                                                               "top_p": 1.0, "batch_size": 4},
+                     "llm_judge": {"base_url": judge.url, "model": "judge", "retries": 1, "backoff_s": 0.01,
+                                   "timeout_s": 10}},
                registry={"thresholds": {"online.reward": 0.0}, "margin": 0.0})
     write_incoming(ws, "batch-000.jsonl", seed=0)
     return ws
@@ -88,7 +100,7 @@ def registry_state(ws: Path, name: str = "ppg-chatting"):
 
 
 @pytest.mark.slow
-def test_pipeline_lifecycle(ws, env, prefect_api):
+def test_pipeline_lifecycle(ws, env, judge, prefect_api):
     from flows.pipeline import ppg_pipeline
 
     # 1. first run: every stage runs, the best policy is registered and (thresholds pass, no
@@ -106,6 +118,7 @@ def test_pipeline_lifecycle(ws, env, prefect_api):
         assert child.data.tags["ppg.policy"] == policy and child.data.tags["ppg.dataset_md5"].endswith(".dir")
         assert child.data.tags["ppg.k"] == ("3" if policy == "k3" else "")
         assert 0.0 <= child.data.metrics["validation.online.reward"] <= 1.0
+        assert child.data.metrics["validation.online.llm.consistency"] == 1.0  # the LLM judge said NO throughout
     assert "| greedy |" in r["table"] and "| k3 |" in r["table"]
     assert (ws / ".dvc-remote").is_dir()  # outputs pushed to the default local remote
     # the champion loads from the registry and generates
@@ -183,6 +196,21 @@ def test_pipeline_lifecycle(ws, env, prefect_api):
             rollback(p, "ppg-chatting")
     finally:
         os.chdir(ROOT)
+
+    # 7. the judge API key reached the judge (as the Authorization header) and nothing else: not
+    #    the Prefect logs of any run above, nor a file of the workspace (MLflow store and
+    #    artifacts, DVC cache and remote, evaluation outputs, reports, models)
+    assert judge.state["n"] > 0 and set(judge.state["auth"]) == {f"Bearer {SECRET}"}
+    from prefect.client.orchestration import get_client
+
+    logs = []
+    with get_client(sync_client=True) as client:
+        while batch := client.read_logs(offset=len(logs), limit=200):
+            logs += batch
+    assert any("dvc repro" in (x.message or "") or "evaluate" in (x.message or "") for x in logs)
+    assert not [x.message for x in logs if SECRET in (x.message or "")]
+    for f in (x for x in ws.rglob("*") if x.is_file() and ".git" not in x.parts):
+        assert SECRET.encode() not in f.read_bytes(), f
 
 
 def test_workspace_lock_waits_times_out_and_is_released_by_a_dead_holder(tmp_path):

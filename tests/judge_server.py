@@ -1,0 +1,38 @@
+"""A stand-in for a remote LLM-judge endpoint (OpenAI-compatible chat completions over real
+HTTP on localhost) that records the Authorization headers it receives and can go down."""
+
+import json
+
+
+class FlakyJudge:
+    """An OpenAI-compatible judge that answers `healthy` requests, then fails every one (500)."""
+
+    def __init__(self, healthy: int):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        state = {"n": 0, "auth": []}
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                state["n"] += 1
+                state["auth"].append(self.headers.get("Authorization"))
+                if state["n"] > healthy:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                text = "Reasoning. []" if "Python list" in body else "It fits. NO"
+                out = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(out.encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.state = state
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
