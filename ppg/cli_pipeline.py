@@ -151,5 +151,8 @@ def study_report(
     from ppg.study_report import report
 
     p = _params(params)
-    path = report(Path(p.study.out) / "summary.json", Path(p.study.real.out) / "summary.json", out)
+    try:
+        path = report(Path(p.study.out) / "summary.json", Path(p.study.real.out) / "summary.json", out)
+    except FileNotFoundError as e:
+        fail(str(e))
     typer.echo(f"wrote {path}")

@@ -173,6 +173,8 @@ def report(sim: Path | None, real: Path | None, out: Path) -> Path:
     """Write OUT/study-tables.md (+ PNGs) from the summaries that exist."""
     from ppg.io import atomic_open
 
+    if not any(x and Path(x).exists() for x in (sim, real)):
+        raise FileNotFoundError(f"no study summary at {sim} or {real}: run `ppg study` / `ppg study-real` first")
     out.mkdir(parents=True, exist_ok=True)
     parts = ["# K study: generated tables", "",
              "Written by `ppg study-report`; every number comes from the study summaries.", ""]
