@@ -77,6 +77,24 @@ class RealStudyConfig:
 
 
 @dataclass
+class OnlineStudyConfig:
+    distances: list = field(default_factory=lambda: [2, "end"])
+    """Distances with online cells (per seed and policy); [] = none."""
+    policies: list = field(default_factory=lambda: ["greedy", "k3", "full"])
+    """Policy ids trained online from the study base."""
+    steps: int = 30
+    """Online PPG steps per cell (each plays personas_per_step * group dialogues)."""
+    personas_per_step: int = 8
+    """Scenes per step."""
+    group: int = 4
+    """Rollouts per scene (leave-one-out baseline)."""
+    lr: float = 3.0e-4
+    """Peak learning rate."""
+    kl_coef: float = 0.05
+    """KL penalty to the study base."""
+
+
+@dataclass
 class StudyConfig:
     out: str = "study"
     """Cells go to OUT/cells/<cell>/ (metrics.json marks a finished cell: a rerun skips it)."""
@@ -116,6 +134,8 @@ class StudyConfig:
     """Held-out personas per cell (validation split), sampled in one batch."""
     temperature: float = 1.0
     """Sampling temperature of the evaluation rollouts (1 = the trained distribution itself)."""
+    online: OnlineStudyConfig = field(default_factory=OnlineStudyConfig)
+    """Online PPG cells (rollouts against the simulator's partner, exact judge) from the same base."""
     real: RealStudyConfig = field(default_factory=RealStudyConfig)
     """The real-data part (`ppg study-real --data DIR`)."""
 

@@ -45,6 +45,11 @@ def cells(cfg) -> list[dict]:
                     for w in cfg.weights:
                         out.append({"id": cell_id(d, n, seed, policy, w), "d": d, "n": n, "seed": seed,
                                     "policy": policy, "weights": w})
+    for d in cfg.online.distances:  # online PPG from the study base: rollouts, not logged data (n = 0)
+        for seed in cfg.seeds:
+            for policy in cfg.online.policies:
+                out.append({"id": f"d{d}-online-s{seed}-{policy}", "d": d, "n": 0, "seed": seed, "policy": policy,
+                            "weights": "online"})
     return out
 
 
@@ -170,6 +175,19 @@ def run_cell(p, c: dict, root: Path) -> dict:
         shutil.copytree(base, Path(cp.train.out) / "base", dirs_exist_ok=True)
         m = evaluate(cp, "bc", run="base", log=False)  # its metrics would overwrite each other in the base's run
         name = "base"
+    elif c["weights"] == "online":
+        from ppg.online import train_online
+
+        o = p.study.online
+        cp = _params(p, distances=[c["d"]], data=root / "base" / "data", here=root / "cells" / c["id"], model=str(base),
+                     policies=[c["policy"]], weights={}, steps=o.steps, lr=o.lr, batch=1, dialogues=1, seed=c["seed"])
+        cp = replace(cp, online=replace(cp.online, domain=SETTING, personas_per_step=o.personas_per_step, group=o.group,
+                                        turns=p.study.turns, steps=o.steps, kl_coef=o.kl_coef, init="",
+                                        generation={"max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0,
+                                                    "batch_size": o.personas_per_step * o.group}))
+        train_online(cp, c["policy"], progress=False)
+        name = f"{c['policy']}-online"
+        m = evaluate(cp, c["policy"], run=name)
     else:
         cp, data = cell_params(p, c, root)
         prepare_data(cp, data)
@@ -214,7 +232,7 @@ def summary(results: list[dict]) -> dict:
     best = {}
     for key, row in table.items():
         d, n, policy, w = key.split("|")
-        if policy == "base":
+        if policy == "base" or w == "online":
             continue
         k = f"{d}|{n}|{w}"
         if k not in best or row["reward"]["mean"] > table[best[k]]["reward"]["mean"]:

@@ -20,6 +20,11 @@ def _split(key: str):
     return d, int(n), policy, w
 
 
+def _offline(s: dict) -> dict:
+    """(d, n, policy, weights) -> row, without the online cells (they have no data size)."""
+    return {_split(k): v for k, v in s["cells"].items() if not k.endswith("|online")}
+
+
 def _order(policies):
     rank = ["base", "greedy", "k2", "k3", "k5", "full", "segment"]
     return sorted(policies, key=lambda q: rank.index(q) if q in rank else len(rank))
@@ -27,7 +32,7 @@ def _order(policies):
 
 def sim_tables(s: dict, metric: str = "reward") -> str:
     """Per d: rows policy x weighting, columns data sizes; mean ± t-interval half-width over seeds."""
-    cells = {_split(k): v for k, v in s["cells"].items()}
+    cells = _offline(s)
     ds = sorted({k[0] for k in cells}, key=lambda d: (d == "end", d))
     ns = sorted({k[1] for k in cells if k[2] != "base"})
     out = []
@@ -45,7 +50,7 @@ def sim_tables(s: dict, metric: str = "reward") -> str:
 
 
 def best_table(s: dict) -> str:
-    cells = {_split(k): v for k, v in s["cells"].items()}
+    cells = _offline(s)
     ds = sorted({k[0] for k in cells}, key=lambda d: (d == "end", d))
     ns = sorted({k[1] for k in cells if k[2] != "base"})
     ws = sorted({k[3] for k in cells if k[2] != "base"})
@@ -56,13 +61,30 @@ def best_table(s: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def online_table(s: dict) -> str:
+    """Online PPG cells from the study base next to the base itself, per d."""
+    rows = {_split(k): v for k, v in s["cells"].items() if k.endswith("|online")}
+    if not rows:
+        return ""
+    cols = ("reward", "consistency", "coverage", "invented", "exposed")
+    out = ["| d | policy | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for d in sorted({k[0] for k in rows}, key=lambda d: (d == "end", d)):
+        base = s["cells"].get(f"{d}|0|base|-")
+        if base:
+            out.append(f"| {d} | base | " + " | ".join(_pm(base.get(m)) for m in cols) + " |")
+        for policy in _order({k[2] for k in rows if k[0] == d}):
+            row = rows[(d, 0, policy, "online")]
+            out.append(f"| {d} | {policy} online | " + " | ".join(_pm(row.get(m)) for m in cols) + " |")
+    return "\n".join(out) + "\n"
+
+
 def plot_sim(s: dict, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = {_split(k): v for k, v in s["cells"].items()}
+    cells = _offline(s)
     ds = sorted({k[0] for k in cells}, key=lambda d: (d == "end", d))
     ns = sorted({k[1] for k in cells if k[2] != "base"})
     ws = sorted({k[3] for k in cells if k[2] != "base"})
@@ -188,7 +210,8 @@ def report(sim: Path | None, real: Path | None, out: Path) -> Path:
                   "### Open asks answered with an invented value", "", sim_tables(s, "invented"),
                   "### Consistency (turns whose persona and commitment verdicts hold)", "",
                   sim_tables(s, "consistency"), "### Coverage (asked turns answered)", "",
-                  sim_tables(s, "coverage"), *[f"![{f}]({f})" for f in figs], ""]
+                  sim_tables(s, "coverage"), "### Online PPG from the study base (mean ± 95% t half-width over seeds)",
+                  "", online_table(s) or "(no online cells)\n", *[f"![{f}]({f})" for f in figs], ""]
     if real and Path(real).exists():
         r = json.loads(Path(real).read_text())
         figs = plot_real(r, out)

@@ -259,11 +259,16 @@ def test_study_runs_its_cells_once_and_resumes(tmp_path, prefect_api):
     p["study"] = {"out": str(tmp_path / "study"), "distances": [2], "known": 4, "turns": 4,
                   "policies": ["greedy", "k3", "k5"], "sizes": [40], "seeds": [0], "steps": 3, "personas": 2, "batch_size": 4,
                   "base_dialogues": 20, "base_steps": 3, "real": {"weights": ["raw"]},
+                  "online": {"distances": [2], "policies": ["k3"], "steps": 2, "personas_per_step": 2, "group": 2},
                   "weights": {"raw": {"baseline": "none", "standardize": False, "clip": None}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     s = ppg_study(workspace=str(tmp_path))
     # k5 >= 4 turns: skipped; the base cell evaluates the behaviour-cloned start of every cell
-    assert s["cells_run"] == 3 and sorted(s["cells"]) == ["2|0|base|-", "2|40|greedy|raw", "2|40|k3|raw"]
+    # online cells train from the same base by rollouts (no logged data: n = 0)
+    assert s["cells_run"] == 4
+    assert sorted(s["cells"]) == ["2|0|base|-", "2|0|k3|online", "2|40|greedy|raw", "2|40|k3|raw"]
+    online = json.loads((tmp_path / "study/cells/d2-online-s0-k3/metrics.json").read_text())
+    assert online["online"]["dialogues"] == 2 and online["decisions"]["counts"]["open_asks"] >= 0
     assert s["best"] == {"2|40|raw": max(("greedy", "k3"), key=lambda q: s["cells"][f"2|40|{q}|raw"]["reward"]["mean"])}
     base = json.loads((tmp_path / "study/base/models/bc/run.json").read_text())
     assert base["policy"] == "bc" and base["steps"] == 3
@@ -284,5 +289,6 @@ def test_study_runs_its_cells_once_and_resumes(tmp_path, prefect_api):
     assert f"| 2 | raw | {best} |" in md  # the best-policy table
     reward = s["cells"][f"2|40|{best}|raw"]["reward"]["mean"]
     assert f"| {best} | raw | **{reward:.3f}" in md  # the reward table marks it
+    assert "| 2 | k3 online |" in md and "| 2 | base |" in md
     for png in ("sim-reward-vs-n.png", "sim-invented-vs-n.png", "sim-best-policy.png", "sim-drift.png"):
         assert (tmp_path / "results" / png).stat().st_size > 1000
