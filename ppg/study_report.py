@@ -135,6 +135,26 @@ def plot_sim(s: dict, out: Path) -> list[str]:
     fig.savefig(out / "sim-best-policy.png", dpi=110)
     plt.close(fig)
     files.append("sim-best-policy.png")
+    # the mechanism: invented rate against the horizon K (full = T), one line per d, largest n
+    fig, axes = plt.subplots(1, len(ws), figsize=(4.2 * len(ws), 3.2), squeeze=False, sharey=True)
+    for i, w in enumerate(ws):
+        ax = axes[0][i]
+        for d in ds:
+            ks = [(HORIZON.get(q, turns), cells[(d, ns[-1], q, w)]["invented"]) for q in policies
+                  if q != "segment" and cells.get((d, ns[-1], q, w), {}).get("invented")]
+            ks.sort(key=lambda kx: kx[0])
+            ax.errorbar([k for k, _ in ks], [x["mean"] for _, x in ks], fmt="o-", ms=3, capsize=2, label=f"d = {d}",
+                        yerr=[[max(x["mean"] - x["lo"], 0) if x["lo"] == x["lo"] else 0 for _, x in ks],
+                              [max(x["hi"] - x["mean"], 0) if x["hi"] == x["hi"] else 0 for _, x in ks]])
+        ax.set_xticks([1, 2, 3, 5, turns], ["1\ngreedy", "2", "3", "5", f"{turns}\nfull"])
+        ax.set_xlabel("credit horizon K", fontsize=8)
+        ax.set_title(f"invented at open asks, n = {ns[-1]}, {w}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("open asks answered (invented)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "sim-invented-vs-k.png", dpi=110)
+    plt.close(fig)
+    files.append("sim-invented-vs-k.png")
     # drift: consistency per turn at the largest n, per policy, one panel per d
     fig, axes = plt.subplots(1, len(ds), figsize=(3.2 * len(ds), 2.8), squeeze=False, sharey=True)
     w = "shaped" if "shaped" in ws else ws[0]
