@@ -61,6 +61,21 @@ def best_table(s: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def mechanism_table(s: dict, metric: str = "invented") -> str:
+    """The metric per d (rows) and policy (columns) at the largest data size, per weighting."""
+    cells = _offline(s)
+    ds = sorted({k[0] for k in cells}, key=lambda d: (d == "end", d))
+    n = max(k[1] for k in cells if k[2] != "base")
+    policies = _order({k[2] for k in cells if k[2] != "base"})
+    out = ["| d | weights | base | " + " | ".join(policies) + " |", "|---|---|---|" + "---|" * len(policies)]
+    for w in sorted({k[3] for k in cells if k[2] != "base"}):
+        for d in ds:
+            base = _pm(cells.get((d, 0, "base", "-"), {}).get(metric), 2)
+            out.append(f"| {d} | {w} | {base} | " + " | ".join(_pm(cells.get((d, n, q, w), {}).get(metric), 2)
+                                                             for q in policies) + " |")
+    return f"n = {n}\n\n" + "\n".join(out) + "\n"
+
+
 def online_table(s: dict) -> str:
     """Online PPG cells from the study base next to the base itself, per d."""
     rows = {_split(k): v for k, v in s["cells"].items() if k.endswith("|online")}
@@ -227,6 +242,7 @@ def report(sim: Path | None, real: Path | None, out: Path) -> Path:
                   f"{s.get('seconds', 0):.0f}, wall seconds of the run {s.get('wall_seconds', 0):.0f}.", "",
                   "### Best policy (highest mean held-out reward over seeds)", "", best_table(s),
                   "### Held-out reward (mean ± 95% t half-width over seeds; bold = best)", "", sim_tables(s),
+                  "### Open asks answered with an invented value, by d and policy", "", mechanism_table(s),
                   "### Open asks answered with an invented value", "", sim_tables(s, "invented"),
                   "### Consistency (turns whose persona and commitment verdicts hold)", "",
                   sim_tables(s, "consistency"), "### Coverage (asked turns answered)", "",
