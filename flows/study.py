@@ -8,6 +8,7 @@ cell's training run is its child (tags ppg.policy, ppg.k, ...), with the evaluat
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -17,6 +18,40 @@ from ppg import tracking
 from ppg.config import load_params
 from ppg.io import atomic_open
 from ppg.study import cells, prepare_base, run_cell, summary
+
+
+@contextmanager
+def study_run(workspace: str, params: str, name: str, section):
+    """In the workspace, with params loaded and a parent MLflow run open (every cell's training
+    run becomes its child through PPG_PARENT_RUN_ID): yields (params, client, parent run id). The
+    parent ends FINISHED, or FAILED on an exception; the directory and environment are restored."""
+    start, before = os.getcwd(), os.environ.get(tracking.PARENT_ENV)
+    os.chdir(workspace)
+    try:
+        p = load_params(params)
+        c = tracking.client(p.mlflow)
+        os.environ.pop(tracking.PARENT_ENV, None)
+        parent = tracking.open_run(c, p.mlflow, name=name, tags={"ppg.stage": name},
+                                   params={name: json.dumps(section(p).__dict__, default=str)})
+        os.environ[tracking.PARENT_ENV] = parent
+        try:
+            yield p, c, parent
+        except BaseException:
+            c.set_terminated(parent, "FAILED")
+            raise
+        c.set_terminated(parent, "FINISHED")
+    finally:
+        if before is None:
+            os.environ.pop(tracking.PARENT_ENV, None)
+        else:
+            os.environ[tracking.PARENT_ENV] = before
+        os.chdir(start)
+
+
+def _write_summary(c, parent: str, root: Path, s: dict) -> None:
+    with atomic_open(root / "summary.json") as f:
+        json.dump(s, f, indent=1)
+    c.log_dict(parent, s, "summary.json")
 
 
 @task(cache_policy=NO_CACHE)
@@ -38,17 +73,8 @@ def study_cell(p, cell: dict, root: str) -> dict:
 @flow(name="ppg-study", log_prints=True)
 def ppg_study(workspace: str = ".", params: str = "params.yaml", limit: int = 0) -> dict:
     """Run (or resume) the grid of params.yaml's study section; limit > 0 runs the first cells only."""
-    start = os.getcwd()
-    os.chdir(workspace)
-    before = os.environ.get(tracking.PARENT_ENV)
-    try:
-        p = load_params(params)
+    with study_run(workspace, params, "study", lambda p: p.study) as (p, c, parent):
         root = Path(p.study.out)
-        c = tracking.client(p.mlflow)
-        os.environ.pop(tracking.PARENT_ENV, None)
-        parent = tracking.open_run(c, p.mlflow, name="study", tags={"ppg.stage": "study"},
-                                   params={"study": json.dumps(p.study.__dict__, default=str)})
-        os.environ[tracking.PARENT_ENV] = parent  # every cell's training run becomes its child
         t0 = time.perf_counter()
         study_base(p, str(root))
         base_seconds = time.perf_counter() - t0
@@ -60,19 +86,10 @@ def ppg_study(workspace: str = ".", params: str = "params.yaml", limit: int = 0)
         s["seconds"] = sum(r["seconds"] for r in results if not r["skipped"])
         s["wall_seconds"] = time.perf_counter() - t0  # this run: base (if trained now), data, cells, summary
         s["base_seconds"] = base_seconds
-        with atomic_open(root / "summary.json") as f:
-            json.dump(s, f, indent=1)
-        c.log_dict(parent, s, "summary.json")
-        c.set_terminated(parent, "FINISHED")
+        _write_summary(c, parent, root, s)
         print(f"study: {len(results)} of {len(grid)} cells ({s['cells_run']} trained now, "
               f"{s['seconds']:.0f} s in cells, {s['wall_seconds']:.0f} s wall); summary in {root / 'summary.json'}")
         return s
-    finally:
-        if before is None:
-            os.environ.pop(tracking.PARENT_ENV, None)
-        else:
-            os.environ[tracking.PARENT_ENV] = before
-        os.chdir(start)
 
 
 @task(cache_policy=NO_CACHE)
@@ -90,18 +107,10 @@ def ppg_study_real(data: str, workspace: str = ".", params: str = "params.yaml",
     """The real-data part of the K study (study.real of params.yaml) on Consistent-LLMs files in data."""
     from ppg.study_real import real_cells, real_summary
 
-    start = os.getcwd()
     data = str(Path(data).resolve())
-    os.chdir(workspace)
-    before = os.environ.get(tracking.PARENT_ENV)
-    try:
-        p = load_params(params)
+    with study_run(workspace, params, "study-real", lambda p: p.study.real) as (p, c, parent):
         root = Path(p.study.real.out)
-        c = tracking.client(p.mlflow)
-        os.environ.pop(tracking.PARENT_ENV, None)
-        parent = tracking.open_run(c, p.mlflow, name="study-real", tags={"ppg.stage": "study-real"},
-                                   params={"study.real": json.dumps(p.study.real.__dict__, default=str), "data": data})
-        os.environ[tracking.PARENT_ENV] = parent
+        c.log_param(parent, "data", data)
         t0 = time.perf_counter()
         grid = real_cells(p.study)
         results = [real_cell.with_options(task_run_name=cell["id"])(p, cell, str(root), data)
@@ -109,16 +118,7 @@ def ppg_study_real(data: str, workspace: str = ".", params: str = "params.yaml",
         s = real_summary(p, root, results)
         s["cells_run"] = sum(not r["skipped"] for r in results)
         s["wall_seconds"] = time.perf_counter() - t0
-        with atomic_open(root / "summary.json") as f:
-            json.dump(s, f, indent=1)
-        c.log_dict(parent, s, "summary.json")
-        c.set_terminated(parent, "FINISHED")
+        _write_summary(c, parent, root, s)
         print(f"study-real: {len(results)} of {len(grid)} cells ({s['cells_run']} trained now, "
               f"{s['wall_seconds']:.0f} s wall); summary in {root / 'summary.json'}")
         return s
-    finally:
-        if before is None:
-            os.environ.pop(tracking.PARENT_ENV, None)
-        else:
-            os.environ[tracking.PARENT_ENV] = before
-        os.chdir(start)
