@@ -145,14 +145,16 @@ def study_real(
 @app.command("study-report")
 def study_report(
     out: Path = typer.Option(Path("docs/results"), help="Folder for study-tables.md and the plots."),
+    sim: Path = typer.Option(None, help="Simulator summary (default: <study.out>/summary.json)."),
+    real: Path = typer.Option(None, help="Real-data summary (default: <study.real.out>/summary.json)."),
     params: Path = PARAMS,
 ):
-    """Tables and plots of the K study from <study.out>/summary.json and <study.real.out>/summary.json."""
+    """Tables and plots of the K study from the studies' summary.json files."""
     from ppg.study_report import report
 
     p = _params(params)
     try:
-        path = report(Path(p.study.out) / "summary.json", Path(p.study.real.out) / "summary.json", out)
+        path = report(sim or Path(p.study.out) / "summary.json", real or Path(p.study.real.out) / "summary.json", out)
     except FileNotFoundError as e:
         fail(str(e))
     typer.echo(f"wrote {path}")

@@ -238,8 +238,9 @@ def report(sim: Path | None, real: Path | None, out: Path) -> Path:
     if sim and Path(sim).exists():
         s = json.loads(Path(sim).read_text())
         figs = plot_sim(s, out)
-        parts += ["## Simulator", "", f"Trained cells in the run: {s.get('cells_run')}, cell seconds "
-                  f"{s.get('seconds', 0):.0f}, wall seconds of the run {s.get('wall_seconds', 0):.0f}.", "",
+        parts += ["## Simulator", "", f"{len(s['cells'])} (d, n, policy, weighting) groups. The `ppg study` run that "
+                  f"wrote this summary trained {s.get('cells_run')} cells ({s.get('seconds', 0):.0f} s in cells, "
+                  f"{s.get('wall_seconds', 0):.0f} s wall); cells finished by earlier runs were read back.", "",
                   "### Best policy (highest mean held-out reward over seeds)", "", best_table(s),
                   "### Held-out reward (mean ± 95% t half-width over seeds; bold = best)", "", sim_tables(s),
                   "### Open asks answered with an invented value, by d and policy", "", mechanism_table(s),
