@@ -6,10 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
-"$PY" - <<'PYEOF'
-import torch
-assert torch.cuda.is_available(), "no CUDA device: this script is for GPU machines"
-print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
-PYEOF
+"$PY" benchmarks/require_cuda.py
 unset DS_ACCELERATOR
 exec "$PY" benchmarks/trainer.py --only smollm2-135m --bf16 --zero2-only --batch 8 --length 1024 --steps 20 --warmup 5 "$@"

@@ -9,11 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 DATA="${1:-../shared/data/consistent-llms/dialogues}"
-"$PY" - <<'PYEOF'
-import torch
-assert torch.cuda.is_available(), "no CUDA device: this script is for GPU machines"
-print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
-PYEOF
+"$PY" benchmarks/require_cuda.py
 unset DS_ACCELERATOR
 PARAMS=$(mktemp --suffix=.yaml)
 "$PY" - "$PARAMS" <<'PYEOF'

@@ -53,6 +53,16 @@ def cells(cfg) -> list[dict]:
     return out
 
 
+def with_lr(deepspeed: dict, lr: float, warmup: int) -> dict:
+    """A copy of the DeepSpeed config with peak lr, linear warm-up from 0, then linear decay to 0."""
+    ds = copy.deepcopy(deepspeed)
+    ds["optimizer"]["params"]["lr"] = lr
+    ds["scheduler"] = {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
+                                                           "warmup_num_steps": warmup, "warmup_type": "linear",
+                                                           "total_num_steps": "auto"}}
+    return ds
+
+
 BASE_SEED = 9999  # the base pool's simulator seed: no cell's data (seeds 0..) or evaluation (1000+)
 
 
@@ -63,11 +73,7 @@ def _params(p, *, distances, data: Path, here: Path, model: str, policies, weigh
     setting = {"distance": list(distances), "known": cfg.known}
     sim = replace(p.sim, domain=SETTING, domains={SETTING: setting}, dialogues=dialogues, turns=cfg.turns, seed=seed)
     returns = replace(p.returns, policies=list(policies), segments={"from": "meta.segment_starts"}, **weights)
-    ds = copy.deepcopy(p.train.deepspeed)
-    ds["optimizer"]["params"]["lr"] = lr
-    ds["scheduler"] = {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
-                                                           "warmup_num_steps": max(1, steps // 20),
-                                                           "warmup_type": "linear", "total_num_steps": "auto"}}
+    ds = with_lr(p.train.deepspeed, lr, warmup=max(1, steps // 20))
     train = replace(p.train, data=str(data / "built"), out=str(here / "models"), workdir=str(here / "work"),
                     max_steps=steps, seed=seed, batch_size=batch, deepspeed=ds,
                     lora=replace(p.train.lora, enabled=False), checkpoint_every=max(steps, 1))

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ppg.study import with_lr
+
 
 def real_cells(cfg) -> list[dict]:
     r = cfg.real
@@ -61,11 +63,7 @@ def cell_params(p, c: dict, root: Path):
     r = p.study.real
     here = root / "cells" / c["id"]
     returns = replace(p.returns, policies=list(r.policies), **p.study.weights[c["weights"]])
-    ds = json.loads(json.dumps(p.train.deepspeed))
-    ds["optimizer"]["params"]["lr"] = r.lr
-    ds["scheduler"] = {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": r.lr,
-                                                           "warmup_num_steps": max(1, r.steps // 10),
-                                                           "warmup_type": "linear", "total_num_steps": "auto"}}
+    ds = with_lr(p.train.deepspeed, r.lr, warmup=max(1, r.steps // 10))
     train = replace(p.train, data=str(root / "data" / c["domain"] / "built"), split="train", out=str(here / "models"),
                     workdir=str(here / "work"), max_steps=r.steps, batch_size=r.batch_size,
                     subsample=0, deepspeed=ds, checkpoint_every=max(r.steps, 1), lora=replace(p.train.lora, enabled=r.lora))
