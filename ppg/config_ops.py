@@ -62,6 +62,9 @@ class RealStudyConfig:
     """Seeded subsample of each domain's dialogues (0 = all): the CPU budget."""
     folds: int = 3
     """Persona-grouped folds per domain."""
+    max_turns: int = 0
+    """Judged turns scored per fold (0 = all): every window with a contradicting turn, then others
+    (seeded) up to this many; the reference's log-probs are cached per fold, shared by every cell."""
     max_length: int = 768
     """Token windows (persona + recent history); longer dialogues are cut into several."""
     steps: int = 24

@@ -158,8 +158,10 @@ def load_trained(p, name: str):
 
 
 @torch.no_grad()
-def offline_turns(model, ref, lora: bool, tok, rows, policy: str) -> list[dict]:
-    """Per judged turn of each row: LR score, reward, raw weight, weighted NLL term, persona group."""
+def offline_turns(model, ref, lora: bool, tok, rows, policy: str, ref_cache: dict | None = None) -> list[dict]:
+    """Per judged turn of each row: LR score, reward, raw weight, weighted NLL term, persona group.
+    ref_cache (row "sequence_id:window" -> the reference's per-turn log-probs) is read where it
+    has the row and filled where not: the reference is the same model for every trained policy."""
     from contextlib import nullcontext
 
     from ppg.batching import Example, collate
@@ -170,11 +172,17 @@ def offline_turns(model, ref, lora: bool, tok, rows, policy: str) -> list[dict]:
         b = collate([Example(np.asarray(r["input_ids"]), np.asarray(r["turn_index"]), np.asarray(r[f"w_{policy}"]))],
                     tok.pad_token_id)
         lp = token_logprobs(model(input_ids=b["input_ids"]).logits, b["input_ids"])
-        with (model.disable_adapter() if lora else nullcontext()):
-            ref_lp = token_logprobs((model if lora else ref)(input_ids=b["input_ids"]).logits, b["input_ids"])
         n = r["n_turns"]
         ell, present = turn_logprobs(lp, b["turn_index"], n)
-        ell_ref, _ = turn_logprobs(ref_lp, b["turn_index"], n)
+        key = f"{r.get('sequence_id')}:{r.get('window')}"
+        if ref_cache is not None and key in ref_cache:
+            ell_ref = torch.tensor([ref_cache[key]], dtype=ell.dtype)
+        else:
+            with (model.disable_adapter() if lora else nullcontext()):
+                ref_lp = token_logprobs((model if lora else ref)(input_ids=b["input_ids"]).logits, b["input_ids"])
+            ell_ref, _ = turn_logprobs(ref_lp, b["turn_index"], n)
+            if ref_cache is not None:
+                ref_cache[key] = ell_ref[0].tolist()
         for t in range(n):
             if present[0, t]:
                 w = float(r[f"w_{policy}"][t])

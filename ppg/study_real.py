@@ -59,6 +59,25 @@ def prepare_domain(p, data: Path, domain: str, root: Path) -> Path:
     return built
 
 
+def scored_rows(rows: list[dict], max_turns: int, key: str) -> list[dict]:
+    """The windows of a fold whose judged turns get scored: all of them (max_turns 0), else every
+    window holding a contradicting turn, then others in a seeded order until max_turns judged turns
+    (the same windows for every cell of the fold, so cells compare on the same turns)."""
+    if not max_turns:
+        return rows
+    judged = [sum(1 for x in r["reward"] if x == x) for r in rows]
+    order = list(range(len(rows)))
+    random.Random(f"scored:{key}").shuffle(order)
+    order.sort(key=lambda i: not any(x == x and x < 0.5 for x in rows[i]["reward"]))  # stable: contradictions first
+    keep, n = [], 0
+    for i in order:
+        if n >= max_turns and not any(x == x and x < 0.5 for x in rows[i]["reward"]):
+            break
+        keep.append(i)
+        n += judged[i]
+    return [rows[i] for i in sorted(keep)]
+
+
 def cell_params(p, c: dict, root: Path):
     r = p.study.real
     here = root / "cells" / c["id"]
@@ -86,8 +105,15 @@ def run_real_cell(p, c: dict, root: Path, data: Path) -> dict:
     t0 = time.perf_counter()
     result = train(cp, c["policy"], fold=c["fold"], progress=False)
     model, ref, tok, lora = load_trained(cp, run_name(c["policy"], c["fold"]))
-    rows = [x for x in pq.read_table(built / "train.parquet").to_pylist() if x["fold"] == c["fold"]]
-    turns = offline_turns(model, ref, lora, tok, rows, c["policy"])
+    rows = scored_rows([x for x in pq.read_table(built / "train.parquet").to_pylist() if x["fold"] == c["fold"]],
+                       p.study.real.max_turns, f"{c['domain']}:{c['fold']}")
+    cache_path = root / "data" / c["domain"] / f"reference-fold{c['fold']}.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    known = len(cache)
+    turns = offline_turns(model, ref, lora, tok, rows, c["policy"], ref_cache=cache)
+    if len(cache) > known:
+        with atomic_open(cache_path) as f:
+            json.dump(cache, f)
     cell = {**c, "seconds": time.perf_counter() - t0, "steps": result["steps"], "tokens": result["tokens"],
             "mlflow_run_id": result.get("mlflow_run_id"), "turns": len(turns)}
     with atomic_open(here / "cell.json") as f:

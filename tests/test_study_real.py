@@ -1,6 +1,7 @@
 """The real-data part of the K study on a small generated Consistent-LLMs file (tiny model)."""
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -56,4 +57,41 @@ def test_every_judged_turn_is_scored_once_by_a_model_that_never_saw_it(tmp_path,
     assert groups[0] and groups[1] and not groups[0] & groups[1]
     assert row["auc"]["refused"] and f"n = {row['contradictions']} contradicting" in row["auc"]["reason"]
     assert row["weighted_nll"]["n"] == row["turns"] and row["weighted_nll_change"]["n"] == row["turns"]
+    # the reference's log-probs were computed once per fold and reused by the other weighting's
+    # cell: scoring without the cache gives the same numbers
+    import pyarrow.parquet as pq
+
+    from ppg.config import load_params
+    from ppg.evaluate import load_trained, offline_turns
+    from ppg.study_real import cell_params
+
+    assert sorted(f.name for f in (tmp_path / "real/data/therapy").glob("reference-*")) == \
+        ["reference-fold0.json", "reference-fold1.json"]
+    os.chdir(tmp_path)
+    try:
+        p = load_params("params.yaml")
+        cell = {"id": "therapy-f1-k3-shaped", "domain": "therapy", "fold": 1, "policy": "k3", "weights": "shaped"}
+        cp = cell_params(p, cell, Path("real"))
+        rows = [x for x in pq.read_table("real/data/therapy/built/train.parquet").to_pylist() if x["fold"] == 1]
+        model, ref, tok, lora = load_trained(cp, "k3-fold1")
+        fresh = offline_turns(model, ref, lora, tok, rows, "k3")
+    finally:
+        os.chdir(ROOT)
+    cached = [json.loads(x) for x in (tmp_path / "real/cells/therapy-f1-k3-shaped/turns.jsonl").read_text().splitlines()]
+    assert [t["score"] for t in fresh] == [t["score"] for t in cached]
     assert ppg_study_real(data=str(data), workspace=str(tmp_path))["cells_run"] == 0  # read back, not retrained
+
+
+def test_scored_rows_keep_every_contradiction_then_fill_the_budget_the_same_way_each_time():
+    from ppg.study_real import scored_rows
+
+    nan = float("nan")
+    rows = [{"id": i, "reward": r} for i, r in enumerate(
+        [[1.0, 1.0], [0.0, 1.0], [1.0, nan], [1.0, 1.0, 1.0], [nan, 0.0], [1.0], [1.0, 1.0]])]
+    assert scored_rows(rows, 0, "k") == rows
+    got = scored_rows(rows, 5, "therapy:0")
+    ids = [r["id"] for r in got]
+    assert {1, 4} <= set(ids) and ids == sorted(ids)  # both windows with a contradiction, in order
+    judged = sum(sum(x == x for x in r["reward"]) for r in got)
+    assert judged >= 5 and judged - max(sum(x == x for x in r["reward"]) for r in got) < 5  # stops once 5 are in
+    assert scored_rows(rows, 5, "therapy:0") == got and scored_rows(rows, 1, "x") == [rows[1], rows[4]]
