@@ -175,9 +175,14 @@ def run_cell(p, c: dict, root: Path) -> dict:
         return {**json.loads(done.read_text()), "skipped": True}
     base = prepare_base(p, root)
     t0 = time.perf_counter()
+
+    def from_base(policies, steps, lr):  # a cell without logged data: the base evaluated or trained online
+        return _params(p, distances=[c["d"]], data=root / "base" / "data", here=root / "cells" / c["id"],
+                       model=str(base), policies=policies, weights={}, steps=steps, lr=lr, batch=1, dialogues=1,
+                       seed=c["seed"])
+
     if c["policy"] == "base":
-        cp = _params(p, distances=[c["d"]], data=root / "base" / "data", here=root / "cells" / c["id"], model=str(base),
-                     policies=["bc"], weights={}, steps=1, lr=p.study.lr, batch=1, dialogues=1, seed=c["seed"])
+        cp = from_base(["bc"], steps=1, lr=p.study.lr)
         shutil.copytree(base, Path(cp.train.out) / "base", dirs_exist_ok=True)
         m = evaluate(cp, "bc", run="base", log=False)  # its metrics would overwrite each other in the base's run
         name = "base"
@@ -185,8 +190,7 @@ def run_cell(p, c: dict, root: Path) -> dict:
         from ppg.online import train_online
 
         o = p.study.online
-        cp = _params(p, distances=[c["d"]], data=root / "base" / "data", here=root / "cells" / c["id"], model=str(base),
-                     policies=[c["policy"]], weights={}, steps=o.steps, lr=o.lr, batch=1, dialogues=1, seed=c["seed"])
+        cp = from_base([c["policy"]], steps=o.steps, lr=o.lr)
         cp = replace(cp, online=replace(cp.online, domain=SETTING, personas_per_step=o.personas_per_step, group=o.group,
                                         turns=p.study.turns, steps=o.steps, kl_coef=o.kl_coef, init="",
                                         generation={"max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0,

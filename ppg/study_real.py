@@ -66,12 +66,13 @@ def scored_rows(rows: list[dict], max_turns: int, key: str) -> list[dict]:
     if not max_turns:
         return rows
     judged = [sum(1 for x in r["reward"] if x == x) for r in rows]
+    bad = [any(x == x and x < 0.5 for x in r["reward"]) for r in rows]
     order = list(range(len(rows)))
     random.Random(f"scored:{key}").shuffle(order)
-    order.sort(key=lambda i: not any(x == x and x < 0.5 for x in rows[i]["reward"]))  # stable: contradictions first
+    order.sort(key=lambda i: not bad[i])  # stable: windows with a contradiction first
     keep, n = [], 0
     for i in order:
-        if n >= max_turns and not any(x == x and x < 0.5 for x in rows[i]["reward"]):
+        if n >= max_turns and not bad[i]:
             break
         keep.append(i)
         n += judged[i]
