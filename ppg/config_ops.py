@@ -60,14 +60,14 @@ class RealStudyConfig:
     """LoRA (train.lora's r/alpha/targets) or a full fine-tune."""
     max_dialogues: int = 40
     """Seeded subsample of each domain's dialogues (0 = all): the CPU budget."""
-    folds: int = 3
-    """Persona-grouped folds per domain."""
-    max_turns: int = 0
-    """Judged turns scored per fold (0 = all): every window with a contradicting turn, then others
-    (seeded) up to this many; the reference's log-probs are cached per fold, shared by every cell."""
-    max_length: int = 768
+    folds: int = 2
+    """Persona-grouped folds per domain (each cell trains on the others: 2 keeps the CPU budget)."""
+    max_turns: int = 40
+    """Judged turns scored per fold (0 = all): windows with a contradicting turn first, up to half
+    of them, then others (seeded); the reference's log-probs are cached per fold for every cell."""
+    max_length: int = 512
     """Token windows (persona + recent history); longer dialogues are cut into several."""
-    steps: int = 24
+    steps: int = 10
     """Offline PPG steps per cell."""
     batch_size: int = 2
     """Sequences per step."""

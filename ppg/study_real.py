@@ -60,19 +60,25 @@ def prepare_domain(p, data: Path, domain: str, root: Path) -> Path:
 
 
 def scored_rows(rows: list[dict], max_turns: int, key: str) -> list[dict]:
-    """The windows of a fold whose judged turns get scored: all of them (max_turns 0), else every
-    window holding a contradicting turn, then others in a seeded order until max_turns judged turns
-    (the same windows for every cell of the fold, so cells compare on the same turns)."""
+    """The windows of a fold whose judged turns get scored: all of them (max_turns 0), else about
+    max_turns judged turns: windows holding a contradicting turn first (until they give half of max_turns
+    as contradicting turns, so the AUC's two classes stay balanced), then the others, each in a seeded
+    order. The same windows for every cell of the fold, so cells compare on the same turns; the
+    cost of scoring is per window, and a window's turns are taken whole."""
     if not max_turns:
         return rows
     judged = [sum(1 for x in r["reward"] if x == x) for r in rows]
-    bad = [any(x == x and x < 0.5 for x in r["reward"]) for r in rows]
+    bad = [sum(1 for x in r["reward"] if x == x and x < 0.5) for r in rows]
     order = list(range(len(rows)))
     random.Random(f"scored:{key}").shuffle(order)
-    order.sort(key=lambda i: not bad[i])  # stable: windows with a contradiction first
-    keep, n = [], 0
-    for i in order:
-        if n >= max_turns and not bad[i]:
+    keep, n, n_bad = [], 0, 0
+    for i in [i for i in order if bad[i]]:
+        if n_bad >= (max_turns + 1) // 2 or n >= max_turns:
+            break
+        keep.append(i)
+        n, n_bad = n + judged[i], n_bad + bad[i]
+    for i in [i for i in order if not bad[i]]:
+        if n >= max_turns:
             break
         keep.append(i)
         n += judged[i]

@@ -42,7 +42,7 @@ def test_every_judged_turn_is_scored_once_by_a_model_that_never_saw_it(tmp_path,
     p["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifacts": str(tmp_path / "art")}
     p["study"]["real"] = {"out": str(tmp_path / "real"), "domains": ["therapy"], "policies": ["k3"],
                           "weights": ["raw", "shaped"], "model": "tiny", "lora": False, "max_dialogues": 6,
-                          "folds": 2, "max_length": 256, "steps": 2, "batch_size": 2}
+                          "folds": 2, "max_turns": 0, "max_length": 256, "steps": 2, "batch_size": 2}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     s = ppg_study_real(data=str(data), workspace=str(tmp_path))
     assert s["cells_run"] == 4 and sorted(s["cells"]) == ["therapy|k3|raw", "therapy|k3|shaped"]
@@ -82,16 +82,30 @@ def test_every_judged_turn_is_scored_once_by_a_model_that_never_saw_it(tmp_path,
     assert ppg_study_real(data=str(data), workspace=str(tmp_path))["cells_run"] == 0  # read back, not retrained
 
 
-def test_scored_rows_keep_every_contradiction_then_fill_the_budget_the_same_way_each_time():
+def test_scored_rows_balance_contradictions_then_fill_the_budget_the_same_way_each_time():
     from ppg.study_real import scored_rows
 
     nan = float("nan")
-    rows = [{"id": i, "reward": r} for i, r in enumerate(
-        [[1.0, 1.0], [0.0, 1.0], [1.0, nan], [1.0, 1.0, 1.0], [nan, 0.0], [1.0], [1.0, 1.0]])]
+    rewards = [[1.0, 1.0], [0.0, 1.0], [1.0, nan], [1.0, 1.0, 1.0], [nan, 0.0], [1.0], [1.0, 1.0],
+               [0.0, 0.0], [1.0, 0.0, 1.0], [0.0]]
+    rows = [{"id": i, "reward": r} for i, r in enumerate(rewards)]
     assert scored_rows(rows, 0, "k") == rows
-    got = scored_rows(rows, 5, "therapy:0")
-    ids = [r["id"] for r in got]
-    assert {1, 4} <= set(ids) and ids == sorted(ids)  # both windows with a contradiction, in order
-    judged = sum(sum(x == x for x in r["reward"]) for r in got)
-    assert judged >= 5 and judged - max(sum(x == x for x in r["reward"]) for r in got) < 5  # stops once 5 are in
-    assert scored_rows(rows, 5, "therapy:0") == got and scored_rows(rows, 1, "x") == [rows[1], rows[4]]
+
+    def count(got):
+        judged = sum(sum(x == x for x in r["reward"]) for r in got)
+        return judged, sum(sum(x == x and x < 0.5 for x in r["reward"]) for r in got)
+
+    for max_turns in (4, 6, 9):
+        got = scored_rows(rows, max_turns, "therapy:0")
+        ids = [r["id"] for r in got]
+        assert ids == sorted(ids) and got == scored_rows(rows, max_turns, "therapy:0")  # fold order, seeded
+        judged, n_bad = count(got)
+        last = min(sum(x == x for x in r["reward"]) for r in got)
+        assert judged >= max_turns and judged - 3 < max_turns  # stops at the first window past the budget
+        # contradictions first, up to half the budget: one window past half at most, never none
+        assert (max_turns + 1) // 2 <= n_bad < (max_turns + 1) // 2 + 2, (max_turns, ids)
+        assert last >= 1
+    # a budget above the fold: every contradiction and every window
+    assert scored_rows(rows, 100, "x") == rows
+    # a budget of one turn: one window, holding a contradiction
+    assert [count([r])[1] > 0 for r in scored_rows(rows, 1, "x")] == [True]
