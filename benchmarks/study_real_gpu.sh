@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real-data part of the K study on a CUDA machine: every Consistent-LLMs dialogue (no
 # subsample, every judged turn scored), 5 persona-grouped folds, every policy, 400 steps of
-# batch 8 per cell, SmolLM2-135M with LoRA in bf16 at ZeRO-2. Same code as the CPU run (`ppg study-real`); only params differ.
+# batch 8 per cell, SmolLM2-135M with LoRA in bf16 at ZeRO-2. Same code as the CPU run
+# (`ppg study-real`); only params differ.
 # Run from the repository root after `make install TORCH_PIP_ARGS="--index-url <a CUDA wheel index>"`:
 #   bash benchmarks/study_real_gpu.sh [DATA_DIR]   (default ../shared/data/consistent-llms/dialogues)
 # Writes study-real-gpu/ (summary.json) and docs/results/gpu/study-tables.md.
