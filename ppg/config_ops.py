@@ -65,9 +65,10 @@ class RealStudyConfig:
     max_turns: int = 40
     """Judged turns scored per fold (0 = all): windows with a contradicting turn first, up to half
     of them, then others (seeded); the reference's log-probs are cached per fold for every cell."""
-    max_length: int = 512
-    """Token windows (persona + recent history); longer dialogues are cut into several."""
-    steps: int = 10
+    max_length: int = 1024
+    """Token windows (persona + recent history); longer dialogues are cut into several. Chatting's
+    backstories take up to 762 SmolLM2 tokens (median 521), so 512 cannot hold them."""
+    steps: int = 6
     """Offline PPG steps per cell."""
     batch_size: int = 2
     """Sequences per step."""
