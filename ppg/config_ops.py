@@ -50,8 +50,10 @@ class RealStudyConfig:
     """Cells go to OUT/cells/<cell>/ (turns.jsonl marks a finished cell), built data to OUT/data/."""
     domains: list = field(default_factory=lambda: ["chatting", "education", "therapy"])
     """Consistent-LLMs domains (files <domain>__*.json of --data)."""
-    policies: list = field(default_factory=lambda: ["greedy", "k3", "full"])
-    """Policy ids trained per domain and fold (segment uses returns.segments: fixed-length on real data)."""
+    policies: list = field(default_factory=lambda: ["bc", "greedy", "k3", "full"])
+    """Policy ids trained per domain and fold (segment uses returns.segments: fixed-length on real data).
+    bc (w_t = 1: plain fine-tuning on the same turns, rewards unused) is the control that tells a
+    reward effect from domain adaptation; it trains with the "raw" weighting only (a baseline zeroes it)."""
     weights: list = field(default_factory=lambda: ["raw", "shaped"])
     """Names from study.weights."""
     model: str = "smollm2-135m"
@@ -147,3 +149,5 @@ class StudyConfig:
         unknown = [w for w in self.real.weights if w not in self.weights]
         if unknown:
             raise ValueError(f"study.real.weights: {unknown} not in study.weights ({sorted(self.weights)})")
+        if "bc" in self.real.policies and "raw" not in self.weights:
+            raise ValueError("study.real.policies: bc trains with the weighting named 'raw', which study.weights lacks")

@@ -18,7 +18,7 @@ A cell is done when OUT/cells/<cell>/turns.jsonl exists, so a stopped study resu
 import json
 import random
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,8 @@ from ppg.study import with_lr
 def real_cells(cfg) -> list[dict]:
     r = cfg.real
     return [{"id": f"{d}-f{f}-{pol}-{w}", "domain": d, "fold": f, "policy": pol, "weights": w}
-            for d in r.domains for f in range(r.folds) for pol in r.policies for w in r.weights]
+            for d in r.domains for f in range(r.folds) for pol in r.policies
+            for w in (["raw"] if pol == "bc" else r.weights)]  # bc's weights are all 1: a baseline would zero them
 
 
 def domain_files(data: Path, domain: str) -> list[Path]:
@@ -49,7 +50,9 @@ def prepare_domain(p, data: Path, domain: str, root: Path) -> Path:
     r = p.study.real
     built = root / "data" / domain / "built"
     if (built / "stats.json").exists():
-        return built
+        if set(r.policies) <= set(json.loads((built / "stats.json").read_text())["policies"]):
+            return built
+        # a policy added later rebuilds: the same seeded subsample, folds and windows, one more weight column
     dialogues, _ = import_paths("consistent-llms", domain_files(data, domain))
     if r.max_dialogues and len(dialogues) > r.max_dialogues:
         dialogues = sorted(random.Random(f"real:{domain}").sample(dialogues, r.max_dialogues), key=lambda d: d.dialogue_id)
@@ -149,5 +152,5 @@ def real_summary(p, root: Path, results: list[dict]) -> dict:
         m["steps"] = parts[0]["cell"]["steps"]
         m["seconds"] = float(np.sum([part["cell"]["seconds"] for part in parts]))
         table[f"{domain}|{policy}|{w}"] = m
-    return {"cells": table, "model": p.study.real.model, "steps": p.study.real.steps,
+    return {"cells": table, "model": p.study.real.model, "steps": p.study.real.steps, "config": asdict(p.study.real),
             "seconds": float(np.sum([m["seconds"] for m in table.values()]))}

@@ -204,6 +204,15 @@ def real_table(s: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _real_config(r: dict) -> list[str]:
+    c = r.get("config")
+    if not c:
+        return []
+    return [f"study.real: {c['max_dialogues'] or 'all'} dialogues per domain, {c['folds']} persona-grouped folds, "
+            f"{c['max_length']}-token windows, {c['steps']} steps x {c['batch_size']} windows at lr {c['lr']:g} "
+            f"({'LoRA' if c['lora'] else 'full fine-tune'}), {c['max_turns'] or 'every'} scored turns per fold.", ""]
+
+
 def plot_real(s: dict, out: Path) -> list[str]:
     import matplotlib
 
@@ -254,7 +263,7 @@ def report(sim: Path | None, real: Path | None, out: Path) -> Path:
         figs = plot_real(r, out)
         parts += ["## Consistent-LLMs (real logged dialogues)", "",
                   f"Model {r['model']}, {r['steps']} steps per cell, cell seconds {r['seconds']:.0f}, "
-                  f"wall seconds {r.get('wall_seconds', 0):.0f}.", "", real_table(r), *[f"![{f}]({f})" for f in figs], ""]
+                  f"wall seconds {r.get('wall_seconds', 0):.0f}.", "", *_real_config(r), real_table(r), *[f"![{f}]({f})" for f in figs], ""]
     with atomic_open(out / "study-tables.md") as f:
         f.write("\n".join(parts))
     return out / "study-tables.md"

@@ -57,6 +57,11 @@ def test_every_judged_turn_is_scored_once_by_a_model_that_never_saw_it(tmp_path,
     assert groups[0] and groups[1] and not groups[0] & groups[1]
     assert row["auc"]["refused"] and f"n = {row['contradictions']} contradicting" in row["auc"]["reason"]
     assert row["weighted_nll"]["n"] == row["turns"] and row["weighted_nll_change"]["n"] == row["turns"]
+    from ppg.study_report import report
+
+    md = report(None, tmp_path / "real/summary.json", tmp_path / "results").read_text()
+    assert "6 dialogues per domain, 2 persona-grouped folds, 256-token windows, 2 steps x 2 windows" in md
+    assert f"| therapy | k3 | raw | {row['auc']['reason']} | {row['contradictions']} / {row['turns']} |" in md
     # the reference's log-probs were computed once per fold and reused by the other weighting's
     # cell: scoring without the cache gives the same numbers
     import pyarrow.parquet as pq
@@ -80,6 +85,19 @@ def test_every_judged_turn_is_scored_once_by_a_model_that_never_saw_it(tmp_path,
     cached = [json.loads(x) for x in (tmp_path / "real/cells/therapy-f1-k3-shaped/turns.jsonl").read_text().splitlines()]
     assert [t["score"] for t in fresh] == [t["score"] for t in cached]
     assert ppg_study_real(data=str(data), workspace=str(tmp_path))["cells_run"] == 0  # read back, not retrained
+    # the bc control added later: the data are rebuilt with its weights (same folds and windows), its
+    # two cells train with raw weights only, the finished k3 cells are read back
+    before = pq.read_table(tmp_path / "real/data/therapy/built/train.parquet").to_pylist()
+    p = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    p["study"]["real"]["policies"] = ["bc", "k3"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    s = ppg_study_real(data=str(data), workspace=str(tmp_path))
+    assert s["cells_run"] == 2 and sorted(s["cells"]) == ["therapy|bc|raw", "therapy|k3|raw", "therapy|k3|shaped"]
+    after = pq.read_table(tmp_path / "real/data/therapy/built/train.parquet").to_pylist()
+    assert [(r["sequence_id"], r["window"], r["fold"], r["input_ids"]) for r in after] == \
+        [(r["sequence_id"], r["window"], r["fold"], r["input_ids"]) for r in before]
+    assert all(w == 1.0 for r in after for w, x in zip(r["w_bc"], r["reward"]) if x == x)
+    assert s["cells"]["therapy|bc|raw"]["turns"] == row["turns"]
 
 
 def test_scored_rows_balance_contradictions_then_fill_the_budget_the_same_way_each_time():
