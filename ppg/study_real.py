@@ -70,8 +70,10 @@ def scored_rows(rows: list[dict], max_turns: int, key: str) -> list[dict]:
     cost of scoring is per window, and a window's turns are taken whole."""
     if not max_turns:
         return rows
-    judged = [sum(1 for x in r["reward"] if x == x) for r in rows]
-    bad = [sum(1 for x in r["reward"] if x == x and x < 0.5) for r in rows]
+    # reward holds the whole dialogue's turns; a window scores only its targets (turn_index >= 0)
+    own = [[r["reward"][t] for t in sorted({t for t in r["turn_index"] if t >= 0})] for r in rows]
+    judged = [sum(1 for x in xs if x == x) for xs in own]
+    bad = [sum(1 for x in xs if x == x and x < 0.5) for xs in own]
     order = list(range(len(rows)))
     random.Random(f"scored:{key}").shuffle(order)
     keep, n, n_bad = [], 0, 0

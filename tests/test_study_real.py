@@ -106,7 +106,8 @@ def test_scored_rows_balance_contradictions_then_fill_the_budget_the_same_way_ea
     nan = float("nan")
     rewards = [[1.0, 1.0], [0.0, 1.0], [1.0, nan], [1.0, 1.0, 1.0], [nan, 0.0], [1.0], [1.0, 1.0],
                [0.0, 0.0], [1.0, 0.0, 1.0], [0.0]]
-    rows = [{"id": i, "reward": r} for i, r in enumerate(rewards)]
+    rows = [{"id": i, "reward": r, "turn_index": [-1] + [t for t in range(len(r)) for _ in range(2)]}
+            for i, r in enumerate(rewards)]
     assert scored_rows(rows, 0, "k") == rows
 
     def count(got):
@@ -127,3 +128,7 @@ def test_scored_rows_balance_contradictions_then_fill_the_budget_the_same_way_ea
     assert scored_rows(rows, 100, "x") == rows
     # a budget of one turn: one window, holding a contradiction
     assert [count([r])[1] > 0 for r in scored_rows(rows, 1, "x")] == [True]
+    # a later window of a dialogue: the turns before it are history (turn_index -1), not scored
+    window = {"id": 0, "reward": [0.0, 0.0, 1.0, 1.0], "turn_index": [-1, -1, 2, 2, 3]}
+    clean = {"id": 1, "reward": [0.0], "turn_index": [0]}
+    assert scored_rows([window, clean], 1, "x") == [clean]  # the window's own turns hold no contradiction
