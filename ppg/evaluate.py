@@ -174,8 +174,8 @@ def offline_turns(model, ref, lora: bool, tok, rows, policy: str, ref_cache: dic
         lp = token_logprobs(model(input_ids=b["input_ids"]).logits, b["input_ids"])
         n = r["n_turns"]
         ell, present = turn_logprobs(lp, b["turn_index"], n)
-        key = f"{r.get('sequence_id')}:{r.get('window')}"
-        if ref_cache is not None and key in ref_cache:
+        key = f"{r['sequence_id']}:{r['window']}" if ref_cache is not None else None  # strict: two rows must never share a key
+        if key in (ref_cache or {}):
             ell_ref = torch.tensor([ref_cache[key]], dtype=ell.dtype)
         else:
             with (model.disable_adapter() if lora else nullcontext()):

@@ -263,7 +263,8 @@ def report(sim: Path | None, real: Path | None, out: Path) -> Path:
         figs = plot_real(r, out)
         parts += ["## Consistent-LLMs (real logged dialogues)", "",
                   f"Model {r['model']}, {r['steps']} steps per cell, cell seconds {r['seconds']:.0f}, "
-                  f"wall seconds {r.get('wall_seconds', 0):.0f}.", "", *_real_config(r), real_table(r), *[f"![{f}]({f})" for f in figs], ""]
+                  f"wall seconds {r.get('wall_seconds', 0):.0f}.", "", *_real_config(r), real_table(r),
+                  *[f"![{f}]({f})" for f in figs], ""]
     with atomic_open(out / "study-tables.md") as f:
         f.write("\n".join(parts))
     return out / "study-tables.md"
