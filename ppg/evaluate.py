@@ -141,19 +141,20 @@ def load_trained(p, name: str):
 
     from transformers import AutoModelForCausalLM
 
-    from ppg.models import base_model, load_tokenizer
+    from ppg.models import base_model, eval_device, load_tokenizer
 
     trained = Path(p.train.out) / name
+    dev = eval_device()  # a GPU run scores on the GPU too, not on the host's cores
     if not (trained / "run.json").exists():
         raise FileNotFoundError(f"{trained}: no trained model (run `ppg train --policy {name.split('-fold')[0]}`)")
     tok = load_tokenizer(trained)
     if (trained / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(str(trained)).eval()
+        model = AutoPeftModelForCausalLM.from_pretrained(str(trained)).to(dev).eval()
         return model, None, tok, True
-    model = AutoModelForCausalLM.from_pretrained(str(trained)).eval()
-    ref = AutoModelForCausalLM.from_pretrained(str(base_model(p))).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(trained)).to(dev).eval()
+    ref = AutoModelForCausalLM.from_pretrained(str(base_model(p))).to(dev).eval()
     return model, ref, tok, False
 
 
@@ -167,16 +168,17 @@ def offline_turns(model, ref, lora: bool, tok, rows, policy: str, ref_cache: dic
     from ppg.batching import Example, collate
     from ppg.losses import token_logprobs, turn_logprobs
 
-    out = []
+    out, dev = [], next(model.parameters()).device
     for r in rows:
         b = collate([Example(np.asarray(r["input_ids"]), np.asarray(r["turn_index"]), np.asarray(r[f"w_{policy}"]))],
                     tok.pad_token_id)
+        b = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()}
         lp = token_logprobs(model(input_ids=b["input_ids"]).logits, b["input_ids"])
         n = r["n_turns"]
         ell, present = turn_logprobs(lp, b["turn_index"], n)
         key = f"{r['sequence_id']}:{r['window']}" if ref_cache is not None else None  # strict: two rows must never share a key
         if key in (ref_cache or {}):
-            ell_ref = torch.tensor([ref_cache[key]], dtype=ell.dtype)
+            ell_ref = torch.tensor([ref_cache[key]], dtype=ell.dtype, device=dev)
         else:
             with (model.disable_adapter() if lora else nullcontext()):
                 ref_lp = token_logprobs((model if lora else ref)(input_ids=b["input_ids"]).logits, b["input_ids"])

@@ -32,6 +32,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PPG_CACHE", Path.home() / ".cache" / "ppg"))
 
 
+def eval_device():
+    """Where evaluation and scoring run: the GPU when training had one (the same rule as
+    ppg.train.setup_distributed: CUDA unless DS_ACCELERATOR=cpu), else the CPU."""
+    import torch
+
+    if os.environ.get("DS_ACCELERATOR") != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def tokenizer_hash(folder: str | Path) -> str:
     """sha256 over the tokenizer files present in folder (names included), 16 hex digits."""
     h = hashlib.sha256()

@@ -170,3 +170,18 @@ def test_llm_judge_in_evaluation_and_a_judge_that_dies_mid_run(trained, monkeypa
     stores = [Path(p.mlflow.tracking_uri[len("sqlite:///"):]), Path(p.mlflow.artifacts), tmp_path / "ok"]
     for f in [f for s in stores for f in ([s] if s.is_file() else s.rglob("*")) if f.is_file()]:
         assert SECRET.encode() not in f.read_bytes(), f
+
+
+def test_scoring_runs_on_the_gpu_training_used_unless_ds_accelerator_says_cpu(monkeypatch):
+    import torch
+
+    from ppg.models import eval_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    assert eval_device() == torch.device("cuda")
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    assert eval_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("DS_ACCELERATOR")
+    assert eval_device() == torch.device("cpu")

@@ -55,6 +55,10 @@ def test_every_judged_turn_is_scored_once_by_a_model_that_never_saw_it(tmp_path,
     groups = [{json.loads(x)["group"] for x in (tmp_path / f"real/cells/therapy-f{f}-k3-raw/turns.jsonl").read_text()
                .splitlines()} for f in (0, 1)]
     assert groups[0] and groups[1] and not groups[0] & groups[1]
+    cell = json.loads((tmp_path / "real/cells/therapy-f0-k3-raw/cell.json").read_text())
+    assert cell["device"] == "cpu"  # no GPU here; on one, training and scoring both run there
+    assert cell["train_seconds"] > 0 and cell["score_seconds"] > 0
+    assert abs(cell["train_seconds"] + cell["score_seconds"] - cell["seconds"]) < 1e-6
     assert row["auc"]["refused"] and f"n = {row['contradictions']} contradicting" in row["auc"]["reason"]
     assert row["weighted_nll"]["n"] == row["turns"] and row["weighted_nll_change"]["n"] == row["turns"]
     from ppg.study_report import report
