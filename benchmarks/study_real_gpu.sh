@@ -9,9 +9,10 @@
 # Run from the repository root after `make install TORCH_PIP_ARGS="--index-url <a CUDA wheel index>"`:
 #   bash benchmarks/study_real_gpu.sh [DATA_DIR]   (default ../shared/data/consistent-llms/dialogues)
 # Finished cells are read back, so a second call (or one with more DOMAINS) only trains what is
-# missing. Cost measured on one H100 (docs/results.md section 2): ~45 s per cell at 60 steps
-# (~27 s training, the rest scoring), so one domain at the lease settings above (14 cells) takes
-# about 11 minutes, and the full grid's 195 cells at 400 steps about 10 hours (extrapolated).
+# missing. Cost measured on one H100 (docs/results.md section 2): 40-46 s per cell at 60 steps,
+# ~30 s of it training; the rest was scoring, which then ran on the host CPU (fixed since: cells
+# now record train_seconds, score_seconds and the device). At that rate the full grid's 195
+# cells at 400 steps take about 10 hours (extrapolated from the training rate).
 # Writes $STUDY_OUT/summary.json and docs/results/gpu/study-tables.md (+ plots).
 set -euo pipefail
 cd "$(dirname "$0")/.."
