@@ -222,13 +222,16 @@ def plot_real(s: dict, out: Path) -> list[str]:
     rows = [(k.split("|"), m["auc"]) for k, m in s["cells"].items() if not m["auc"].get("refused")]
     if not rows:
         return []
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    labels = [f"{d}\n{p} {w}" for (d, p, w), _ in rows]
-    ax.errorbar(range(len(rows)), [a["mean"] for _, a in rows], fmt="o", capsize=3,
-                yerr=[[a["mean"] - a["lo"] for _, a in rows], [a["hi"] - a["mean"] for _, a in rows]])
-    ax.axhline(0.5, color="grey", ls="--", lw=1)
-    ax.set_xticks(range(len(rows)), labels, fontsize=6)
-    ax.set_ylabel("likelihood-ratio AUC")
+    domains = sorted({d for (d, _, _), _ in rows})  # one panel per domain: its labels stay readable
+    fig, axes = plt.subplots(1, len(domains), figsize=(2.6 * len(domains) + 0.8, 3.2), sharey=True, squeeze=False)
+    for ax, dom in zip(axes[0], domains):
+        part = [(f"{p}\n{w}", a) for (d, p, w), a in rows if d == dom]
+        ax.errorbar(range(len(part)), [a["mean"] for _, a in part], fmt="o", capsize=3,
+                    yerr=[[a["mean"] - a["lo"] for _, a in part], [a["hi"] - a["mean"] for _, a in part]])
+        ax.axhline(0.5, color="grey", ls="--", lw=1)
+        ax.set_xticks(range(len(part)), [lab for lab, _ in part], fontsize=6)
+        ax.set_title(dom, fontsize=9)
+    axes[0][0].set_ylabel("likelihood-ratio AUC")
     fig.tight_layout()
     fig.savefig(out / "real-auc.png", dpi=110)
     plt.close(fig)
