@@ -1,7 +1,14 @@
-"""Resumable training checkpoints in a working folder (never a DVC output).
+"""Resumable training checkpoints, one working folder per fingerprint (never a DVC output).
 
-    WORKDIR/step-0000010/       DeepSpeed's files (every rank) + ppg-complete.json (rank 0, last)
-    WORKDIR/latest.json         {"tag", "step", "fingerprint"}: temp file + rename
+    ROOT/<run>/<fingerprint>/ident.json         what the run reads and every knob it runs with
+    ROOT/<run>/<fingerprint>/step-0000010/      DeepSpeed's files (every rank) + ppg-complete.json (rank 0, last)
+    ROOT/<run>/<fingerprint>/latest.json        {"tag", "step", "fingerprint"}: temp file + rename
+
+The fingerprint hashes the CONTENT of what a run reads (the built split, the base model, a warm
+start) and every knob that changes its result, the step budget included. A run resumes only from
+its own fingerprint's folder: a checkpoint of other data or another config, finished or not, is
+never a resume point (a finished run of the old data would otherwise hand back the old weights).
+The run then starts fresh, says what changed, and removes the other folders (bounded disk).
 
 DeepSpeed writes its own `latest` file in place, which a full disk can leave truncated: we save
 with save_latest=False and write our pointer only after the checkpoint is complete. On resume a
@@ -18,14 +25,44 @@ from ppg.io import atomic_open
 
 COMPLETE = "ppg-complete.json"
 POINTER = "latest.json"
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint written for another model, dataset or training config."""
+IDENT = "ident.json"
 
 
 def fingerprint(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _say(msg):
+    print(msg, file=sys.stderr)
+
+
+def workdir_for(root: str | Path, fp: str, ident: dict, rank0: bool = True, say=_say) -> Path:
+    """The working folder of fingerprint fp under root (WORKDIR/<run name>). Rank 0 removes the
+    folders of other fingerprints (and a pre-fingerprint layout), naming what changed, and records
+    ident; every rank then gets the same path."""
+    import torch.distributed as dist
+
+    root = Path(root)
+    work = root / fp
+    if rank0:
+        others = sorted(x for x in root.iterdir() if x != work) if root.is_dir() else []
+        if others:
+            old = next((x / IDENT for x in others if (x / IDENT).exists()), None)
+            try:
+                changed = _changed(json.loads(old.read_text()), ident) if old else "unknown (an older layout)"
+            except (OSError, ValueError):
+                changed = "unknown (unreadable ident.json)"
+            say(f"ppg: {root}: checkpoints of other data or config are never resumed (changed: "
+                f"{changed or 'nothing recorded'}); removed {', '.join(x.name for x in others)}")
+            for x in others:
+                shutil.rmtree(x) if x.is_dir() else x.unlink()
+        if not _complete(work):
+            say(f"ppg: {work}: no checkpoint of this data and config; starting fresh (a new MLflow run)")
+        with atomic_open(work / IDENT) as f:
+            json.dump(ident, f, indent=1, sort_keys=True, default=str)
+    if dist.is_initialized():
+        dist.barrier()  # the other ranks start only after the old folders are gone
+    return work
 
 
 def _complete(workdir: Path) -> list[tuple[int, str, dict]]:
@@ -39,11 +76,18 @@ def _complete(workdir: Path) -> list[tuple[int, str, dict]]:
     return sorted(found, reverse=True)
 
 
-def find_resume(workdir: str | Path, expected: str, config: dict) -> tuple[str, int] | None:
-    """(tag, step) of the checkpoint to resume from, or None for a fresh start. config (whose
-    fingerprint is expected) names what changed when the checkpoint does not match."""
+def find_resume(workdir: str | Path, expected: str, config: dict | None = None) -> tuple[str, int] | None:
+    """(tag, step) of the checkpoint to resume from, or None for a fresh start. Only a complete
+    checkpoint whose fingerprint is `expected` qualifies; another is reported and skipped."""
     workdir = Path(workdir)
-    complete = _complete(workdir)
+    complete = []
+    for c in _complete(workdir):
+        if c[2].get("fingerprint") == expected:
+            complete.append(c)
+        else:
+            print(f"ppg: {workdir / c[1]}: checkpoint of fingerprint {c[2].get('fingerprint')} (changed: "
+                  f"{_changed(c[2].get('config', {}), config or {}) or 'unknown'}), not {expected}: never "
+                  f"resumed", file=sys.stderr)
     chosen = None
     pointer = workdir / POINTER
     if pointer.exists():
@@ -51,7 +95,7 @@ def find_resume(workdir: str | Path, expected: str, config: dict) -> tuple[str, 
             p = json.loads(pointer.read_text())
             chosen = next((c for c in complete if c[1] == p["tag"]), None)
             if chosen is None:
-                raise ValueError(f"it names {p['tag']!r}, which is not a complete checkpoint")
+                raise ValueError(f"it names {p['tag']!r}, which is not a complete checkpoint of this run")
         except (ValueError, KeyError, TypeError) as e:
             print(f"ppg: checkpoint pointer {pointer} is unusable ({e}); using the newest complete "
                   f"checkpoint instead", file=sys.stderr)
@@ -59,15 +103,7 @@ def find_resume(workdir: str | Path, expected: str, config: dict) -> tuple[str, 
         print(f"ppg: checkpoint pointer {pointer} is missing; using the newest complete checkpoint",
               file=sys.stderr)
     chosen = chosen or (complete[0] if complete else None)
-    if chosen is None:
-        return None
-    step, tag, info = chosen
-    if info.get("fingerprint") != expected:
-        raise CheckpointMismatch(
-            f"{workdir / tag}: field fingerprint: checkpoint from a different model or config "
-            f"({info.get('fingerprint')} != {expected}; changed: {_changed(info.get('config', {}), config)}). "
-            f"Delete {workdir} to start over, or restore the config it was trained with.")
-    return tag, step
+    return (chosen[1], chosen[0]) if chosen else None
 
 
 def _changed(saved: dict, now: dict, prefix="") -> str:

@@ -164,7 +164,7 @@ def build(
     try:
         stats = build_dataset(Path(data or p.data.imported), Path(out or p.build.out),
                               resolve_model(model) if model else base_model(p),
-                              spec, p.returns.policies, p.returns.segments, p.build)
+                              spec, p.returns.policies, p.returns.segments, p.build, p.returns.gamma)
     except (DataError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(json.dumps({k: stats[k] for k in ("sequences", "windows", "windowed_share",
@@ -183,9 +183,9 @@ def train(
     progress: bool = typer.Option(True, help="Show a progress bar."),
     stop_after: int = typer.Option(None, hidden=True, help="Exit after N steps (resume tests)."),
 ):
-    """Offline PPG on a DeepSpeed engine for one policy class; resumes from its working folder.
+    """Offline PPG on a DeepSpeed engine for one policy class. Resumes a killed run of the same
+    data and config from its working folder; other data or config starts fresh (and says so).
     Several ranks: `deepspeed --num_gpus N $(which ppg) train --policy k3`."""
-    from ppg.checkpoint import CheckpointMismatch
     from ppg.data.schema import DataError
     from ppg.returns import parse_policy_id, policy_id
 
@@ -210,7 +210,7 @@ def train(
             result = train_online(p, policy, progress=progress, stop_after=stop_after)
         else:
             result = run_train(p, policy, fold, progress=progress, stop_after=stop_after)
-    except (DataError, CheckpointMismatch, FileNotFoundError, ValueError) as e:
+    except (DataError, FileNotFoundError, ValueError) as e:
         fail(str(e))
     typer.echo(json.dumps({k2: result.get(k2) for k2 in ("policy", "fold", "steps", "mlflow_run_id", "final",
                                                          "stopped_at") if k2 in result}, default=str))

@@ -25,3 +25,20 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def content_hash(*paths: str | Path, skip: tuple[str, ...] = ()) -> str:
+    """sha256 (16 hex digits) over files' relative names and bytes; a folder counts every file
+    under it (sorted, names in `skip` left out). What a run reads, not where or when it was written."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for root in map(Path, paths):
+        files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+        for f in files:
+            if f.name in skip:
+                continue
+            h.update(str(f.relative_to(root) if root.is_dir() else f.name).encode() + b"\0")
+            with open(f, "rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()[:16]

@@ -73,12 +73,17 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     deepspeed, rank, world = setup_distributed()
     if world > 1:
         raise ValueError("online training runs on one rank (rollouts are generated in process)")
-    ident = {"mode": "online", "model": p.model.spec, "tokenizer": tokenizer_hash(model_dir), "policy": policy,
-             "online": {k2: v for k2, v in asdict(oc).items() if k2 != "steps"}, "sim": asdict(p.sim),
-             "lora": asdict(cfg.lora), "deepspeed": cfg.deepspeed, "seed": cfg.seed,
-             "segments": p.returns.segments, "standardize": p.returns.standardize, "clip": p.returns.clip}
+    from ppg.io import content_hash
+
+    # what the result depends on (ppg.train.run_identity's rule): the base model's and the warm
+    # start's content, not their paths, and every knob including the step budget
+    ident = {"mode": "online", "model": p.model.spec, "base_model": content_hash(model_dir), "policy": policy,
+             "init": content_hash(oc.init, skip=("run.json",)) if oc.init else None,
+             "online": asdict(oc), "sim": asdict(p.sim), "lora": asdict(cfg.lora), "deepspeed": cfg.deepspeed,
+             "seed": cfg.seed, "reduction": cfg.reduction,
+             "returns": {k2: getattr(p.returns, k2) for k2 in ("segments", "standardize", "clip", "gamma")}}
     fp = checkpoint.fingerprint(ident)
-    workdir = Path(cfg.workdir) / name
+    workdir = checkpoint.workdir_for(Path(cfg.workdir) / name, fp, ident)
     resume = checkpoint.find_resume(workdir, fp, ident)
 
     _seed_all(cfg.seed)
@@ -125,7 +130,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
             segments_arg = starts
         else:
             segments_arg = segments
-        w = partial_returns(r, mask, kind, k=k, segments=segments_arg)
+        w = partial_returns(r, mask, kind, k=k, segments=segments_arg, gamma=p.returns.gamma)
         groups = torch.tensor([g for _, g, _ in eps])
         adv = shape_weights(w, mask, "group_loo", p.returns.standardize, groups, clip=p.returns.clip)
         seqs = sequences(dialogues, tok, eot)
@@ -159,7 +164,8 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     if bar:
         bar.close()
     result = {"policy": policy, "mode": "online", "steps": state["step"], "mlflow_run_id": run_id,
-              "fingerprint": fp, "model_spec": p.model.spec, "tokenizer_hash": tokenizer_hash(model_dir),
+              "fingerprint": fp, "workdir": str(workdir), "model_spec": p.model.spec,
+              "tokenizer_hash": tokenizer_hash(model_dir),
               "history": state["history"], "init": p.online.init}
     _write_output(engine, tok, Path(cfg.out) / name, result)
     c.set_terminated(run_id, "FINISHED")

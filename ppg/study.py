@@ -131,7 +131,7 @@ def prepare_data(p, data: Path) -> None:
     write_dialogues(data / "imported" / "dialogues.jsonl", simulate(SETTING, p.sim.dialogues, p.sim.turns,
                                                                     p.sim.seed, p.sim))
     build_dataset(data / "imported", data / "built", base_model(p), p.model.spec, p.returns.policies,
-                  p.returns.segments, p.build)
+                  p.returns.segments, p.build, p.returns.gamma)
 
 
 def decisions(dialogues) -> dict:

@@ -58,7 +58,8 @@ def prepare_domain(p, data: Path, domain: str, root: Path) -> Path:
         dialogues = sorted(random.Random(f"real:{domain}").sample(dialogues, r.max_dialogues), key=lambda d: d.dialogue_id)
     write_dialogues(root / "data" / domain / "dialogues.jsonl", dialogues)
     cfg = replace(p.build, splits={"train": 1.0}, folds=r.folds, max_length=r.max_length)
-    build_dataset(root / "data" / domain, built, resolve_model(r.model), r.model, r.policies, p.returns.segments, cfg)
+    build_dataset(root / "data" / domain, built, resolve_model(r.model), r.model, r.policies, p.returns.segments, cfg,
+                  p.returns.gamma)
     return built
 
 

@@ -92,9 +92,24 @@ def run_name(policy: str, fold: int | None) -> str:
     return policy if fold is None else f"{policy}-fold{fold}"
 
 
+def run_identity(p, policy: str, fold, model_dir: Path, split: Path, world: int, total: int) -> dict:
+    """What a run's result depends on: the content of the built split and of the base model, and
+    every knob (the step budget included). Two runs with equal identities train the same weights,
+    so only such a checkpoint is a resume point. Bookkeeping knobs (where outputs go, how often
+    to checkpoint) are left out."""
+    from ppg.io import content_hash
+
+    bookkeeping = ("checkpoint_every", "keep_checkpoints", "out", "workdir")
+    return {"model": p.model.spec, "base_model": content_hash(model_dir), "data": content_hash(split),
+            "policy": policy, "fold": fold, "total_steps": total, "world_size": world,
+            "returns": {"baseline": p.returns.baseline, "standardize": p.returns.standardize, "clip": p.returns.clip},
+            "train": {k: v for k, v in asdict(p.train).items() if k not in bookkeeping}}
+
+
 def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train one policy class (params p: ppg.config.Params). Resumes from WORKDIR when a complete,
-    matching checkpoint is there. stop_after=N exits after N optimizer steps (tests of resume)."""
+    """Train one policy class (params p: ppg.config.Params). Resumes from the working folder of
+    this run's fingerprint (run_identity) when a complete checkpoint is there, else starts fresh in
+    a new MLflow run. stop_after=N exits after N optimizer steps (tests of resume)."""
     kind, k = parse_policy_id(policy)
     cfg = p.train
     name = run_name(policy, fold)
@@ -114,14 +129,9 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
                          f"of {cfg.batch_size}; lower train.batch_size or gradient_accumulation_steps")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     config = ds_config(cfg.deepspeed, cfg.batch_size, world, total)
-    ident = {"model": p.model.spec, "tokenizer": tokenizer_hash(model_dir), "policy": policy, "fold": fold,
-             "baseline": p.returns.baseline, "standardize": p.returns.standardize, "clip": p.returns.clip,
-             "dataset": json.loads((data / "stats.json").read_text()).get("tokenizer_hash"),
-             "train": {k2: v for k2, v in asdict(cfg).items()
-                       if k2 not in ("max_steps", "epochs", "checkpoint_every", "keep_checkpoints", "out", "workdir")},
-             "world_size": world}
+    ident = run_identity(p, policy, fold, model_dir, data / f"{cfg.split}.parquet", world, total)
     fp = checkpoint.fingerprint(ident)
-    workdir = Path(cfg.workdir) / name
+    workdir = checkpoint.workdir_for(Path(cfg.workdir) / name, fp, ident, rank0)
     resume = checkpoint.find_resume(workdir, fp, ident)
 
     _seed_all(cfg.seed)
@@ -213,7 +223,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     if bar:
         bar.close()
     result = {"policy": policy, "fold": fold, "steps": state["step"], "tokens": state["tokens"],
-              "mlflow_run_id": run_id, "fingerprint": fp, "model_spec": p.model.spec, "loss_history": state["history"],
+              "mlflow_run_id": run_id, "fingerprint": fp, "workdir": str(workdir), "model_spec": p.model.spec, "loss_history": state["history"],
               "tokenizer_hash": tokenizer_hash(model_dir), "final": last, "weights": wstats}
     if rank0:
         _write_output(engine, tok, Path(cfg.out) / name, result)

@@ -105,6 +105,28 @@ def test_stored_weights_equal_partial_returns_over_the_whole_dialogue(tiny_model
                 np.testing.assert_array_equal(row["reward"], r[0].numpy())
 
 
+def test_built_weights_are_discounted_by_returns_gamma(tmp_path, tiny_model):
+    ds = synthetic(8, seed=4, turns=(4, 8))
+    write_dialogues(tmp_path / "in/dialogues.jsonl", ds)
+    stats = build_dataset(tmp_path / "in", tmp_path / "built", tiny_model, "tiny", ["k3", "full"], {"length": 3},
+                          BuildConfig(splits={"train": 1.0}), gamma=0.5)
+    assert stats["gamma"] == 0.5
+    rows = pq.read_table(tmp_path / "built/train.parquet").to_pylist()
+    worst = 0.0
+    for d in ds:
+        r = torch.tensor([[float("nan") if ln.reward is None else ln.reward for ln in d.turns("bot")]],
+                         dtype=torch.float64)
+        m = torch.ones_like(r, dtype=torch.bool)
+        row = next(x for x in rows if x["dialogue_id"] == d.dialogue_id)
+        for pid in ("k3", "full"):
+            policy, k = parse_policy_id(pid)
+            want = partial_returns(r, m, policy, k=k, gamma=0.5)[0].numpy()
+            np.testing.assert_allclose(row[f"w_{pid}"], want, rtol=1e-6, equal_nan=True)
+            undiscounted = partial_returns(r, m, policy, k=k)[0].numpy()
+            worst = max(worst, float(np.nanmax(np.abs(undiscounted - want))))
+    assert worst >= 0.5  # the discount really moved the weights (a 1 two turns ahead counts 0.25)
+
+
 def test_build_writes_parquet_with_the_tokenizer_hash_and_refuses_another_tokenizer(tmp_path, tiny_model):
     ds, _ = import_paths("consistent-llms", [FIX / "consistent_llms_small.json"])
     write_dialogues(tmp_path / "in/dialogues.jsonl", ds)

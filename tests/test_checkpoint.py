@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ppg.checkpoint import COMPLETE, POINTER, CheckpointMismatch, find_resume
+from ppg.checkpoint import COMPLETE, IDENT, POINTER, find_resume, workdir_for
 
 CONFIG = {"model": "tiny", "train": {"reduction": "sum", "batch_size": 2}}
 
@@ -48,9 +48,26 @@ def test_a_bad_pointer_is_reported_and_the_newest_complete_checkpoint_used(tmp_p
     assert ("missing" if damage == "missing" else "is unusable") in err and "newest complete" in err
 
 
-def test_a_checkpoint_of_another_config_is_refused_naming_what_changed(tmp_path):
+def test_a_checkpoint_of_another_fingerprint_is_never_a_resume_point(tmp_path, capsys):
     make(tmp_path, 5)
     point(tmp_path, 5)
     now = {"model": "tiny", "train": {"reduction": "mean", "batch_size": 2}}
-    with pytest.raises(CheckpointMismatch, match=r"field fingerprint: .*changed: train\.reduction\)"):
-        find_resume(tmp_path, "other", now)
+    assert find_resume(tmp_path, "other", now) is None
+    assert "changed: train.reduction" in capsys.readouterr().err
+
+
+def test_a_new_fingerprint_starts_fresh_and_removes_the_old_folders_naming_what_changed(tmp_path):
+    said = []
+    old = workdir_for(tmp_path / "k3", "aaaa", {"data": "d1", "train": {"max_steps": 4}}, say=said.append)
+    make(old, 4)
+    (tmp_path / "k3" / "step-0000002").mkdir()  # the pre-fingerprint layout: checkpoints in the run folder
+    assert json.loads((old / IDENT).read_text())["data"] == "d1"
+    said.clear()
+    new = workdir_for(tmp_path / "k3", "bbbb", {"data": "d2", "train": {"max_steps": 8}}, say=said.append)
+    assert new == tmp_path / "k3" / "bbbb" and sorted(x.name for x in (tmp_path / "k3").iterdir()) == ["bbbb"]
+    assert "changed: data, train.max_steps" in said[0] and "starting fresh" in said[1]
+    assert find_resume(new, "bbbb", {}) is None
+    make(new, 2, fp="bbbb")
+    said.clear()
+    assert workdir_for(tmp_path / "k3", "bbbb", {"data": "d2"}, say=said.append) == new
+    assert said == [] and find_resume(new, "bbbb", {}) == ("step-0000002", 2)  # its own folder resumes

@@ -1,6 +1,7 @@
 """Online PPG mechanics on the tiny model (rollouts, judged rewards, LOO advantages, KL, resume)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_online_steps_judge_rollouts_and_start_at_zero_kl(tmp_path, tiny_model):
     first = r["history"][0]
     assert first["kl"] == pytest.approx(0.0, abs=1e-7)  # the policy starts as its own reference
     assert all(0.0 <= h["reward"] <= 1.0 and h["turns"] + h["excluded_turns"] == 12 for h in r["history"])
-    rollouts = sorted((tmp_path / "work/k2-online/rollouts").glob("*.jsonl"))
+    rollouts = sorted((Path(r["workdir"]) / "rollouts").glob("*.jsonl"))
     assert len(rollouts) == 3
     d = json.loads(rollouts[0].read_text().splitlines()[0])
     assert d["source"] == "simulator" and all(ln["reward"] is not None for ln in d["lines"] if ln["speaker"] == "persona")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ppg.checkpoint import POINTER
 from ppg.config import BuildConfig, LoraConfig, MlflowConfig, ModelConfig, Params, TrainConfig
 from ppg.data.build import build_dataset
 from ppg.data.importers import import_paths
@@ -23,12 +24,12 @@ POLICIES = ["greedy", "k2", "full", "segment"]
 RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-def built(tmp, tiny_model, zero_rewards=False):
+def built(tmp, tiny_model, zero_rewards=False, flip_rewards=False):
     ds, _ = import_paths("consistent-llms", [FIX / "consistent_llms_small.json"])
-    if zero_rewards:
-        for d in ds:
-            for ln in d.lines:
-                ln.reward = 0.0 if ln.reward is not None else None
+    for d in ds:
+        for ln in d.lines:
+            if ln.reward is not None and (zero_rewards or flip_rewards):
+                ln.reward = 0.0 if zero_rewards else 1.0 - ln.reward
     write_dialogues(tmp / "imported/dialogues.jsonl", ds)
     build_dataset(tmp / "imported", tmp / "built", tiny_model, "tiny", POLICIES, {"length": 2},
                   BuildConfig(max_length=512, splits={"train": 1.0}))
@@ -110,7 +111,6 @@ def test_zero_stages_0_1_2_give_the_same_loss_trajectory(tmp_path, data):
 
 
 def test_bad_inputs_are_clear_errors(tmp_path, data, tiny_model):
-    from ppg.checkpoint import CheckpointMismatch
     from ppg.models import build_tiny
 
     with pytest.raises(DataError, match="field w_k7: the dataset has no weights for policy 'k7'"):
@@ -120,9 +120,28 @@ def test_bad_inputs_are_clear_errors(tmp_path, data, tiny_model):
     p.model.spec = str(other)
     with pytest.raises(DataError, match="field tokenizer_hash: built for tokenizer"):
         run(p, "k2")
-    run(params(tmp_path, data, max_steps=4), "k2")
-    with pytest.raises(CheckpointMismatch, match=r"checkpoint from a different model or config .*changed: .*reduction"):
-        run(params(tmp_path, data, max_steps=8, reduction="mean"), "k2")
+
+
+def test_new_data_or_a_new_step_budget_retrains_in_a_new_run_and_a_rerun_resumes(tmp_path, tiny_model):
+    """A finished checkpoint of other data is never a resume point: new data gives a new MLflow
+    run and new weights; the same data and config again hands back the finished run untouched."""
+    from mlflow import MlflowClient
+
+    data1 = built(tmp_path / "d1", tiny_model)
+    first = run(params(tmp_path, data1, max_steps=4), "k2")
+    w1 = weights_of(tmp_path / "models/k2")
+    again = run(params(tmp_path, data1, max_steps=4), "k2")  # same content: the finished checkpoint
+    assert again["mlflow_run_id"] == first["mlflow_run_id"] and again["fingerprint"] == first["fingerprint"]
+    data2 = built(tmp_path / "d2", tiny_model, flip_rewards=True)  # new content, same file names
+    second = run(params(tmp_path, data2, max_steps=4), "k2")
+    w2 = weights_of(tmp_path / "models/k2")
+    assert second["mlflow_run_id"] != first["mlflow_run_id"] and second["fingerprint"] != first["fingerprint"]
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    assert max(m.step for m in c.get_metric_history(second["mlflow_run_id"], "loss")) == 4  # its own history
+    longer = run(params(tmp_path, data2, max_steps=6), "k2")  # the step budget is part of the identity
+    assert longer["mlflow_run_id"] != second["mlflow_run_id"] and longer["steps"] == 6
+    assert [x.name for x in (tmp_path / "work/k2").iterdir()] == [longer["fingerprint"]]  # old folders removed
 
 
 def cli_env(tmp):
@@ -151,13 +170,13 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, data):
     cut = write_params(tmp_path / "cut", data, max_steps=steps, checkpoint_every=5, lr=1e-4)
     proc = subprocess.Popen(["ppg", "train", "--policy", "k2", "--params", str(cut), "--no-progress"],
                             env=cli_env(tmp_path), cwd=tmp_path / "cut", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    pointer = tmp_path / "cut/work/k2/latest.json"
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
+            pointer = next((tmp_path / "cut/work/k2").glob(f"*/{POINTER}"))  # the folder of its fingerprint
             if json.loads(pointer.read_text())["step"] >= 20:
                 break
-        except (OSError, ValueError):
+        except (OSError, ValueError, StopIteration):
             pass
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -253,7 +272,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_complete_checkpoint_usable
     with pytest.raises(OSError, match="No space left"):
         run(p)
     monkeypatch.setattr(torch, "save", real_save)
-    work = tmp_path / "work/k2"
+    (work,) = (tmp_path / "work/k2").iterdir()  # the folder of the run's fingerprint
     assert json.loads((work / "latest.json").read_text())["tag"] == "step-0000004"
     assert not (work / "step-0000008/ppg-complete.json").exists()
     from ppg.checkpoint import find_resume

@@ -147,15 +147,16 @@ def assign_splits(groups: list[int], ratios: dict[str, float], folds: int, seed:
 
 
 def build_rows(dialogues: list[Dialogue], tok, policies: list[str], segments: dict, max_length: int,
-               ratios: dict[str, float], folds: int, seed: int):
-    """All sequences (dicts ready for Parquet) and the stats of the build."""
+               ratios: dict[str, float], folds: int, seed: int, gamma: float = 1.0):
+    """All sequences (dicts ready for Parquet) and the stats of the build. gamma discounts inside
+    each credited subset (returns.gamma), exactly as ppg.returns.partial_returns does."""
     dialogues = [d for d in dialogues if d.evaluated_speakers]
     batch = turn_batch(dialogues, segments)
     weights = {}
     for pid in policies:
         policy, k = parse_policy_id(pid)
         weights[pid] = partial_returns(batch.rewards.double(), batch.mask, policy, k=k,
-                                       segments=batch.segment_starts).float()
+                                       segments=batch.segment_starts, gamma=gamma).float()
     groups = persona_groups(dialogues)
     split, fold = assign_splits(groups, ratios, folds, seed)
     where = {d.dialogue_id: (d, groups[i], split[i], fold[i]) for i, d in enumerate(dialogues)}
@@ -199,7 +200,8 @@ def weight_stats(w: torch.Tensor) -> dict:
     return out
 
 
-def build_dataset(src, out, model_dir, model_spec: str, policies: list[str], segments: dict, cfg) -> dict:
+def build_dataset(src, out, model_dir, model_spec: str, policies: list[str], segments: dict, cfg,
+                  gamma: float = 1.0) -> dict:
     """Read src (folder with dialogues.jsonl, or a .jsonl), write out/{split}.parquet + stats.json."""
     import json
     from pathlib import Path
@@ -214,11 +216,13 @@ def build_dataset(src, out, model_dir, model_spec: str, policies: list[str], seg
     src, out = Path(src), Path(out)
     dialogues = read_dialogues(src / "dialogues.jsonl" if src.is_dir() else src)
     tok = load_tokenizer(model_dir)
-    rows, info = build_rows(dialogues, tok, policies, segments, cfg.max_length, cfg.splits, cfg.folds, cfg.seed)
+    rows, info = build_rows(dialogues, tok, policies, segments, cfg.max_length, cfg.splits, cfg.folds, cfg.seed,
+                            gamma)
     tok_hash = tokenizer_hash(model_dir)
-    meta = {"ppg.tokenizer_hash": tok_hash, "ppg.model_spec": model_spec, "ppg.policies": ",".join(policies)}
+    meta = {"ppg.tokenizer_hash": tok_hash, "ppg.model_spec": model_spec, "ppg.policies": ",".join(policies),
+            "ppg.gamma": repr(float(gamma))}
     stats = {"model_spec": model_spec, "tokenizer_hash": tok_hash, "max_length": cfg.max_length,
-             "policies": policies, "segments": segments, "splits": {}}
+             "policies": policies, "segments": segments, "gamma": gamma, "splits": {}}
     for name in cfg.splits:
         part = [r for r in rows if r["split"] == name]
         table = pa.Table.from_pylist(part, schema=_schema(policies)).replace_schema_metadata(meta)
