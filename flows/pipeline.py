@@ -5,9 +5,10 @@ so dvc.lock stays the truth and unchanged stages are skipped); Prefect owns runn
 retries, logs, schedules, artifacts); MLflow owns runs and the registry. Nothing here
 re-implements a `ppg` stage.
 
-    lock -> parent run -> dvc status (clean: stop, say so) -> prepare-model, import, validate,
-    build -> train@P, evaluate@P for every policy P, one at a time -> best policy on the
-    validation split -> register as `challenger` -> gate on the test split -> dvc push
+    lock -> parent run -> sources (hash the input files) -> dvc status (clean: stop, say so) ->
+    prepare-model, import, validate, build -> train@P, evaluate@P for every policy P, one at a
+    time -> best policy on the validation split -> register as `challenger` -> gate on the test
+    split -> dvc push
 
 Started by `ppg run` (embedded engine) or served with a cron schedule by `ppg serve`.
 """
@@ -160,11 +161,13 @@ def _run(overlay: str) -> dict:
 
 
 def _stages(p, c, parent: str, log) -> dict:
+    repro("sources", parent)  # hash what data.source reads first: dvc status then sees edited files
     status = _dvc("status", "--json")
     if status.returncode:
         raise StageFailed(f"dvc status failed: {status.stderr[-2000:]}")
     result = {"parent_run_id": parent, "policies": list(p.returns.policies)}
-    if json.loads(status.stdout or "{}") == {} and all((Path(p.eval.out) / x / "metrics.json").exists()
+    changed = {k: v for k, v in json.loads(status.stdout or "{}").items() if v != ["always changed"]}
+    if not changed and all((Path(p.eval.out) / x / "metrics.json").exists()
                                                        for x in p.returns.policies):
         log.info("nothing changed (dvc status is clean: no new data, same params): training skipped, "
                  "nothing registered")

@@ -62,11 +62,12 @@ def import_(
         _write_import(out, ds, _sim_summary(ds, p.sim.domain, p.sim))
         return
     if format is None:
-        spec = source or cfg.source
-        if ":" not in spec:
-            fail(f"source: expected FORMAT:PATH[,PATH...], got {spec!r}")
-        format, _, joined = spec.partition(":")
-        paths = [Path(p) for p in joined.split(",") if p]
+        from ppg.data.importers import parse_source
+
+        try:
+            format, paths = parse_source(source or cfg.source)
+        except DataError as e:
+            fail(str(e))
     if not paths:
         fail("paths: give at least one input file")
     try:
@@ -76,6 +77,27 @@ def import_(
     if not dialogues:
         fail(f"{', '.join(map(str, paths))}: no dialogues found")
     _write_import(out, dialogues, {"format": format, "inputs": [str(x) for x in paths], **summary})
+
+
+@app.command()
+def sources(
+    source: str = typer.Option(None, help="FORMAT:PATH[,PATH...] (default: data.source in params.yaml)."),
+    out: Path = typer.Option(Path("data/sources.json"), help="The manifest to write."),
+    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+):
+    """The content of every file data.source reads (path, size, sha256): the `import` stage depends
+    on this manifest, so changed input files re-run the pipeline wherever they live."""
+    from ppg.data.importers import source_manifest
+    from ppg.data.schema import DataError
+    from ppg.io import atomic_open
+
+    try:
+        manifest = source_manifest(source or _params(params).data.source)
+    except DataError as e:
+        fail(str(e))
+    with atomic_open(out) as f:
+        json.dump(manifest, f, indent=1)
+    typer.echo(f"wrote {out}: {len(manifest['files'])} file(s) of {manifest['source']}")
 
 
 @app.command()

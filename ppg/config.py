@@ -53,13 +53,12 @@ class ReturnsConfig:
 class DataConfig:
     source: str = "jsonl:data/examples/dialogues.jsonl"
     """What `ppg import --source` reads: FORMAT:PATH[,PATH...] (formats: consistent-llms,
-    synthetic-persona-chat, chitchat, jsonl; `chitchat:-` = the packaged corpus), or `simulator`
-    (generated with the sim section)."""
+    synthetic-persona-chat, chitchat, jsonl; `chitchat:-` = the packaged corpus; a folder means
+    its *.json/*.jsonl files, e.g. the drop folder data/incoming), or `simulator` (generated with
+    the sim section). The `sources` stage hashes every file it reads and `import` depends on that
+    manifest, so a new or edited file re-runs import -> ... -> gate at the next pipeline run."""
     imported: str = "data/imported"
     """Folder of the imported canonical dataset (dialogues.jsonl + summary.json); a DVC output."""
-    incoming: str = "data/incoming"
-    """Drop folder for user data (point source at it, e.g. jsonl:data/incoming). The import stage
-    depends on it, so a new file there re-runs import -> ... -> gate at the next pipeline run."""
 
 
 @dataclass

@@ -76,3 +76,14 @@ def test_dvc_repro_push_pull_from_a_fresh_repo(tmp_path):
     shutil.rmtree(repo / ".dvc/cache")
     sh("dvc", "pull", cwd=repo, env=env)
     assert {d: digest(repo / d) for d in outs} == before
+    # every file data.source names is a dependency wherever it lives: an edit re-runs import
+    logs = repo / "elsewhere/logs.jsonl"
+    logs.parent.mkdir()
+    shutil.copy(ROOT / "data/examples/dialogues.jsonl", logs)
+    params.write_text(params.read_text().replace("source: simulator", "source: jsonl:elsewhere/logs.jsonl"))
+    assert "Running stage 'import'" in sh("dvc", "repro", "import", cwd=repo, env=env)
+    assert "Stage 'import' didn't change" in sh("dvc", "repro", "import", cwd=repo, env=env)
+    logs.write_text("".join(logs.read_text().splitlines(keepends=True)[:-1]))  # one dialogue fewer
+    assert "Running stage 'import'" in sh("dvc", "repro", "import", cwd=repo, env=env)
+    manifest = json.loads((repo / "data/sources.json").read_text())
+    assert [f["path"] for f in manifest["files"]] == ["elsewhere/logs.jsonl"]

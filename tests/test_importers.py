@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from ppg.data.importers import conflict_list, import_paths, prompt_verdict
-from ppg.data.schema import read_dialogues, write_dialogues
+from ppg.data.schema import DataError, read_dialogues, write_dialogues
 
 FIX = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/consistent-llms/dialogues"
@@ -89,3 +89,22 @@ def test_chitchat_packaged_corpus():
     assert summary["total"]["lines"] == 138725
     assert all(not d.evaluated_speakers for d in ds[:50])
     assert {ln.speaker for ln in ds[0].lines} == {"A", "B"}
+
+
+def test_the_source_manifest_hashes_every_file_the_import_reads(tmp_path):
+    from ppg.data.importers import source_manifest
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.jsonl").write_text("x\n")
+    (tmp_path / "in/notes.txt").write_text("not data\n")  # a folder's import reads *.json/*.jsonl only
+    (tmp_path / "b.json").write_text("[]")
+    m = source_manifest(f"jsonl:{tmp_path / 'in'},{tmp_path / 'b.json'}")
+    assert [Path(f["path"]).name for f in m["files"]] == ["a.jsonl", "b.json"]
+    before = m["files"][0]["sha256"]
+    (tmp_path / "in/a.jsonl").write_text("y\n")
+    assert source_manifest(f"jsonl:{tmp_path / 'in'}")["files"][0]["sha256"] != before
+    assert source_manifest("simulator") == {"source": "simulator", "files": []}
+    with pytest.raises(DataError, match=r"data.source: .*missing.jsonl: no such file"):
+        source_manifest(f"jsonl:{tmp_path / 'missing.jsonl'}")
+    with pytest.raises(DataError, match="data.source: expected simulator or FORMAT:PATH"):
+        source_manifest("csv:x")

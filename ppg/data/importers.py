@@ -246,12 +246,49 @@ def _files(path: Path) -> list[Path]:
     return sorted(f for f in path.iterdir() if f.suffix in (".jsonl", ".json") and not f.name.startswith("."))
 
 
+def parse_source(spec: str) -> tuple[str, list[Path]]:
+    """data.source FORMAT:PATH[,PATH...] -> (format, paths); `simulator` -> ("simulator", [])."""
+    if spec == "simulator":
+        return "simulator", []
+    fmt, sep, joined = spec.partition(":")
+    if not sep or fmt not in IMPORTERS:
+        raise DataError(f"data.source: expected simulator or FORMAT:PATH[,PATH...] with FORMAT one of "
+                        f"{FORMATS}, got {spec!r}")
+    return fmt, [Path(x) for x in joined.split(",") if x]
+
+
+def source_files(fmt: str, paths: list[Path]) -> list[Path]:
+    """Every file an import of these paths reads (folders expanded as import_paths does)."""
+    if fmt == "chitchat":
+        import chitchat_dataset
+
+        paths = [Path(chitchat_dataset.__file__).with_name("dataset.json") if str(p) == "-" else p for p in paths]
+    return [f for p in paths for f in _files(Path(p))]
+
+
+def source_manifest(spec: str) -> dict:
+    """What data.source reads, by content: {source, files: [{path, bytes, sha256}]}. The `sources`
+    stage writes it and `import` depends on it, so editing, adding or removing a file that the
+    source names (anywhere, not only under data/incoming) re-runs import and what follows."""
+    import hashlib
+
+    fmt, paths = parse_source(spec)
+    files = []
+    for f in source_files(fmt, paths):
+        if not f.is_file():
+            raise DataError(f"data.source: {f}: no such file (from {spec!r})")
+        with open(f, "rb") as fh:
+            files.append({"path": str(f), "bytes": f.stat().st_size,
+                          "sha256": hashlib.file_digest(fh, "sha256").hexdigest()})
+    return {"source": spec, "files": files}
+
+
 def import_paths(fmt: str, paths: list[Path]) -> tuple[list[Dialogue], dict]:
     """Parse every path fully (all or nothing); duplicate dialogue ids across files are errors."""
     if fmt not in IMPORTERS:
         raise DataError(f"format: {fmt!r} is not one of {FORMATS}")
     stats, out, seen = ImportStats(), [], {}
-    for p in [f for p in paths for f in _files(Path(p))]:
+    for p in source_files(fmt, paths):
         for d in IMPORTERS[fmt](Path(p), stats):
             if d.dialogue_id in seen:
                 raise DataError(f"{p}: field dialogue_id: {d.dialogue_id!r} already imported from {seen[d.dialogue_id]}")
