@@ -84,6 +84,16 @@ def length_batches(lengths: list[int], batch_size: int, bucket_batches: int, see
     return batches
 
 
+def known_turns(examples: list[Example]) -> int:
+    """Turns that enter the policy-gradient sum: a target token in the window and a known weight
+    (what offline_ppg_loss counts), without a forward pass."""
+    n = 0
+    for e in examples:
+        t = np.unique(e.turn_index[e.turn_index >= 0])
+        n += int((~np.isnan(e.weights[t])).sum())
+    return n
+
+
 def collate(examples: list[Example], pad_id: int) -> dict:
     """Right-padded tensors; turn_index -1 and weight 0 at padding (never referenced)."""
     L = max(len(e.input_ids) for e in examples)

@@ -3,11 +3,17 @@ trained speaker), a per-token turn index (-1 = not a target token, t = a token o
 turn t) and one weight (offline) or advantage (online) per turn.
 
 offline:  L = -(1/N) sum_t w_t * log pi(a_t | x_t)                  reward-weighted likelihood
-online:   L = -(1/N) sum_t A_t * log pi(a_t | x_t) + beta * KL(pi || pi_ref)     REINFORCE
-log pi(a_t | x_t) is the sum (or mean, `reduction`) of the log-probs of turn t's tokens. N is the
-number of turns that count (or `denominator`, e.g. the turns of the whole accumulated batch). A
-NaN weight or advantage (unknown reward) drops its turn from the sum; it is counted, never zeroed
-into a number that trains.
+online:   L = -(1/N) sum_t A_t * log pi(a_t | x_t) + beta * KL penalty      REINFORCE
+
+A turn's tokens enter through `reduction`: log pi(a_t | x_t) is the SUM of its token log-probs
+(the paper's; the likelihood of the whole utterance, so a long turn carries more gradient than a
+short one of the same weight) or their MEAN (every turn counts once, whatever its length).
+N is the number of turns that count. The trainer passes `denominator` so that N is the turns of
+the whole optimizer step (every accumulation micro-batch and every rank: ppg.train.step_denominator);
+without it, N is the micro-batch's own turns. The online KL penalty is a mean over target
+tokens, not turns: beta prices KL per token whatever the turn count.
+A NaN weight or advantage (unknown reward) drops its turn from the sum; it is counted, never
+zeroed into a number that trains.
 """
 
 from typing import NamedTuple

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ppg import checkpoint, tracking
-from ppg.batching import collate, length_batches, load_examples
+from ppg.batching import collate, known_turns, length_batches, load_examples
 from ppg.data.build import check_tokenizer
 from ppg.losses import offline_ppg_loss, token_logprobs
 from ppg.models import base_model, load_model, load_tokenizer, tokenizer_hash
@@ -174,11 +174,14 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
         usable = len(batches) // per_step * per_step
         mine = batches[:usable][rank::world]
         while state["batch"] < len(mine) and state["step"] < total:
+            if state["batch"] % accum == 0:  # an optimizer step starts: count its turns on every rank
+                denominator = step_denominator(
+                    [examples[i] for bi in mine[state["batch"]:state["batch"] + accum] for i in bi], accum, world)
             b = collate([examples[i] for i in mine[state["batch"]]], tok.pad_token_id)
             b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
             logits = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             logp = token_logprobs(logits, b["input_ids"])
-            out = offline_ppg_loss(logp, b["turn_index"], b["weights"], cfg.reduction)
+            out = offline_ppg_loss(logp, b["turn_index"], b["weights"], cfg.reduction, denominator)
             engine.backward(out.loss)
             boundary = engine.is_gradient_accumulation_boundary()
             norm = _grad_norm(engine) if boundary else None
@@ -231,6 +234,18 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
         c.set_terminated(run_id, "FINISHED")
     engine.destroy()
     return result
+
+
+def step_denominator(step_examples, accum: int, world: int) -> float:
+    """The micro-batch loss's divisor that makes an optimizer step's gradient the mean over ALL its
+    turns, N_step (every accumulation micro-batch of every rank): sum(w * ell) / N_step. DeepSpeed
+    divides each micro-batch loss by the accumulation steps and averages gradients over ranks, so
+    a micro-batch divides by N_step / (accum * world). Dividing by the micro-batch's own turns
+    instead would weigh turns of short, length-bucketed batches more than turns of long ones."""
+    n = torch.tensor([float(known_turns(step_examples))], dtype=torch.float64)
+    if world > 1:
+        torch.distributed.all_reduce(n)
+    return max(float(n), 1.0) / (accum * world)
 
 
 def _grad_norm(engine):

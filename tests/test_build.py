@@ -90,6 +90,34 @@ def test_target_tokens_are_exactly_the_turn_text_and_its_end_marker(tiny_model):
     assert (turn_index >= 0).sum() < len(ids)  # headers, persona and partner lines are not targets
 
 
+def one_line_dialogue(text, partner="hi"):
+    return Dialogue.model_validate({
+        "dialogue_id": "d0", "domain": "therapy", "source": "test", "personas": {"bot": "I am Sam.", "partner": ""},
+        "evaluated_speakers": ["bot"], "lines": [{"speaker": "partner", "text": partner},
+                                                 {"speaker": "bot", "text": text, "reward": 1.0}]})
+
+
+@pytest.mark.parametrize("line", ["is", "assistant", "end", "|>", "<|end|>"])
+def test_a_line_inside_a_role_header_is_found_where_the_template_put_it(tiny_model, line):
+    tok = load_tokenizer(tiny_model)
+    eot = end_of_turn_marker(tok)
+    r = render(one_line_dialogue(line), "bot", tok, eot)
+    assert r.text[r.content_start[2]:r.target_end[2]] == line + eot  # not the "is" of "<|assistant|>"
+    rows, _ = rows_for([one_line_dialogue(line)], tok)
+    ids, ti = rows[0]["input_ids"], rows[0]["turn_index"]
+    assert (ti == 0).sum() >= 1 and tok.decode(ids[ti == 0]).endswith(eot)
+
+
+def test_a_template_that_rewrites_text_or_a_turn_without_targets_is_refused_by_name(tiny_model):
+    tok = load_tokenizer(tiny_model)
+    tok.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] | trim }}<|end|>{% endfor %}"
+    with pytest.raises(DataError, match="dialogue 'd0' .*rewrites message text"):
+        render(one_line_dialogue(" padded "), "bot", tok, end_of_turn_marker(tok))
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"  # no end marker
+    with pytest.raises(DataError, match=r"dialogue 'd0' \(speaker 'bot'\): field lines.1.text: turn 0 has no target"):
+        rows_for([one_line_dialogue("")], tok)
+
+
 def test_stored_weights_equal_partial_returns_over_the_whole_dialogue(tiny_model):
     tok = load_tokenizer(tiny_model)
     ds = synthetic(10, seed=3, turns=(5, 10))

@@ -36,28 +36,49 @@ def end_of_turn_marker(tok) -> str:
     return text[text.rindex(probe) + len(probe):].rstrip()
 
 
+def _sentinel(i: int) -> str:
+    return f"\ue000{i}\ue001"  # private-use code points: never in a role header
+
+
 def render(d: Dialogue, speaker: str, tok, eot: str) -> Rendered:
+    """The chat-template text of one (dialogue, speaker) sequence and where each message sits in
+    it. Positions come from the template itself: it is rendered once more with a sentinel in
+    place of every message, so a line such as "is" is found where the template put it, never
+    inside a role header ("assistant") that happens to contain it."""
     messages = [{"role": "system", "content": d.personas[speaker]}]
     messages += [{"role": "assistant" if ln.speaker == speaker else "user", "content": ln.text} for ln in d.lines]
     try:
         text = tok.apply_chat_template(messages, tokenize=False)
+        skeleton = tok.apply_chat_template([{**m, "content": _sentinel(i)} for i, m in enumerate(messages)],
+                                           tokenize=False)
     except Exception as e:  # templates that demand user-first or strict alternation
         raise DataError(f"dialogue {d.dialogue_id!r} (speaker {speaker!r}): the chat template "
                         f"rejects it: {e}") from None
-    ends, starts, target_ends, turns, pos, t = [], [], [], [], 0, 0
+    ends, starts, target_ends, turns, t = [], [], [], [], 0
+    rebuilt, cursor = [], 0
     for i, m in enumerate(messages):
-        at = text.find(m["content"], pos)
+        at = skeleton.find(_sentinel(i), cursor)
+        where = "personas" if i == 0 else f"lines.{i - 1}.text"
         if at < 0:
-            raise DataError(f"dialogue {d.dialogue_id!r}: field lines.{i - 1}.text: not found verbatim in "
-                            f"the rendered chat template (the template rewrites message text)")
-        pos = at + len(m["content"])
-        if text.startswith(eot, pos):
-            pos += len(eot)
-        starts.append(at)
+            raise DataError(f"dialogue {d.dialogue_id!r}: field {where}: the chat template does not write "
+                            f"this message once, verbatim (it drops or repeats message text)")
+        rebuilt.append(skeleton[cursor:at])
+        start = sum(map(len, rebuilt))
+        rebuilt.append(m["content"])
+        cursor = at + len(_sentinel(i))
+        pos = start + len(m["content"])
+        starts.append(start)
         ends.append(pos)
         target_ends.append(pos)
         turns.append(t if m["role"] == "assistant" else -1)
         t += m["role"] == "assistant"
+    rebuilt.append(skeleton[cursor:])
+    if "".join(rebuilt) != text:
+        raise DataError(f"dialogue {d.dialogue_id!r} (speaker {speaker!r}): the chat template rewrites "
+                        f"message text (its output differs from the messages placed verbatim)")
+    for i in range(len(messages)):  # a turn's targets run through its end-of-turn marker
+        if text.startswith(eot, ends[i]):
+            ends[i] = target_ends[i] = ends[i] + len(eot)
     ends[-1] = len(text)  # trailing template text belongs to the last region
     return Rendered(text, np.array(ends), np.array(starts), np.array(target_ends), np.array(turns))
 
@@ -169,6 +190,14 @@ def build_rows(dialogues: list[Dialogue], tok, policies: list[str], segments: di
         ids = np.asarray(enc["input_ids"][b], dtype=np.int32)
         region, turn_index = token_layout(r, enc["offset_mapping"][b])
         n = int(batch.mask[b].sum())
+        placed = np.zeros(n, dtype=bool)
+        placed[turn_index[turn_index >= 0]] = True
+        if not placed.all():
+            t = int(np.flatnonzero(~placed)[0])
+            line = [i for i, ln in enumerate(d.lines) if ln.speaker == s][t]
+            raise DataError(f"dialogue {did!r} (speaker {s!r}): field lines.{line}.text: turn {t} has no "
+                            f"target token (its text {d.lines[line].text!r} could not be placed in the "
+                            f"tokenized chat template)")
         try:
             cuts = list(windows(region, turn_index, max_length))
         except DataError as e:
