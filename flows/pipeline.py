@@ -13,7 +13,6 @@ re-implements a `ppg` stage.
 Started by `ppg run` (embedded engine) or served with a cron schedule by `ppg serve`.
 """
 
-import io
 import json
 import os
 import subprocess
@@ -24,9 +23,10 @@ import yaml
 from prefect import flow, get_run_logger, task
 
 from ppg import registry, tracking
-from ppg.config import Params, load_params
+from ppg.config import load_params
 from ppg.evaluate import metric, table
 from ppg.lock import workspace_lock
+from ppg.overlay import apply_overlay
 
 STRIP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", tracking.PARENT_ENV)
 
@@ -98,33 +98,6 @@ def comparison(p, c, runs: dict, trained: dict) -> tuple[str, dict]:
                       f"[MLflow run {runs[pol]}]({p.mlflow.ui_url}/#/experiments/{exp}/runs/{runs[pol]})"
                       for pol in p.returns.policies)
     return f"Primary metric: `{p.eval.primary}` (validation split)\n\n{table(metrics)}\n{links}\n", metrics
-
-
-def apply_overlay(params: Path, overlay: Path) -> None:
-    """Merge an overlay (e.g. params.tiny.yaml) into params.yaml key by key, atomically, keeping
-    params.yaml's comments (ruamel round trip; `git checkout params.yaml` undoes it)."""
-    from ruamel.yaml import YAML
-
-    from ppg.io import atomic_open
-
-    rt = YAML()
-    rt.preserve_quotes, rt.width = True, 110
-    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
-
-    def merge(a, b):
-        for k, v in b.items():
-            if isinstance(v, dict) and isinstance(a.get(k), dict):
-                merge(a[k], v)
-            else:
-                a[k] = v
-
-    base = rt.load(params.read_text()) or {}
-    merge(base, YAML(typ="safe").load(overlay.read_text()) or {})
-    text = io.StringIO()
-    rt.dump(base, text)
-    Params.from_dict(yaml.safe_load(text.getvalue()), f"{params} + {overlay}")  # bad overlay: params.yaml untouched
-    with atomic_open(params) as f:
-        f.write(text.getvalue())
 
 
 @flow(name="ppg-pipeline", log_prints=True)

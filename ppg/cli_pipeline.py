@@ -51,6 +51,12 @@ def run(
 
     if params is not None and not params.exists():
         fail(f"{params}: no such params overlay")
+    from ppg.overlay import merged_text
+
+    try:  # a config that can never pass is refused here, before Prefect starts or any stage runs
+        merged_text(workspace / "params.yaml", params) if params else _params(workspace / "params.yaml")
+    except (ValueError, OSError) as e:
+        fail(str(e))
     result = ppg_pipeline(workspace=str(workspace), overlay=str(params.resolve()) if params else "")
     typer.echo(json.dumps({k: result.get(k) for k in ("parent_run_id", "skipped", "best", "champion")}))
 

@@ -24,14 +24,46 @@ class RegistryConfig:
     """Registered model name; {domain} = the evaluated simulator domain (online) or the data's
     first domain (offline only)."""
     margin: float = 0.0
-    """The challenger becomes champion only if its primary metric beats the champion's by more
-    than this, both measured on the test split with the same seeds."""
+    """The challenger becomes champion only if the LOWER bound of the paired interval of its
+    improvement on eval.primary (in the metric's better direction) is above this."""
+    confidence: float = 0.95
+    """Two-sided confidence of the gate's paired intervals (the promotion test is one-sided at
+    (1 - confidence) / 2)."""
+    method: str = "sign_flip"
+    """Interval for per-persona metrics (online.*): sign_flip (exact permutation test of the
+    paired differences, inverted into an interval; no normality assumed) or paired_t. Offline
+    metrics (AUC, weighted NLL) always use a cluster bootstrap over persona groups."""
+    min_pairs: int = 8
+    """Fewest pairs (test personas; persona groups offline) the gate decides on; fewer: not
+    promoted. (A 95% sign-flip bound needs at least 6.)"""
+    boots: int = 2000
+    """Cluster-bootstrap replicates for offline metrics."""
+    personas: int = 0
+    """Test personas per gate (0 = eval.personas); both models play the same ones."""
+    seed: int | None = None
+    """Seed of the gate's test personas: null draws fresh ones at every gate (recorded in
+    gate.json), so scheduled runs do not wear out one held-out set; an int fixes them."""
     thresholds: dict = field(default_factory=lambda: {"online.reward": 0.3, "online.consistency": 0.5})
-    """Absolute minimums (dotted metric path -> value) the challenger must reach, champion or not."""
+    """Absolute bounds (dotted metric path -> value) the challenger must meet, champion or not: a
+    floor for higher-is-better metrics, a ceiling for lower-is-better ones (ppg.metrics)."""
+    non_inferiority: dict = field(default_factory=dict)
+    """Secondary metrics that must not get worse (metric -> allowed loss, e.g. {online.coverage:
+    0.05}): the paired lower bound of the challenger's improvement may not fall below -loss."""
 
     def __post_init__(self):
-        if not isinstance(self.thresholds, dict) or not all(isinstance(v, (int, float)) for v in self.thresholds.values()):
-            raise ValueError(f"registry.thresholds: expected a mapping metric -> number, got {self.thresholds!r}")
+        for name in ("thresholds", "non_inferiority"):
+            d = getattr(self, name)
+            if not isinstance(d, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in d.values()):
+                raise ValueError(f"registry.{name}: expected a mapping metric -> number, got {d!r}")
+        if any(v < 0 for v in self.non_inferiority.values()):
+            raise ValueError(f"registry.non_inferiority: allowed losses must be >= 0, got {self.non_inferiority}")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"registry.confidence: expected a level in [0.5, 1), got {self.confidence}")
+        if self.method not in ("sign_flip", "paired_t"):
+            raise ValueError(f"registry.method: expected sign_flip or paired_t, got {self.method!r}")
+        if self.min_pairs < 2 or self.boots < 100 or self.personas < 0:
+            raise ValueError("registry.min_pairs must be >= 2, registry.boots >= 100, registry.personas >= 0")
 
 
 @dataclass

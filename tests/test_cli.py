@@ -77,6 +77,18 @@ def test_unknown_config_key_is_an_error_naming_file_and_key(tmp_path):
     assert res.exit_code == 2 and "policy id 'k0'" in res.output
 
 
+def test_run_refuses_a_config_that_can_never_promote_before_any_stage(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    overlay = tmp_path / "offline.yaml"
+    overlay.write_text("eval: {mode: offline, primary: offline.auc}\n")
+    res = runner.invoke(app, ["run", "--workspace", str(tmp_path), "--params", str(overlay)])
+    assert res.exit_code == 2 and "registry.thresholds: online.reward is never measured" in res.output
+    assert not (tmp_path / ".ppg-work").exists() and not (tmp_path / "mlflow").exists()  # nothing started
+    overlay.write_text("returns: {policies: [bc, k3], baseline: turn_mean}\n")
+    res = runner.invoke(app, ["run", "--workspace", str(tmp_path), "--params", str(overlay)])
+    assert res.exit_code == 2 and "returns.policies: bc" in res.output and "train nothing" in res.output
+
+
 @pytest.mark.parametrize("record,field", [
     ({"dialogue_id": "x", "domain": "d", "source": "s", "personas": {"a": "p"},
       "evaluated_speakers": ["b"], "lines": []}, "record"),

@@ -76,7 +76,7 @@ def ws(tmp_path_factory, env, judge) -> Path:
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         subprocess.run(cmd, cwd=ws, env=env, check=True)
     shutil.copy(ROOT / ".dvc/config", ws / ".dvc/config")
-    from flows.pipeline import apply_overlay
+    from ppg.overlay import apply_overlay
 
     apply_overlay(ws / "params.yaml", ws / "params.tiny.yaml")
     set_params(ws, data={"source": "jsonl:data/incoming"},
@@ -232,7 +232,7 @@ def test_workspace_lock_waits_times_out_and_is_released_by_a_dead_holder(tmp_pat
 
 
 def test_params_overlay_merges_keys_keeps_comments_and_refuses_bad_keys(tmp_path):
-    from flows.pipeline import apply_overlay
+    from ppg.overlay import apply_overlay
 
     params, overlay = tmp_path / "params.yaml", tmp_path / "over.yaml"
     shutil.copy(ROOT / "params.yaml", params)
@@ -248,6 +248,17 @@ def test_params_overlay_merges_keys_keeps_comments_and_refuses_bad_keys(tmp_path
     with pytest.raises(ValueError, match=r"over.yaml.*max_stepz"):
         apply_overlay(params, overlay)
     assert params.read_text() == before
+    # offline mode with the online thresholds left in can never promote: refused, naming the key;
+    # `null` removes what an overlay does not want (the real-data recipe does)
+    overlay.write_text("eval: {mode: offline, primary: offline.auc}\n")
+    with pytest.raises(ValueError, match=r"registry.thresholds: online.reward is never measured \(eval.mode is "
+                                         r"'offline'\).*registry.thresholds: \{online.reward: null\}"):
+        apply_overlay(params, overlay)
+    assert params.read_text() == before
+    apply_overlay(params, ROOT / "params.real.yaml")
+    p = yaml.safe_load(params.read_text())
+    assert p["registry"]["thresholds"] == {"offline.auc": 0.5} and p["registry"]["non_inferiority"] == {}
+    assert p["eval"]["mode"] == "offline" and "# The one config tree" in params.read_text()
 
 
 def test_study_runs_its_cells_once_and_resumes(tmp_path, prefect_api):

@@ -1,0 +1,54 @@
+"""Every metric the evaluation can produce: its dotted path into metrics.json, whether higher or
+lower is better, and which eval settings produce it. The best-on-validation choice, the
+promotion gate's thresholds and differences, and the config checks all read this one table.
+"""
+
+HIGHER, LOWER = 1, -1
+
+# path -> (direction, what produces it: an eval.mode family, or a switch inside online mode)
+METRICS = {
+    "online.reward": (HIGHER, "online"),  # the judge's reward: consistent AND answering
+    "online.consistency": (HIGHER, "online"),  # prompt-to-line and line-to-line both hold
+    "online.persona": (HIGHER, "online"),  # prompt-to-line
+    "online.commitment": (HIGHER, "online"),  # line-to-line
+    "online.coverage": (HIGHER, "online"),  # asked facts the reply states
+    "online.qa": (HIGHER, "qa"),  # backstory Q&A after the dialogue (eval.qa)
+    "online.llm.consistency": (HIGHER, "llm"),  # the LLM judge's verdicts (eval.llm_judge)
+    "online.llm.unknown_share": (LOWER, "llm"),  # turns the LLM judge left without a verdict
+    "offline.auc": (HIGHER, "offline"),  # likelihood-ratio AUC on logged verdicts
+    "offline.weighted_nll": (LOWER, "offline"),  # held-out offline PPG objective
+}
+
+
+def direction(name: str) -> int:
+    """+1 when higher is better, -1 when lower is; an unknown metric is an error."""
+    if name not in METRICS:
+        raise ValueError(f"{name!r} is not a metric the evaluation produces; known: {sorted(METRICS)}")
+    return METRICS[name][0]
+
+
+def produced(eval_cfg) -> list[str]:
+    """The metrics an evaluation with these settings (ppg.config.EvalConfig) writes."""
+    online = eval_cfg.mode in ("online", "both")
+    have = {"online": online, "qa": online and eval_cfg.qa, "llm": online and bool(eval_cfg.llm_judge),
+            "offline": eval_cfg.mode in ("offline", "both")}
+    return [m for m, (_, needs) in METRICS.items() if have[needs]]
+
+
+def check_produced(name: str, eval_cfg, key: str, removable: bool = False) -> None:
+    """Refuse, naming the config key, a metric these eval settings can never produce."""
+    if name not in METRICS:
+        raise ValueError(f"{key}: {name!r} is not a metric the evaluation produces; known: {sorted(METRICS)}")
+    if name not in produced(eval_cfg):
+        why = {"online": f"eval.mode is {eval_cfg.mode!r}", "offline": f"eval.mode is {eval_cfg.mode!r}",
+               "qa": "eval.qa is off", "llm": "eval.llm_judge is not set"}[METRICS[name][1]]
+        hint = f"; a --params overlay removes it with `{key}: {{{name}: null}}`" if removable else ""
+        raise ValueError(f"{key}: {name} is never measured ({why}), so this can never pass; this "
+                         f"evaluation produces {produced(eval_cfg)}{hint}")
+
+
+def passes(value: float | None, threshold: float, name: str) -> bool:
+    """A threshold is a floor for a higher-is-better metric and a ceiling for a lower-is-better one."""
+    if value is None:
+        return False
+    return value >= threshold if direction(name) == HIGHER else value <= threshold
