@@ -19,13 +19,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from prefect import flow, get_run_logger, task
 
 from ppg import registry, tracking
 from ppg.config import load_params
 from ppg.evaluate import metric, table
 from ppg.lock import workspace_lock
+from ppg.metrics import direction
 from ppg.overlay import apply_overlay
 
 STRIP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", tracking.PARENT_ENV)
@@ -70,6 +70,16 @@ def register_and_gate(policy: str, parent_run_id: str) -> dict:
     name, version = registry.register(p, policy, parent_run_id)
     log.info("registered %s v%s (%s) as %s", name, version, policy, registry.CHALLENGER)
     return registry.gate(p, name, version, policy, parent_run_id, say=log.info)
+
+
+def _unscored(metrics: dict, path: str) -> str:
+    """Why a policy has no score on a metric, in words (e.g. the AUC's refusal with its count)."""
+    x = metrics
+    for part in path.split("."):
+        if not isinstance(x, dict) or part not in x:
+            return f"not measured (no {path} in its metrics.json)"
+        x = x[part]
+    return x.get("reason", "refused") if isinstance(x, dict) else f"{path} = {x}"
 
 
 def link_runs(p, c, parent_run_id: str, trained: dict) -> dict:
@@ -120,6 +130,11 @@ def _run(overlay: str) -> dict:
             log.info("merged %s into params.yaml", overlay)
         p = load_params()
         c = tracking.client(p.mlflow)
+        # holding the lock, no other pipeline run of this workspace is alive: a RUNNING run of
+        # ours whose process is gone was killed (and would look alive forever)
+        for run in tracking.end_dead_runs(c, p.mlflow):
+            log.warning("ended MLflow run %s (%s) as KILLED: its process %s is gone", run.info.run_id,
+                        run.info.run_name, run.data.tags.get("ppg.pid"))
         os.environ.pop(tracking.PARENT_ENV, None)
         parent = tracking.open_run(c, p.mlflow, name="pipeline",
                                    tags={"ppg.stage": "pipeline", "ppg.git_commit": registry.git_commit() or ""})
@@ -160,27 +175,34 @@ def _stages(p, c, parent: str, log) -> dict:
 
     create_markdown_artifact(md, key="ppg-policies", description="Per-policy comparison (validation split)")
     scores = {pol: metric(m, p.eval.primary) for pol, m in metrics.items()}
-    known = {pol: s for pol, s in scores.items() if s is not None}
-    best = max(known, key=known.get) if known else None
+    known = {pol: direction(p.eval.primary) * s for pol, s in scores.items() if s is not None}
+    best = max(known, key=known.get) if known else None  # in the metric's better direction
     result.update(table=md, trained=trained, runs=runs, validation=scores, best=best, gate=None)
     if best is not None:
         c.set_tag(parent, "ppg.best_policy", best)
     if not any(trained.values()):
-        log.info("no policy was retrained: registration and the gate are skipped")
+        why = "no policy was retrained in this run (same data and config), so nothing new was registered"
     elif best is None:
-        log.warning("no policy has a %s score on validation: nothing registered", p.eval.primary)
+        why = (f"no policy has a {p.eval.primary} score on validation ("
+               + "; ".join(f"{pol}: {_unscored(metrics[pol], p.eval.primary)}" for pol in p.returns.policies)
+               + "), so nothing was registered")
     elif not trained[best]:
-        log.info("best policy %s was trained in an earlier run: nothing new to register", best)
+        why = f"the best policy on validation, {best}, was trained in an earlier run: nothing new to register"
     else:
         result["gate"] = register_and_gate(best, parent)
+        g = result["gate"]
+        why = f"{'promoted' if g['promoted'] else 'not promoted'} v{g['challenger']} ({best}): {g['reason']}"
+    log.info(why)
     if not result["skipped"]:
         push = _dvc("push")
         if push.returncode:
             log.warning("dvc push failed (outputs stay in the local cache): %s", push.stderr[-1000:])
     name = result["gate"]["model"] if result["gate"] else None
-    if name is None and best is not None:
-        name = registry.model_name(p, metrics[best])
+    if name is None and metrics:
+        name = registry.model_name(p, metrics[best] if best else next(iter(metrics.values())))
     champ = registry.alias_version(c, name, registry.CHAMPION) if name else None
     result["champion"] = {"model": name, "version": champ}
-    print(md + f"\nchampion: {name} v{champ}" if champ else md + f"\nchampion: none yet for {name}")
+    result["why"] = why
+    c.set_tag(parent, "ppg.outcome", why[:5000])
+    print(md + f"\n{why}\nchampion: " + (f"{name} v{champ}" if champ else f"none yet ({name} has no champion)"))
     return result

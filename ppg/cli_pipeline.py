@@ -77,16 +77,17 @@ def serve(
                        parameters={"workspace": str(workspace.resolve())})
 
 
-def _registry_op(params, op):
+def _registry_op(params, model, op):
     from mlflow.exceptions import MlflowException
 
     from ppg.lock import LockTimeout, workspace_lock
+    from ppg.registry import gate_mutex
 
     p = _params(params)
-    try:
-        with workspace_lock(p.pipeline.lock_timeout, what="registry change by hand"):
+    try:  # the same mutexes as the gate: no hand-made change between its read and its write
+        with workspace_lock(p.pipeline.lock_timeout, what="registry change by hand"), gate_mutex(p, model):
             return op(p)
-    except (MlflowException, ValueError, LockTimeout) as e:
+    except (MlflowException, ValueError, LockTimeout, TimeoutError) as e:
         fail(str(e))
 
 
@@ -99,7 +100,7 @@ def promote(
     """Make VERSION the champion by hand (no gate); the previous champion is kept for rollback."""
     from ppg import registry
 
-    _registry_op(params, lambda p: registry.promote(p, model, version, "by hand (ppg promote)"))
+    _registry_op(params, model, lambda p: registry.promote(p, model, version, "by hand (ppg promote)"))
     typer.echo(f"{model}@champion -> v{version}")
 
 
@@ -111,7 +112,7 @@ def rollback(
     """Give the champion alias back to the previous champion."""
     from ppg import registry
 
-    v = _registry_op(params, lambda p: registry.rollback(p, model))
+    v = _registry_op(params, model, lambda p: registry.rollback(p, model))
     typer.echo(f"{model}@champion -> v{v}")
 
 

@@ -34,21 +34,23 @@ def wilson(k: float, n: int) -> tuple[float, float]:
     return (c - h, c + h)
 
 
-def mean_ci(x, bounds: tuple[float, float] | None = None) -> dict:
+def mean_ci(x, bounds: tuple[float, float] | None = None, units: list[str] | None = None) -> dict:
     """Mean with a Student-t 95% interval over independent units (dialogues): a few held-out
     personas are the common case, where the normal quantile is too narrow. Rates pass
-    bounds=(0, 1) so the interval stays inside what the metric can take."""
+    bounds=(0, 1) so the interval stays inside what the metric can take. units (one id per value)
+    keeps the values by unit under "per_unit", so the promotion gate can pair two models."""
     from scipy.stats import t as student_t
 
     x = np.asarray(x, dtype=float)
+    extra = {"per_unit": dict(zip(units, map(float, x)))} if units is not None else {}
     if len(x) == 0:
-        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0, **extra}
     m = float(x.mean())
     h = student_t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
     lo, hi = m - h, m + h
     if bounds is not None and h == h:
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
-    return {"mean": m, "lo": float(lo), "hi": float(hi), "n": int(len(x))}
+    return {"mean": m, "lo": float(lo), "hi": float(hi), "n": int(len(x)), **extra}
 
 
 def online_metrics(dialogues, judge: SimJudge, qa: list[list[bool]] | None = None) -> dict:
@@ -62,11 +64,12 @@ def online_metrics(dialogues, judge: SimJudge, qa: list[list[bool]] | None = Non
             per[k].append(s[k])
         for t, x in enumerate(v):
             by_turn.setdefault(t, []).append(int(x.persona and x.commitment))
-    out = {k: mean_ci(vals, (0.0, 1.0)) for k, vals in per.items()}
+    ids = [d.dialogue_id for d in dialogues]
+    out = {k: mean_ci(vals, (0.0, 1.0), ids) for k, vals in per.items()}
     out["drift"] = [{"turn": t, "mean": sum(x) / len(x), "lo": wilson(sum(x), len(x))[0],
                      "hi": wilson(sum(x), len(x))[1], "n": len(x)} for t, x in sorted(by_turn.items())]
     if qa is not None:
-        out["qa"] = mean_ci([sum(q) / len(q) for q in qa if q], (0.0, 1.0))
+        out["qa"] = mean_ci([sum(q) / len(q) for q in qa if q], (0.0, 1.0), [i for i, q in zip(ids, qa) if q])
     out["dialogues"] = len(dialogues)
     return out
 
@@ -188,7 +191,8 @@ def offline_turns(model, ref, lora: bool, tok, rows, policy: str, ref_cache: dic
         for t in range(n):
             if present[0, t]:
                 w = float(r[f"w_{policy}"][t])
-                out.append({"group": r["persona_group"], "reward": float(r["reward"][t]), "weight": w,
+                out.append({"key": f"{r['sequence_id']}:{r['window']}:{t}", "group": r["persona_group"],
+                            "reward": float(r["reward"][t]), "weight": w,
                             "score": float(ell[0, t] - ell_ref[0, t]),
                             "nll_term": -w * float(ell[0, t]) if w == w else float("nan")})
     return out
@@ -231,21 +235,23 @@ def table(metrics: dict) -> str:
     return "\n".join([head, "|" + "---|" * (len(cols) + 1)] + rows) + "\n"
 
 
-def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False, fold: int | None = None):
-    """Metrics of a loaded model on a split, as p.eval says: (metrics, judged dialogues or None).
-    The evaluate stage and the promotion gate both measure through here, with the same seeds."""
+def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False, fold: int | None = None,
+            seed: int | None = None):
+    """Metrics of a loaded model on a split, as p.eval says: (metrics, judged dialogues or None,
+    scored logged turns or None). The evaluate stage and the promotion gate both measure through
+    here; seed overrides the split's persona seed (the gate draws fresh test personas)."""
     from pathlib import Path
 
     import pyarrow.parquet as pq
 
     from ppg.rollout import GenerationConfig, play, scenes
 
-    cfg, metrics, dialogues = p.eval, {"split": split}, None
+    cfg, metrics, dialogues, turns = p.eval, {"split": split}, None, None
     if cfg.mode in ("online", "both"):
         domain = cfg.domain or p.sim.domain
         gen = GenerationConfig(**cfg.generation)
         judge = SimJudge(p.sim.evasive_reward, p.sim.require)
-        seed = cfg.persona_seed(split)
+        seed = cfg.persona_seed(split) if seed is None else seed
         eps = scenes(domain, cfg.personas, 1, cfg.turns or p.sim.turns, seed, p.sim.domains[domain])
         dialogues = play(model, tok, eps, domain, gen, seed, judge)
         qa = backstory_qa(model, tok, dialogues, gen) if cfg.qa else None
@@ -257,25 +263,28 @@ def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False
         table_ = pq.read_table(path)
         rows = table_.to_pylist()
         rows = [r for r in rows if r["fold"] == fold] if fold is not None else rows
+        turns = offline_turns(model, ref, lora, tok, rows, policy)
         metrics["offline"] = {"data": str(path), "fold": fold,
                               "domain": rows[0]["domain"] if rows and "domain" in table_.column_names else None,
-                              **offline_metrics(offline_turns(model, ref, lora, tok, rows, policy), cfg.min_contradictions)}
-    return metrics, dialogues
+                              **offline_metrics(turns, cfg.min_contradictions)}
+    return metrics, dialogues, turns
 
 
 def llm_metrics(dialogues, judge_cfg: dict) -> dict:
     """The rollouts judged again by an LLM judge: per-dialogue share of consistent turns among
     those with a verdict (prompt-to-line and line-to-line, as LLMJudgeConfig.require says), and
-    the share of turns left without one (never counted as 0 or 1). Raises JudgeError when the
-    endpoint stays down."""
+    the per-dialogue share of turns left without one (never counted as 0 or 1). Raises
+    JudgeError when the endpoint stays down."""
     from ppg.llm_judge import LLMJudge, LLMJudgeConfig
 
     lj = LLMJudge(LLMJudgeConfig(**judge_cfg))
-    rewards = [[ln.reward for ln in d.turns(SPEAKER)] for d in lj.judge(dialogues)]
+    judged = lj.judge(dialogues)
+    rewards = [[ln.reward for ln in d.turns(SPEAKER)] for d in judged]
     known = [[r for r in rs if r is not None] for rs in rewards]
-    n = sum(len(rs) for rs in rewards)
-    return {"consistency": mean_ci([sum(k) / len(k) for k in known if k], (0.0, 1.0)),
-            "unknown_share": (n - sum(len(k) for k in known)) / max(n, 1), "counts": dict(lj.counts)}
+    ids = [d.dialogue_id for d, k in zip(judged, known) if k]
+    shares = [(len(rs) - len(k)) / max(len(rs), 1) for rs, k in zip(rewards, known)]
+    return {"consistency": mean_ci([sum(k) / len(k) for k in known if k], (0.0, 1.0), ids),
+            "unknown_share": mean_ci(shares, (0.0, 1.0), [d.dialogue_id for d in judged]), "counts": dict(lj.counts)}
 
 
 def metric(metrics: dict, path: str) -> float | None:
@@ -333,7 +342,7 @@ def evaluate(p, policy: str, fold: int | None = None, run: str | None = None, lo
     name = run or run_name(policy, fold)
     model, ref, tok, lora = load_trained(p, name)
     trained = json.loads((Path(p.train.out) / name / "run.json").read_text())
-    m, dialogues = measure(p, model, tok, cfg.split, policy, ref, lora, fold)
+    m, dialogues, _ = measure(p, model, tok, cfg.split, policy, ref, lora, fold)
     metrics = {"policy": policy, "fold": fold, "model": p.model.spec, "mlflow_run_id": trained.get("mlflow_run_id"),
                "primary": cfg.primary, **m}
     out = Path(cfg.out) / name

@@ -126,7 +126,13 @@ def alias_version(c, name: str, alias: str) -> str | None:
 
 
 def _history(c, name) -> list[str]:
-    return json.loads(c.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+    """The champion history, repaired: promote writes the alias first and the history tag second,
+    so a crash between them leaves a champion the tag does not end with; it is appended here."""
+    hist = json.loads(c.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+    current = alias_version(c, name, CHAMPION)
+    if current is not None and (not hist or hist[-1] != current):
+        hist = [v for v in hist if v != current] + [current]
+    return hist
 
 
 def promote(p, name: str, version: str, reason: str = "by hand") -> None:
@@ -144,7 +150,7 @@ def rollback(p, name: str) -> str:
     c = _client(p)
     hist = _history(c, name)
     current = alias_version(c, name, CHAMPION)
-    if current is None or len(hist) < 2 or hist[-1] != current:
+    if current is None or len(hist) < 2:
         raise ValueError(f"registry: {name} has no earlier champion to roll back to (history {hist}, "
                          f"champion {current})")
     c.set_registered_model_alias(name, CHAMPION, hist[-2])
@@ -153,15 +159,52 @@ def rollback(p, name: str) -> str:
     return hist[-2]
 
 
+@contextmanager
+def gate_mutex(p, name: str, say=print):
+    """One registry change at a time per registered model, seen by every workspace that shares
+    the registry. MLflow has no compare-and-set on aliases, so with a Prefect server
+    (PREFECT_API_URL) this is its global concurrency limit `ppg-gate-<model>` (limit 1); on the
+    embedded engine the registry is the workspace's own and the workspace lock, which the
+    caller holds, is the mutex. Yields what serializes the change, for the record."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        yield "workspace lock"
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    limit = f"ppg-gate-{name}"
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(limit, 1)
+    say(f"waiting for the Prefect concurrency limit {limit} (one registry change per model at a time)")
+    with concurrency(limit, occupy=1, timeout_seconds=p.pipeline.lock_timeout, strict=True):
+        yield f"Prefect concurrency limit {limit}"
+
+
+def gate_seed(p) -> int:
+    """registry.seed, or a fresh draw that is never the validation personas' seed."""
+    import secrets
+
+    if p.registry.seed is not None:
+        return p.registry.seed
+    while (s := 10 ** 6 + secrets.randbelow(2 ** 31 - 10 ** 6)) == p.eval.seed:
+        pass
+    return s
+
+
 def gate(p, name: str, version: str, policy: str, parent_run_id: str | None = None, say=print) -> dict:
-    """Promote `version` to champion if, on the test split with the same seeds as the current
-    champion's re-evaluation, it passes registry.thresholds and beats the champion's primary
-    metric by more than registry.margin (no champion yet: the thresholds are enough)."""
+    """Promote `version` to champion if it passes registry.thresholds and, against the current
+    champion measured on the SAME freshly drawn test personas (or test rows offline), the paired
+    lower bound of its improvement on eval.primary is above registry.margin (ppg.gate.decide).
+    Serialized per model (gate_mutex); the champion is read inside the mutex and again just
+    before the write: if it moved meanwhile, nothing is promoted."""
+    from ppg.gate import decide
     from ppg.models import base_model
 
     c = _client(p)
-    pt = replace(p, eval=replace(p.eval, split="test"))
-    primary, margin = p.eval.primary, p.registry.margin
+    seed = gate_seed(p)
+    pt = replace(p, eval=replace(p.eval, split="test", personas=p.registry.personas or p.eval.personas))
     ref = None
     if p.eval.mode in ("offline", "both"):
         from transformers import AutoModelForCausalLM
@@ -170,38 +213,38 @@ def gate(p, name: str, version: str, policy: str, parent_run_id: str | None = No
 
     def test_metrics(v):
         model, tok = load_registered(p, f"models:/{name}/{v}")
-        return measure(pt, model, tok, "test", policy, ref=ref)[0]
+        m, _, turns = measure(pt, model, tok, "test", policy, ref=ref, seed=seed)
+        return m, turns
 
-    chal = test_metrics(version)
-    champ_v = alias_version(c, name, CHAMPION)
-    champ = test_metrics(champ_v) if champ_v and champ_v != version else None
-    x = metric(chal, primary)
-    failed = [f"{k} = {metric(chal, k)} (minimum {t})" for k, t in p.registry.thresholds.items()
-              if metric(chal, k) is None or metric(chal, k) < t]
-    y = metric(champ, primary) if champ else None
-    if x is None:
-        promoted, reason = False, f"{primary} is unavailable for v{version} (refused or absent)"
-    elif failed:
-        promoted, reason = False, "below the thresholds: " + "; ".join(failed)
-    elif champ is not None and (y is None or not x > y + margin):
-        promoted, reason = False, (f"{primary} {x:.4f} does not beat champion v{champ_v} ({y if y is None else round(y, 4)}) "
-                                   f"by more than {margin:g}")
-    else:
-        promoted = True
-        reason = (f"{primary} {x:.4f} beats champion v{champ_v} ({y:.4f}) by more than {margin:g}" if champ
-                  else f"{primary} {x:.4f} passes the thresholds; no champion yet")
-    if promoted:
-        promote(p, name, version, reason)
+    with gate_mutex(p, name, say) as mutex:
+        champ_v = alias_version(c, name, CHAMPION)
+        chal, chal_turns = test_metrics(version)
+        champ, champ_turns = test_metrics(champ_v) if champ_v and champ_v != version else (None, None)
+        d = decide(p.eval.primary, chal, champ, chal_turns, champ_turns, p.registry, seed)
+        now = alias_version(c, name, CHAMPION)
+        if now != champ_v:
+            d = {**d, "promoted": False, "reason": f"the champion moved during the gate (v{champ_v} -> v{now}); "
+                                                   f"not promoted: rerun the gate to compare against v{now}"}
+        if d["promoted"]:
+            promote(p, name, version, d["reason"])
+    primary = p.eval.primary
+    x, y = metric(chal, primary), metric(champ, primary) if champ else None
     decision = {"model": name, "challenger": version, "champion_before": champ_v,
-                "champion": version if promoted else champ_v, "promoted": promoted, "reason": reason,
-                "primary": primary, "challenger_test": x, "champion_test": y,
-                "thresholds": p.registry.thresholds, "margin": margin}
-    c.set_model_version_tag(name, version, "ppg.gate", ("promoted: " if promoted else "blocked: ") + reason)
+                "champion": version if d["promoted"] else now, "promoted": d["promoted"], "reason": d["reason"],
+                "primary": primary, "challenger_test": x, "champion_test": y, "difference": d["difference"],
+                "non_inferiority": d["secondary"], "test_seed": seed if p.eval.mode != "offline" else None,
+                "test_personas": pt.eval.personas if p.eval.mode != "offline" else None, "serialized_by": mutex,
+                "thresholds": p.registry.thresholds, "margin": p.registry.margin,
+                "confidence": p.registry.confidence, "min_pairs": p.registry.min_pairs}
+    verdict = ("promoted: " if d["promoted"] else "blocked: ") + d["reason"]
+    c.set_model_version_tag(name, version, "ppg.gate", verdict)
     if parent_run_id:
         c.log_dict(parent_run_id, {"decision": decision, "challenger": chal, "champion": champ}, "gate.json")
-        for k, v in (("gate.challenger_test", x), ("gate.champion_test", y)):
+        for k, v in (("gate.challenger_test", x), ("gate.champion_test", y),
+                     ("gate.difference", (d["difference"] or {}).get("mean")),
+                     ("gate.difference.lo", (d["difference"] or {}).get("lo"))):
             if v is not None:
                 c.log_metric(parent_run_id, k, v)
-        c.set_tag(parent_run_id, "ppg.gate", ("promoted v" if promoted else "blocked v") + f"{version}: {reason}")
-    say(("PROMOTED " if promoted else "NOT PROMOTED ") + f"{name} v{version}: {reason}")
+        c.set_tag(parent_run_id, "ppg.gate", ("promoted v" if d["promoted"] else "blocked v") + f"{version}: {d['reason']}")
+    say(("PROMOTED " if d["promoted"] else "NOT PROMOTED ") + f"{name} v{version}: {d['reason']}")
     return decision

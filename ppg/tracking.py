@@ -1,10 +1,61 @@
 """MLflow with explicit run ids: never a global active run (MLflow's active run is thread-local,
-and Prefect runs tasks in threads). A parent run id arrives as PPG_PARENT_RUN_ID."""
+and Prefect runs tasks in threads). A parent run id arrives as PPG_PARENT_RUN_ID.
 
+Every run is tagged with the workspace it belongs to and the process that runs it (host, pid and
+the pid's start time, so a reused pid is not mistaken for the old process). A killed process
+cannot end its own run; the next pipeline run of the workspace ends such runs as KILLED
+(end_dead_runs), never another workspace's.
+"""
+
+import hashlib
 import os
+import socket
 from pathlib import Path
 
 PARENT_ENV = "PPG_PARENT_RUN_ID"
+
+
+def workspace_id() -> str:
+    """This workspace on this host: the stages and the flow all run from the workspace root."""
+    return hashlib.sha256(f"{socket.gethostname()}:{Path.cwd().resolve()}".encode()).hexdigest()[:16]
+
+
+def _started(pid: int) -> str | None:
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except psutil.Error:
+        return None
+
+
+def process_tags() -> dict:
+    return {"ppg.workspace": workspace_id(), "ppg.host": socket.gethostname(), "ppg.pid": str(os.getpid()),
+            "ppg.pid_started": _started(os.getpid()) or ""}
+
+
+def end_dead_runs(c, cfg, workspace: str | None = None) -> list:
+    """End as KILLED the RUNNING runs of this workspace whose process is gone (same host, and its
+    pid is not alive or is another process now). Runs of other workspaces, of other hosts and of
+    live processes are left alone. Returns the runs it ended."""
+    workspace = workspace or workspace_id()
+    exp = c.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        return []
+    host, ended = socket.gethostname(), []
+    for run in c.search_runs([exp.experiment_id], f"attributes.status = 'RUNNING' and tags.`ppg.workspace` = "
+                                                  f"'{workspace}'", max_results=1000):
+        tags = run.data.tags
+        if tags.get("ppg.host") != host or not tags.get("ppg.pid", "").isdigit():
+            continue
+        started = _started(int(tags["ppg.pid"]))
+        if started is not None and started == tags.get("ppg.pid_started"):
+            continue  # its process still runs
+        c.set_tag(run.info.run_id, "ppg.killed", f"process {tags['ppg.pid']} on {host} was gone when a later "
+                                                 f"pipeline run took the workspace lock")
+        c.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run)
+    return ended
 
 
 def client(cfg):
@@ -33,8 +84,10 @@ def open_run(c, cfg, run_id=None, name=None, tags=None, params=None) -> str:
     if run_id:
         c.get_run(run_id)  # raises if it is gone
         c.update_run(run_id, status="RUNNING")
+        for k, v in process_tags().items():  # the resuming process owns it now
+            c.set_tag(run_id, k, v)
         return run_id
-    tags = dict(tags or {})
+    tags = {**process_tags(), **(tags or {})}
     parent = os.environ.get(PARENT_ENV)
     if parent:
         tags["mlflow.parentRunId"] = parent

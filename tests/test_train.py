@@ -162,8 +162,18 @@ def write_params(tmp, data, **train):
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, data):
-    steps = 300
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, data, monkeypatch):
+    """Killed at a seeded checkpoint: the next pipeline run's reaper ends the orphaned MLflow run as
+    KILLED (it looks alive otherwise), the rerun resumes into that same run and finishes it, with
+    the weights of an uninterrupted run."""
+    import random
+
+    from mlflow import MlflowClient
+
+    from ppg import tracking
+    from ppg.config import MlflowConfig
+
+    steps, kill_at = 300, random.Random(14).randrange(10, 60, 5)
     ref = write_params(tmp_path / "ref", data, max_steps=steps, checkpoint_every=5, lr=1e-4)
     subprocess.run(["ppg", "train", "--policy", "k2", "--params", str(ref), "--no-progress"], check=True,
                    env=cli_env(tmp_path), capture_output=True, cwd=tmp_path / "ref")
@@ -174,15 +184,25 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, data):
     while time.time() < deadline:
         try:
             pointer = next((tmp_path / "cut/work/k2").glob(f"*/{POINTER}"))  # the folder of its fingerprint
-            if json.loads(pointer.read_text())["step"] >= 20:
+            if json.loads(pointer.read_text())["step"] >= kill_at:
                 break
         except (OSError, ValueError, StopIteration):
             pass
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = json.loads(pointer.read_text())["step"]
-    assert 20 <= killed_at < steps, "the run must die mid-way"
+    assert kill_at <= killed_at < steps, "the run must die mid-way"
+    c = MlflowClient(f"sqlite:///{tmp_path / 'cut'}/mlflow/mlflow.db")
+    exp = c.get_experiment_by_name("ppg").experiment_id
+    [orphan] = c.search_runs([exp])
+    assert orphan.info.status == "RUNNING" and orphan.data.tags["ppg.pid"] == str(proc.pid)
+    cfg = MlflowConfig(tracking_uri=c.tracking_uri)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.end_dead_runs(c, cfg) == []  # another workspace's runs are never touched
+    monkeypatch.chdir(tmp_path / "cut")
+    assert [r.info.run_id for r in tracking.end_dead_runs(c, cfg)] == [orphan.info.run_id]
+    assert c.get_run(orphan.info.run_id).info.status == "KILLED"
     pointer.write_text(pointer.read_text()[:7])  # and a truncated pointer on top
     res = subprocess.run(["ppg", "train", "--policy", "k2", "--params", str(cut), "--no-progress"],
                          env=cli_env(tmp_path), capture_output=True, text=True, cwd=tmp_path / "cut")
@@ -191,15 +211,14 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, data):
     a, b = weights_of(tmp_path / "ref/models/k2"), weights_of(tmp_path / "cut/models/k2")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{tmp_path / 'cut'}/mlflow/mlflow.db")
-    runs = c.search_runs([c.get_experiment_by_name("ppg").experiment_id])
+    runs = c.search_runs([exp])
     assert len(runs) == 1  # the resumed run continued the same MLflow run
     run_json = json.loads((tmp_path / "cut/models/k2/run.json").read_text())
     assert run_json["mlflow_run_id"] == runs[0].info.run_id and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["ppg.pid"] != str(proc.pid)  # owned by the process that finished it
     loss = c.get_metric_history(runs[0].info.run_id, "loss")
     assert max(m.step for m in loss) == steps
+    assert tracking.end_dead_runs(c, cfg) == []  # nothing is left looking alive
 
 
 def sgd(tmp, data, **train):
