@@ -46,9 +46,6 @@ def run(
 ):
     """The whole pipeline once (Prefect's embedded engine): DVC stages, per-policy evaluation,
     registration of the best policy and the promotion gate."""
-    _prefect_env()
-    from flows.pipeline import ppg_pipeline
-
     if params is not None and not params.exists():
         fail(f"{params}: no such params overlay")
     from ppg.overlay import merged_text
@@ -57,6 +54,9 @@ def run(
         merged_text(workspace / "params.yaml", params) if params else _params(workspace / "params.yaml")
     except (ValueError, OSError) as e:
         fail(str(e))
+    _prefect_env()
+    from flows.pipeline import ppg_pipeline
+
     result = ppg_pipeline(workspace=str(workspace), overlay=str(params.resolve()) if params else "")
     typer.echo(json.dumps({k: result.get(k) for k in ("parent_run_id", "skipped", "best", "champion")}))
 

@@ -75,32 +75,49 @@ def offline_ppg_loss(token_logp, turn_index, weights, reduction="sum", denominat
     return PPGLoss(-(w * ell).sum() / n, turns, int((present & unknown).sum()))
 
 
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def kl_penalty(token_logp, ref_token_logp, estimator="k2"):
+    """Per-token (penalty to differentiate, KL value to log), with d = log pi_ref - log pi on the
+    sampled tokens (samples from pi; ref_token_logp carries no gradient). What each penalty's
+    gradient follows, in expectation over the sampled token at a state, with the visited states
+    held fixed (so a per-state KL, not the sequence-level KL whose gradient would also credit
+    the states a change leads to):
+      k1  sg(-d) * log pi: the score-function form; gradient (log pi - log ref) grad log pi,
+          whose expectation is grad KL(pi || ref).
+      k2  d^2 / 2 differentiated directly: the same per-sample gradient as k1 (so grad
+          KL(pi || ref)); its value is >= 0. The default.
+      k3  exp(d) - d - 1 differentiated directly (as GRPO does): a fine estimate of the VALUE
+          KL(pi || ref), but its gradient (1 - pi_ref / pi) grad log pi has expectation
+          -sum pi_ref grad log pi = grad KL(pi_ref || pi): the reverse KL, a mass-covering pull.
+    The logged value is always k3's (unbiased for KL(pi || ref) and never negative)."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl_estimator: expected one of {KL_ESTIMATORS}, got {estimator!r}")
+    d = ref_token_logp.detach() - token_logp
+    value = (torch.exp(d) - d - 1).detach()
+    if estimator == "k1":
+        return (-d).detach() * token_logp, value
+    if estimator == "k2":
+        return 0.5 * d ** 2, value
+    return torch.exp(d) - d - 1, value
+
+
 def online_ppg_loss(token_logp, ref_token_logp, turn_index, advantages, kl_coef=0.05,
-                    kl_estimator="k3", reduction="sum", denominator=None):
-    """REINFORCE on sampled dialogues with per-turn advantages plus beta * KL(pi || pi_ref).
+                    kl_estimator="k2", reduction="sum", denominator=None):
+    """REINFORCE on sampled dialogues with per-turn advantages plus beta times a per-token KL
+    penalty to the reference (kl_penalty says which KL each estimator's gradient follows).
 
     ref_token_logp: the reference model's token log-probs on the same tokens (no gradient).
-    kl_estimator, per target token with d = log pi_ref - log pi:
-      k1 = -d: the loss term is sg(k1) * log pi, whose gradient (log pi - log pi_ref) grad log pi
-           is the score-function gradient of KL(pi || pi_ref); (k1 itself has zero mean gradient).
-      k3 = exp(d) - d - 1 >= 0, differentiated directly (low variance; GRPO's choice).
     The KL term covers every target token, including turns whose advantage is NaN: the penalty
     needs no reward. Returns the loss and the detached mean KL estimate for logging.
     """
-    if kl_estimator not in ("k1", "k3"):
-        raise ValueError(f"kl_estimator: expected 'k1' or 'k3', got {kl_estimator!r}")
     if ref_token_logp.shape != token_logp.shape:
         raise ValueError(f"ref_token_logp: shape {tuple(ref_token_logp.shape)} differs from "
                          f"token_logp {tuple(token_logp.shape)}")
+    penalty_tok, kl_tok = kl_penalty(token_logp, ref_token_logp, kl_estimator)
     pg = offline_ppg_loss(token_logp, turn_index, advantages, reduction, denominator)
     target = turn_index >= 0
-    d = ref_token_logp.detach() - token_logp
-    if kl_estimator == "k1":
-        kl_tok = -d
-        penalty_tok = kl_tok.detach() * token_logp
-    else:
-        kl_tok = torch.exp(d) - d - 1
-        penalty_tok = kl_tok
     ntok = target.sum().clamp(min=1)
     kl = torch.where(target, kl_tok, 0).sum() / ntok
     penalty = torch.where(target, penalty_tok, 0).sum() / ntok

@@ -85,35 +85,45 @@ def test_turn_mean_divides_by_the_turns_token_count():
     assert sums.tolist() == [[-2.0, 0.0, -6.0]] and present.tolist() == [[True, False, True]]
 
 
-def test_online_loss_k1_and_k3_on_hand_computed_tokens():
+def test_online_loss_k1_k2_and_k3_on_hand_computed_tokens():
     logp = torch.tensor([[0.0, math.log(0.5), math.log(0.25)]], requires_grad=True)
     ref = torch.tensor([[0.0, math.log(0.25), math.log(0.25)]])
     idx = torch.tensor([[-1, 0, 1]])
     adv = torch.tensor([[1.0, NAN]])
-    k3 = online_ppg_loss(logp, ref, idx, adv, kl_coef=0.5, kl_estimator="k3")
-    # token 1: d = log(.25/.5) = -log 2 -> k3 = 0.5 + log 2 - 1; token 2: d = 0 -> 0
+    # token 1: d = log(.25/.5) = -log 2 -> k3 = 0.5 + log 2 - 1; token 2: d = 0 -> 0; the logged
+    # KL is k3's value whatever the estimator
     kl = (0.5 + math.log(2) - 1) / 2
+    k3 = online_ppg_loss(logp, ref, idx, adv, kl_coef=0.5, kl_estimator="k3")
     assert k3.kl.item() == pytest.approx(kl)
     assert k3.loss.item() == pytest.approx(-math.log(0.5) + 0.5 * kl)
     assert (k3.turns, k3.excluded) == (1, 1)
-    k1 = online_ppg_loss(logp, ref, idx, adv, kl_coef=0.5, kl_estimator="k1")
-    assert k1.kl.item() == pytest.approx(math.log(2) / 2)
-    k1.loss.backward()
-    # d/dlogp: PG term -1 on token 1; KL term 0.5 * sg(log pi - log ref) / 2 tokens
-    assert logp.grad[0].tolist() == pytest.approx([0.0, -1.0 + 0.5 * math.log(2) / 2, 0.0])
+    k2 = online_ppg_loss(logp, ref, idx, adv, kl_coef=0.5, kl_estimator="k2")
+    assert k2.kl.item() == pytest.approx(kl)
+    assert k2.loss.item() == pytest.approx(-math.log(0.5) + 0.5 * (0.5 * math.log(2) ** 2) / 2)
+    for est in ("k1", "k2"):  # the same gradient: PG -1 on token 1; KL 0.5 * (log pi - log ref) / 2 tokens
+        logp.grad = None
+        online_ppg_loss(logp, ref, idx, adv, kl_coef=0.5, kl_estimator=est).loss.backward()
+        assert logp.grad[0].tolist() == pytest.approx([0.0, -1.0 + 0.5 * math.log(2) / 2, 0.0]), est
 
 
-def test_k1_penalty_gradient_is_the_kl_gradient():
-    # exact check of the score-function form: summing sg(log pi - log ref) * grad log pi over
-    # ALL tokens weighted by pi gives grad KL(pi || ref) for a single categorical step
+@pytest.mark.parametrize("estimator,target", [("k1", "forward"), ("k2", "forward"), ("k3", "reverse")])
+def test_each_kl_estimator_follows_the_gradient_its_docstring_names(estimator, target):
+    """One categorical step, every token weighed by its probability (the exact expectation over a
+    sample): k1 and k2 give grad KL(pi || ref); k3, differentiated directly, grad KL(ref || pi)."""
+    from ppg.losses import kl_penalty
+
     torch.manual_seed(2)
-    theta = torch.randn(7, requires_grad=True)
-    ref = torch.log_softmax(torch.randn(7), -1)
+    theta = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(7, dtype=torch.float64), -1)
     logp = torch.log_softmax(theta, -1)
-    exact = torch.autograd.grad((logp.exp() * (logp - ref)).sum(), theta, retain_graph=True)[0]
-    p = logp.exp().detach()
-    surrogate = (p * (logp - ref).detach() * logp).sum()
-    assert torch.allclose(torch.autograd.grad(surrogate, theta)[0], exact, atol=1e-6)
+    p, q = logp.exp(), ref.exp()
+    kl = (p * (logp - ref)).sum() if target == "forward" else (q * (ref - logp)).sum()
+    exact = torch.autograd.grad(kl, theta, retain_graph=True)[0]
+    penalty, _ = kl_penalty(logp, ref, estimator)
+    expected = torch.autograd.grad((p.detach() * penalty).sum(), theta)[0]
+    assert torch.allclose(expected, exact, atol=1e-12)
+    other = (q * (ref - logp)).sum() if target == "forward" else (p * (logp - ref)).sum()
+    assert not torch.allclose(expected, torch.autograd.grad(other, theta)[0], atol=1e-3)  # the two differ here
 
 
 @pytest.mark.parametrize("call,argument", [
@@ -122,7 +132,7 @@ def test_k1_penalty_gradient_is_the_kl_gradient():
     (lambda lp, i: offline_ppg_loss(lp, i, torch.ones(1, 1)), "turn_index"),
     (lambda lp, i: offline_ppg_loss(lp, i, torch.ones(1, 2), reduction="max"), "reduction"),
     (lambda lp, i: online_ppg_loss(lp, lp[:, :2], i, torch.ones(1, 2)), "ref_token_logp"),
-    (lambda lp, i: online_ppg_loss(lp, lp, i, torch.ones(1, 2), kl_estimator="k2"), "kl_estimator"),
+    (lambda lp, i: online_ppg_loss(lp, lp, i, torch.ones(1, 2), kl_estimator="k4"), "kl_estimator"),
 ])
 def test_loss_errors_name_the_argument(call, argument):
     with pytest.raises(ValueError, match=f"^{argument}:"):

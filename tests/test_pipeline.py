@@ -85,9 +85,15 @@ def ws(tmp_path_factory, env, judge) -> Path:
                                                                "top_p": 1.0, "batch_size": 4},
                      "llm_judge": {"base_url": judge.url, "model": "judge", "retries": 1, "backoff_s": 0.01,
                                    "timeout_s": 10}},
-               registry={"thresholds": {"online.reward": 0.0}, "margin": 0.0})
+               registry={"thresholds": {"online.reward": 0.0}, "margin": 0.0, "personas": 6, "min_pairs": 6})
     write_incoming(ws, "batch-000.jsonl", seed=0)
     return ws
+
+
+def weights(ws: Path, policy: str) -> str:
+    from ppg.io import content_hash
+
+    return content_hash(*(ws / "models" / policy).glob("*.safetensors"))
 
 
 def registry_state(ws: Path, name: str = "ppg-chatting"):
@@ -108,6 +114,9 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
     r = ppg_pipeline(workspace=str(ws))
     assert not r["skipped"] and r["trained"] == {"greedy": True, "k3": True}
     assert r["gate"]["promoted"] and r["champion"]["version"] == "1"
+    assert r["gate"]["difference"] is None and "no champion yet" in r["why"]  # the thresholds decided
+    first_runs, first_weights = dict(r["runs"]), {pol: weights(ws, pol) for pol in r["runs"]}
+    first_parent = r["parent_run_id"]
     c, versions, aliases = registry_state(ws)
     assert versions == [1] and aliases == {"champion": "1", "challenger": "1"}
     parent = c.get_run(r["parent_run_id"])
@@ -173,6 +182,22 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
     c, versions, aliases = registry_state(ws)
     assert versions == [1, 2] and aliases == {"champion": "1", "challenger": "2"}
     assert c.get_model_version("ppg-chatting", "2").tags["ppg.gate"].startswith("blocked: ")
+    # new data retrained every policy into a NEW run with its own loss history and new weights,
+    # and the registered version points at that new run
+    for pol, old_run in first_runs.items():
+        new_run = json.loads((ws / "models" / pol / "run.json").read_text())["mlflow_run_id"]
+        assert new_run != old_run and weights(ws, pol) != first_weights[pol], pol
+        assert max(m.step for m in c.get_metric_history(new_run, "loss")) == 20
+    v2 = c.get_model_version("ppg-chatting", "2")
+    assert v2.tags["ppg.run_id"] == json.loads((ws / "models" / v2.tags["ppg.policy"] / "run.json").read_text())["mlflow_run_id"]
+    [last] = c.search_runs([c.get_experiment_by_name("ppg").experiment_id], "tags.`ppg.stage` = 'pipeline'",
+                           order_by=["attributes.start_time DESC"], max_results=1)
+    gate_json = json.loads(Path(c.download_artifacts(last.info.run_id, "gate.json", str(ws.parent))).read_text())
+    diff = gate_json["decision"]["difference"]  # the paired comparison on freshly drawn test personas
+    assert set(diff) == {"mean", "lo", "hi", "n", "method"} and diff["n"] == 6 and diff["method"] == "sign_flip"
+    before = json.loads(Path(c.download_artifacts(first_parent, "gate.json", str(ws.parent / "g1"))).read_text())
+    assert gate_json["decision"]["test_seed"] != before["decision"]["test_seed"]  # fresh test personas
+    assert "interval" in gate_json["decision"]["reason"]
 
     # 5. bad data: the run fails at validation, before training; nothing registered
     write_incoming(ws, "batch-002.jsonl", seed=2, null_rewards=True)
@@ -211,6 +236,10 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
     assert not [x.message for x in logs if SECRET in (x.message or "")]
     for f in (x for x in ws.rglob("*") if x.is_file() and ".git" not in x.parts):
         assert SECRET.encode() not in f.read_bytes(), f
+
+    # 8. nothing looks alive: every run of the workspace ended (FINISHED, FAILED or KILLED)
+    c = registry_state(ws)[0]
+    assert c.search_runs([c.get_experiment_by_name("ppg").experiment_id], "attributes.status = 'RUNNING'") == []
 
 
 def test_workspace_lock_waits_times_out_and_is_released_by_a_dead_holder(tmp_path):
