@@ -259,8 +259,10 @@ class OnlineConfig:
     """Optimizer steps (each generates personas_per_step * group dialogues)."""
     kl_coef: float = 0.05
     """Weight of KL(pi || pi_ref) to the frozen starting policy."""
-    kl_estimator: str = "k3"
-    """k3 (low variance, differentiated directly) or k1 (score-function form)."""
+    kl_estimator: str = "k2"
+    """Per-token KL penalty (ppg.losses.kl_penalty): k2 (d^2/2) or k1 (score-function form), whose
+    gradients follow KL(pi || pi_ref) per visited state; k3 (GRPO's) estimates that KL's value well
+    but its gradient follows the reverse KL(pi_ref || pi)."""
     init: str = ""
     """Warm start from an offline PPG output folder (e.g. models/k3); empty = the base model."""
     generation: dict = field(default_factory=lambda: {"max_new_tokens": 32, "temperature": 1.0, "top_p": 1.0,
@@ -268,8 +270,8 @@ class OnlineConfig:
     """Rollout sampling (temperature 1: the policy's own distribution, as REINFORCE assumes)."""
 
     def __post_init__(self):
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ValueError(f"online.kl_estimator: expected k1 or k3, got {self.kl_estimator!r}")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ValueError(f"online.kl_estimator: expected k1, k2 or k3, got {self.kl_estimator!r}")
         if self.group < 2:
             raise ValueError(f"online.group: the leave-one-out baseline needs >= 2 rollouts, got {self.group}")
         if min(self.personas_per_step, self.steps) < 1:

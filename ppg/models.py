@@ -172,19 +172,23 @@ def load_tokenizer(folder: str | Path):
     return tok
 
 
+def with_lora(model, lora=None):
+    """model wrapped by peft with fresh adapters when lora (ppg.config.LoraConfig) is enabled, so
+    only adapter parameters train; else the model itself."""
+    if lora is None or not lora.enabled:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+
+
 def load_model(folder: str | Path, lora=None, dtype=None):
-    """A causal LM from a model folder; with an enabled ppg.config.LoraConfig, wrapped by peft so
-    only adapter parameters train."""
+    """A causal LM from a model folder, with fresh LoRA adapters when lora is enabled."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
-    if lora is not None and lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
-    return model
+    return with_lora(AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32), lora)
 
 
 def export_merged(trained: str | Path, out: str | Path) -> Path:

@@ -3,11 +3,15 @@ with partial-return advantages and a KL penalty to the frozen starting policy up
 
     A_t = w_t - b_t     w_t = partial return of the policy class over the judged rollout
                         b_t = mean w_t of the OTHER rollouts of the same persona (group LOO)
-    loss = -(1/N) sum_t A_t log pi(a_t | x_t) + beta KL(pi || pi_ref)
+    loss = -(1/N) sum_t A_t log pi(a_t | x_t) + beta KL penalty (ppg.losses.kl_penalty)
 
-Same DeepSpeed engine, checkpoints, resume and MLflow handling as offline training; a warm
-start from an offline PPG output (online.init) is allowed. Rollouts are saved as canonical
-dialogues in the working folder.
+log pi(a_t | x_t) is scored on the ids the policy SAMPLED, in the context it saw them in
+(ppg.rollout keeps both as token ids): a reply cut at max_new_tokens has no end-of-turn target.
+The reference is the starting policy: with LoRA the same model with its adapters switched off
+(a warm start from adapters is merged into the base first, and fresh adapters train on top);
+without LoRA a frozen copy in the policy's own dtype, so the KL is 0 at step 0 either way.
+Same DeepSpeed engine, checkpoints, resume and MLflow handling as offline training. Rollouts are
+saved as canonical dialogues in the working folder.
 """
 
 import copy
@@ -17,47 +21,52 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ppg import checkpoint, tracking
 from ppg.batching import Example, collate
-from ppg.data.build import end_of_turn_marker, render, token_layout
 from ppg.data.schema import write_dialogues
 from ppg.judges import SimJudge
 from ppg.losses import online_ppg_loss, token_logprobs
-from ppg.models import base_model, load_model, load_tokenizer, tokenizer_hash
+from ppg.models import base_model, load_tokenizer, tokenizer_hash, with_lora
 from ppg.returns import parse_policy_id, partial_returns, shape_weights
-from ppg.rollout import GenerationConfig, play, rewards_tensor, scenes
+from ppg.rollout import GenerationConfig, play, rewards_tensor, rollout_arrays, scenes
 from ppg.sim.simulate import SPEAKER
-from ppg.train import (_grad_norm, _rng_state, _seed_all, _set_rng_state, _write_output, ds_config,
-                       setup_distributed)
+from ppg.train import (
+    _grad_norm,
+    _rng_state,
+    _seed_all,
+    _set_rng_state,
+    _write_output,
+    ds_config,
+    setup_distributed,
+)
 
 
 def _init_model(p, model_dir):
-    """The starting policy: the base model (+ fresh LoRA) or an offline PPG output (online.init)."""
-    init = p.online.init
-    if not init:
-        return load_model(model_dir, p.train.lora)
-    init = Path(init)
-    if (init / "adapter_config.json").exists():
+    """The starting policy: the base model or an offline PPG output (online.init, merged when it
+    holds adapters), with fresh LoRA adapters when train.lora is on."""
+    from transformers import AutoModelForCausalLM
+
+    init = Path(p.online.init) if p.online.init else None
+    if init is None:
+        start = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    elif (init / "adapter_config.json").exists():
         from peft import PeftModel
-        from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(str(model_dir))
-        return PeftModel.from_pretrained(base, str(init), is_trainable=True)
-    return load_model(init, None)
+        start = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(model_dir)), str(init)).merge_and_unload()
+    else:
+        start = AutoModelForCausalLM.from_pretrained(str(init))
+    return with_lora(start, p.train.lora)
 
 
-def sequences(dialogues, tok, eot):
-    """Canonical rollouts -> (input_ids, turn_index) in the training layout of ppg build."""
-    out = []
-    for d in dialogues:
-        r = render(d, SPEAKER, tok, eot)
-        enc = tok(r.text, add_special_tokens=False, return_offsets_mapping=True)
-        _, turn_index = token_layout(r, enc["offset_mapping"])
-        out.append((np.asarray(enc["input_ids"], dtype=np.int64), turn_index.astype(np.int64)))
-    return out
+def reference_logprobs(engine, ref, lora: bool, b) -> torch.Tensor:
+    """The starting policy's token log-probs on the batch: adapters off (LoRA) or the frozen copy."""
+    from contextlib import nullcontext
+
+    with torch.no_grad(), (engine.module.disable_adapter() if lora else nullcontext()):
+        net = engine.module if lora else ref
+        return token_logprobs(net(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["input_ids"])
 
 
 def train_online(p, policy: str, progress: bool = True, stop_after: int | None = None) -> dict:
@@ -88,19 +97,20 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
 
     _seed_all(cfg.seed)
     model = _init_model(p, model_dir)
-    ref = copy.deepcopy(model).eval()  # the frozen starting policy
-    for q in ref.parameters():
-        q.requires_grad_(False)
+    lora = cfg.lora.enabled
+    ref = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
     engine, _, _, _ = deepspeed.initialize(model=model, config=config,
                                            model_parameters=[q for q in model.parameters() if q.requires_grad])
-    ref.to(engine.device)
+    if ref is not None:  # every tensor in the dtype DeepSpeed gave the policy's (bf16 weights, fp32
+        ref.to(engine.device)  # rotary buffers): anything else would not start at KL 0
+        for a, b in zip([*ref.parameters(), *ref.buffers()], [*engine.module.parameters(), *engine.module.buffers()]):
+            a.data = a.data.to(b.dtype)
     state = {"step": 0, "mlflow_run_id": None, "history": []}
     if resume:
         _, client_state = engine.load_checkpoint(str(workdir), tag=resume[0])
         state = client_state["ppg"]
         _set_rng_state(client_state["rng"])
     tok = load_tokenizer(model_dir)
-    eot = end_of_turn_marker(tok)
     judge = SimJudge(p.sim.evasive_reward, p.sim.require)
     gen = GenerationConfig(**oc.generation)
     c = tracking.client(p.mlflow)
@@ -120,7 +130,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         t0 = time.perf_counter()
         step_seed = cfg.seed * 100_003 + state["step"]
         eps = scenes(domain, oc.personas_per_step, oc.group, oc.turns or p.sim.turns, step_seed, p.sim.domains[domain])
-        dialogues = play(engine.module, tok, eps, domain, gen, step_seed, judge)
+        dialogues, rollouts = play(engine.module, tok, eps, domain, gen, step_seed, judge, with_tokens=True)
         r = rewards_tensor(dialogues)
         mask = torch.ones_like(r, dtype=torch.bool)
         if kind == "segment" and not segments:  # {from: meta.segment_starts}: the probe windows
@@ -133,13 +143,10 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         w = partial_returns(r, mask, kind, k=k, segments=segments_arg, gamma=p.returns.gamma)
         groups = torch.tensor([g for _, g, _ in eps])
         adv = shape_weights(w, mask, "group_loo", p.returns.standardize, groups, clip=p.returns.clip)
-        seqs = sequences(dialogues, tok, eot)
-        b = collate([Example(ids, ti, adv[i].numpy()) for i, (ids, ti) in enumerate(seqs)], tok.pad_token_id)
+        b = collate([Example(*rollout_arrays(ro), adv[i].numpy()) for i, ro in enumerate(rollouts)], tok.pad_token_id)
         b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
         logp = token_logprobs(engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["input_ids"])
-        with torch.no_grad():
-            ref_logp = token_logprobs(ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
-                                      b["input_ids"])
+        ref_logp = reference_logprobs(engine, ref, lora, b)
         out = online_ppg_loss(logp, ref_logp, b["turn_index"], b["weights"], oc.kl_coef, oc.kl_estimator,
                               cfg.reduction)
         engine.backward(out.loss)
@@ -149,7 +156,8 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         summary = SimJudge.summary([v for d in dialogues for v in judge.verdicts(d, SPEAKER, d.meta["sim"]["persona"])])
         last = {"loss": out.loss.item(), "kl": out.kl.item(), "reward": float(r.mean()),
                 "consistency": summary["consistency"], "coverage": summary["coverage"], "grad_norm": norm,
-                "turns": out.turns, "excluded_turns": out.excluded, "seconds": time.perf_counter() - t0}
+                "turns": out.turns, "excluded_turns": out.excluded, "seconds": time.perf_counter() - t0,
+                "cut_replies": sum(not e for ro in rollouts for e in ro.ended)}
         state["history"].append(last)
         tracking.log_metrics(c, run_id, last, state["step"])
         write_dialogues(workdir / "rollouts" / f"step-{state['step']:07d}.jsonl", dialogues)

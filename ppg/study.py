@@ -4,8 +4,9 @@ distance d, the amount of data and the weight shaping.
 A cell = (d, training-set size n, seed, policy, weighting). Per (d, n, seed) the simulator logs n
 behaviour dialogues and `ppg build` turns them into sequences once; every policy and weighting
 then trains offline PPG on them and is evaluated on the same held-out personas. A cell is done
-when OUT/cells/<cell>/metrics.json exists, so an interrupted study resumes where it stopped.
-Nothing here knows which K should win.
+when OUT/cells/<cell>/metrics.json exists AND its folder's config-key.txt holds the hash of the
+config that would produce it now (study_cached), so an interrupted study resumes where it
+stopped and a changed grid never reads a stale cell. Nothing here knows which K should win.
 
 Every cell starts from one STUDY BASE: the tiny model behaviour-cloned (`bc`) on a separate pool
 of behaviour dialogues (all distances mixed, its own seed), built once in OUT/base/. It plays the
@@ -16,13 +17,47 @@ learning English templates from random weights and no cell learns the decision K
 
 import copy
 import json
+import shutil
 import time
-from dataclasses import replace
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 
 from ppg.returns import parse_policy_id
 
 SETTING = "study"
+
+
+def config_key(*parts) -> str:
+    """Hash of what produced a cached study result: Params trees and any other parts (a cell, a
+    data file's content hash). A run's Params copy what it uses out of the study section into
+    train, eval, sim and returns, so the sections no single run reads are left out (the study
+    grid, registry, pipeline, and where MLflow logs): a grid change reruns the cells it changes."""
+    from ppg.checkpoint import fingerprint
+
+    def plain(x):
+        if is_dataclass(x):
+            d = asdict(x)
+            for section in ("mlflow", "study", "registry", "pipeline"):
+                d.pop(section, None)
+            return d
+        return x
+
+    return fingerprint([plain(x) for x in parts])
+
+
+def study_cached(folder: Path, key: str, done: str) -> bool:
+    """True when folder/done was made by `key`. A folder made by another key (or by an older
+    version that wrote none) is removed, never read, and stamped with `key` for the result about
+    to be made; a folder of this key without `done` is one in progress (its checkpoints resume)."""
+    stamp = folder / "config-key.txt"
+    made_by = stamp.read_text().strip() if stamp.exists() else None
+    if made_by == key:
+        return (folder / done).exists()
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    stamp.write_text(key)
+    return False
 
 
 def cell_id(d, n, seed, policy, weights) -> str:
@@ -43,6 +78,9 @@ def cells(cfg) -> list[dict]:
                     if kind == "kstep" and k >= cfg.turns:
                         continue
                     for w in cfg.weights:
+                        if policy == "bc" and (cfg.weights[w].get("baseline", "none") != "none"
+                                               or cfg.weights[w].get("standardize")):
+                            continue  # bc's weights are all 1: a baseline would zero them
                         out.append({"id": cell_id(d, n, seed, policy, w), "d": d, "n": n, "seed": seed,
                                     "policy": policy, "weights": w})
     for d in cfg.online.distances:  # online PPG from the study base: rollouts, not logged data (n = 0)
@@ -97,15 +135,20 @@ def base_params(p, root: Path):
 
 
 def prepare_base(p, root: Path) -> Path:
-    """Train the study base once (OUT/base/models/bc/run.json marks it done); its model folder."""
+    """Train the study base once (OUT/base/models/bc/run.json marks it done, for this config); its
+    model folder."""
     from ppg.train import train
 
     bp = base_params(p, root)
     out = Path(bp.train.out) / "bc"
-    if not (out / "run.json").exists():
-        prepare_data(bp, root / "base" / "data")
+    if not study_cached(root / "base", config_key(bp), "models/bc/run.json"):
+        prepare_data(bp, root / "base" / "data", ["bc"])
         train(bp, "bc", progress=False)
     return out
+
+
+def base_key(p, root: Path) -> str:
+    return config_key(base_params(p, root))
 
 
 def cell_params(p, c: dict, root: Path):
@@ -113,15 +156,18 @@ def cell_params(p, c: dict, root: Path):
     cfg = p.study
     data = root / "data" / f"d{c['d']}-n{c['n']}-s{c['seed']}"
     cp = _params(p, distances=[c["d"]], data=data, here=root / "cells" / c["id"],
-                 model=str(Path(base_params(p, root).train.out) / "bc"), policies=cfg.policies,
+                 model=str(Path(base_params(p, root).train.out) / "bc"), policies=[c["policy"]],
                  weights=cfg.weights[c["weights"]], steps=cfg.steps, lr=cfg.lr, batch=cfg.batch_size,
                  dialogues=c["n"], seed=c["seed"])
     return cp, data
 
 
-def prepare_data(p, data: Path) -> None:
-    """Simulate and build a (d, n, seed) dataset once (shared by its policies and weightings)."""
-    if (data / "built" / "stats.json").exists():
+def prepare_data(p, data: Path, policies: list[str]) -> None:
+    """Simulate and build a (d, n, seed) dataset once, with the weight columns of `policies`
+    (shared by every policy and weighting of the grid)."""
+    key = config_key({"sim": asdict(p.sim), "build": asdict(p.build), "model": p.model.spec, "policies": policies,
+                      "returns": {k: getattr(p.returns, k) for k in ("segments", "gamma")}})
+    if study_cached(data, key, "built/stats.json"):
         return
     from ppg.data.build import build_dataset
     from ppg.data.schema import write_dialogues
@@ -130,7 +176,7 @@ def prepare_data(p, data: Path) -> None:
 
     write_dialogues(data / "imported" / "dialogues.jsonl", simulate(SETTING, p.sim.dialogues, p.sim.turns,
                                                                     p.sim.seed, p.sim))
-    build_dataset(data / "imported", data / "built", base_model(p), p.model.spec, p.returns.policies,
+    build_dataset(data / "imported", data / "built", base_model(p), p.model.spec, policies,
                   p.returns.segments, p.build, p.returns.gamma)
 
 
@@ -162,53 +208,56 @@ def decisions(dialogues) -> dict:
 
 
 def run_cell(p, c: dict, root: Path) -> dict:
-    """Train and evaluate one cell (a base cell: evaluate the study base), or read it back if done."""
-    import shutil
-
+    """Train and evaluate one cell (a base cell: evaluate the study base), or read it back if this
+    config made it."""
     from ppg.data.schema import read_dialogues
     from ppg.evaluate import evaluate
     from ppg.io import atomic_open
     from ppg.train import train
 
-    done = root / "cells" / c["id"] / "metrics.json"
-    if done.exists():
-        return {**json.loads(done.read_text()), "skipped": True}
-    base = prepare_base(p, root)
-    t0 = time.perf_counter()
+    base = Path(base_params(p, root).train.out) / "bc"
 
-    def from_base(policies, steps, lr):  # a cell without logged data: the base evaluated or trained online
+    def from_base(policies, steps, lr, weights=None):  # no logged data: the base evaluated or trained online
         return _params(p, distances=[c["d"]], data=root / "base" / "data", here=root / "cells" / c["id"],
-                       model=str(base), policies=policies, weights={}, steps=steps, lr=lr, batch=1, dialogues=1,
-                       seed=c["seed"])
+                       model=str(base), policies=policies, weights=weights or {}, steps=steps, lr=lr, batch=1,
+                       dialogues=1, seed=c["seed"])
 
     if c["policy"] == "base":
-        cp = from_base(["bc"], steps=1, lr=p.study.lr)
-        shutil.copytree(base, Path(cp.train.out) / "base", dirs_exist_ok=True)
-        m = evaluate(cp, "bc", run="base", log=False)  # its metrics would overwrite each other in the base's run
-        name = "base"
+        raw = {"baseline": "none", "standardize": False, "clip": None}
+        cp, name = from_base(["bc"], steps=1, lr=p.study.lr, weights=raw), "base"
     elif c["weights"] == "online":
-        from ppg.online import train_online
-
         o = p.study.online
         cp = from_base([c["policy"]], steps=o.steps, lr=o.lr)
         cp = replace(cp, online=replace(cp.online, domain=SETTING, personas_per_step=o.personas_per_step, group=o.group,
                                         turns=p.study.turns, steps=o.steps, kl_coef=o.kl_coef, init="",
                                         generation={"max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0,
                                                     "batch_size": o.personas_per_step * o.group}))
-        train_online(cp, c["policy"], progress=False)
         name = f"{c['policy']}-online"
-        m = evaluate(cp, c["policy"], run=name)
     else:
         cp, data = cell_params(p, c, root)
-        prepare_data(cp, data)
+        name = c["policy"]
+    here = root / "cells" / c["id"]
+    if study_cached(here, config_key(cp, c, base_key(p, root)), "metrics.json"):
+        return {**json.loads((here / "metrics.json").read_text()), "skipped": True}
+    prepare_base(p, root)
+    t0 = time.perf_counter()
+    if c["policy"] == "base":
+        shutil.copytree(base, Path(cp.train.out) / "base", dirs_exist_ok=True)
+        m = evaluate(cp, "bc", run="base", log=False)  # its metrics would overwrite each other in the base's run
+    elif c["weights"] == "online":
+        from ppg.online import train_online
+
+        train_online(cp, c["policy"], progress=False)
+        m = evaluate(cp, c["policy"], run=name)
+    else:
+        prepare_data(cp, data, list(p.study.policies))
         train(cp, c["policy"], progress=False)
         m = evaluate(cp, c["policy"])
-        name = c["policy"]
     rollouts = read_dialogues(Path(cp.eval.out) / name / "dialogues.jsonl")
     result = {**c, "seconds": time.perf_counter() - t0, "mlflow_run_id": m.get("mlflow_run_id") if name != "base" else None,
               "online": {k: v for k, v in m["online"].items() if k != "drift"}, "drift": m["online"]["drift"],
               "decisions": decisions(rollouts)}
-    with atomic_open(done) as f:
+    with atomic_open(here / "metrics.json") as f:
         json.dump(result, f, indent=1, default=str)
     return {**result, "skipped": False}
 

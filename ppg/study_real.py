@@ -12,7 +12,10 @@ scored exactly once by a model that never saw its persona group:
 - weighted NLL: mean of -w_t log pi_theta(a_t | x_t) with the policy's raw weights, and its change
   from the untrained model, mean of -w_t * score_t (< 0: the trained model puts more mass on the
   turns the policy credits). Intervals are Student-t over turns.
-A cell is done when OUT/cells/<cell>/turns.jsonl exists, so a stopped study resumes.
+A cell is done when OUT/cells/<cell>/turns.jsonl exists and its config-key.txt holds the hash of
+the config that would make it now (ppg.study.study_cached), so a stopped study resumes and a
+changed grid never reads a stale cell; a domain's built data and its reference cache are keyed by
+its files' content and the build settings likewise.
 """
 
 import json
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppg.study import with_lr
+from ppg.study import config_key, study_cached, with_lr
 
 
 def real_cells(cfg) -> list[dict]:
@@ -40,6 +43,18 @@ def domain_files(data: Path, domain: str) -> list[Path]:
     return files
 
 
+def domain_key(p, data: Path, domain: str) -> str:
+    """What a domain's built data and reference cache depend on: its files' content, the subsample,
+    folds, windows, model and returns settings (not the policy list: a policy added later only
+    adds a weight column)."""
+    from ppg.io import content_hash
+
+    r = p.study.real
+    return config_key({"files": content_hash(*domain_files(data, domain)), "model": r.model,
+                       "max_dialogues": r.max_dialogues, "folds": r.folds, "max_length": r.max_length,
+                       "segments": p.returns.segments, "gamma": p.returns.gamma})
+
+
 def prepare_domain(p, data: Path, domain: str, root: Path) -> Path:
     """Import a domain's files, subsample, build with persona-grouped folds (once); the built folder."""
     from ppg.data.build import build_dataset
@@ -49,7 +64,7 @@ def prepare_domain(p, data: Path, domain: str, root: Path) -> Path:
 
     r = p.study.real
     built = root / "data" / domain / "built"
-    if (built / "stats.json").exists():
+    if study_cached(root / "data" / domain, domain_key(p, data, domain), "built/stats.json"):
         if set(r.policies) <= set(json.loads((built / "stats.json").read_text())["policies"]):
             return built
         # a policy added later rebuilds: the same seeded subsample, folds and windows, one more weight column
@@ -94,7 +109,7 @@ def scored_rows(rows: list[dict], max_turns: int, key: str) -> list[dict]:
 def cell_params(p, c: dict, root: Path):
     r = p.study.real
     here = root / "cells" / c["id"]
-    returns = replace(p.returns, policies=list(r.policies), **p.study.weights[c["weights"]])
+    returns = replace(p.returns, policies=[c["policy"]], **p.study.weights[c["weights"]])
     ds = with_lr(p.train.deepspeed, r.lr, warmup=max(1, r.steps // 10))
     train = replace(p.train, data=str(root / "data" / c["domain"] / "built"), split="train", out=str(here / "models"),
                     workdir=str(here / "work"), max_steps=r.steps, batch_size=r.batch_size,
@@ -111,10 +126,11 @@ def run_real_cell(p, c: dict, root: Path, data: Path) -> dict:
     from ppg.train import run_name, train
 
     here = root / "cells" / c["id"]
-    if (here / "turns.jsonl").exists():
+    cp = cell_params(p, c, root)
+    key = config_key(cp, c, domain_key(p, data, c["domain"]), p.study.real.max_turns)
+    if study_cached(here, key, "turns.jsonl"):
         return {**json.loads((here / "cell.json").read_text()), "skipped": True}
     built = prepare_domain(p, data, c["domain"], root)
-    cp = cell_params(p, c, root)
     t0 = time.perf_counter()
     result = train(cp, c["policy"], fold=c["fold"], progress=False)
     t1 = time.perf_counter()

@@ -120,7 +120,7 @@ def test_each_kl_estimator_follows_the_gradient_its_docstring_names(estimator, t
     kl = (p * (logp - ref)).sum() if target == "forward" else (q * (ref - logp)).sum()
     exact = torch.autograd.grad(kl, theta, retain_graph=True)[0]
     penalty, _ = kl_penalty(logp, ref, estimator)
-    expected = torch.autograd.grad((p.detach() * penalty).sum(), theta)[0]
+    expected = torch.autograd.grad((p.detach() * penalty).sum(), theta, retain_graph=True)[0]
     assert torch.allclose(expected, exact, atol=1e-12)
     other = (q * (ref - logp)).sum() if target == "forward" else (p * (logp - ref)).sum()
     assert not torch.allclose(expected, torch.autograd.grad(other, theta)[0], atol=1e-3)  # the two differ here

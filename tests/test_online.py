@@ -53,11 +53,76 @@ def test_online_resume_continues_the_same_run(tmp_path, tiny_model):
     assert len(done["history"]) == 3
 
 
+def test_rollouts_train_on_the_sampled_ids_and_a_cut_reply_gets_no_end_target(tiny_model):
+    """The training sequence is the context the policy saw, as ids: each reply is exactly the ids
+    it sampled (its own end token included when it sampled one); a reply cut at max_new_tokens
+    gets the template's end marker as context only."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ppg.judges import SimJudge
+    from ppg.models import load_tokenizer
+    from ppg.rollout import GenerationConfig, play, scenes
+
+    tok = load_tokenizer(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    eps = scenes("chatting", 6, 1, 3, 5, {"distance": [1, 2], "known": 5})
+    gen = GenerationConfig(max_new_tokens=3, temperature=1.0, top_p=1.0, batch_size=6)
+    end = tok.convert_tokens_to_ids("<|end|>")
+    seen = set()
+    for force_end in (False, True):  # the random model rarely ends a reply; forced, it does at token 3
+        model.generation_config.forced_eos_token_id = end if force_end else None
+        _, rolls = play(model, tok, eps, "chatting", gen, 5, SimJudge(), with_tokens=True)
+        for r in rolls:
+            ids, ti = torch.tensor(r.input_ids), torch.tensor(r.turn_index)
+            for t, was_ended in enumerate(r.ended):
+                reply = ids[ti == t].tolist()
+                assert 1 <= len(reply) <= 3 and (reply[-1] == end) == was_ended
+                after = (ti == t).nonzero().max().item() + 1
+                if after < len(ids):  # the end marker follows the reply once: sampled or as context
+                    assert (ids[after].item() == end) != was_ended
+                    assert ti[after].item() == -1
+                seen.add(was_ended)
+    assert seen == {False, True}
+
+
+def test_the_reference_is_the_starting_policy_merged_from_adapters_and_in_the_policys_dtype(tmp_path, tiny_model):
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from ppg.models import load_model
+    from ppg.online import _init_model, train_online
+
+    warm = load_model(tiny_model, LoraConfig(enabled=True, r=4))
+    for name, q in warm.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(q, std=0.5)  # adapters that move the policy
+    warm.save_pretrained(tmp_path / "warm")
+    p = params(tmp_path, init=str(tmp_path / "warm"))
+    model = _init_model(p, tiny_model)
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad(), model.disable_adapter():
+        off = model(input_ids=ids).logits
+    with torch.no_grad():
+        start = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "warm")(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model)(input_ids=ids).logits
+        now = model(input_ids=ids).logits
+    assert torch.allclose(off, start, atol=1e-5) and torch.allclose(now, start, atol=1e-5)  # fresh B = 0
+    assert not torch.allclose(off, base, atol=1e-3)  # adapters off is the warm start, not the untrained base
+    r = train_online(p, "k2", progress=False)
+    assert r["history"][0]["kl"] == pytest.approx(0.0, abs=1e-7)
+    full = params(tmp_path / "bf16", steps=1)  # no LoRA, bf16: the reference in bf16 too
+    full.train.lora = LoraConfig(enabled=False)
+    full.train.deepspeed["bf16"] = {"enabled": True}
+    assert train_online(full, "k2", progress=False)["history"][0]["kl"] == pytest.approx(0.0, abs=1e-7)
+
+
 def test_online_config_errors():
     with pytest.raises(ValueError, match="online.group"):
         OnlineConfig(group=1)
     with pytest.raises(ValueError, match="online.kl_estimator"):
-        OnlineConfig(kl_estimator="k2")
+        OnlineConfig(kl_estimator="k4")
 
 
 def test_the_online_loss_climbs_a_bandit_reward(tiny_model):

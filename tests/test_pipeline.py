@@ -322,6 +322,11 @@ def test_study_runs_its_cells_once_and_resumes(tmp_path, prefect_api):
     run = c.get_run(cell["mlflow_run_id"])
     assert run.data.tags["ppg.policy"] == "k3" and "validation.online.consistency" in run.data.metrics
     assert ppg_study(workspace=str(tmp_path))["cells_run"] == 0  # finished cells are read back
+    p["study"]["steps"] = 4  # a changed grid: exactly the cells it changes rerun, never a stale read
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    again = ppg_study(workspace=str(tmp_path))
+    assert again["cells_run"] == 2 and json.loads((tmp_path / "study/cells/d2-n40-s0-k3-raw/metrics.json")
+                                                  .read_text())["mlflow_run_id"] != cell["mlflow_run_id"]
     from ppg.study_report import report
 
     md = report(tmp_path / "study/summary.json", None, tmp_path / "results").read_text()
