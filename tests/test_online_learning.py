@@ -1,11 +1,22 @@
-"""Learning, end to end on the tiny model: offline PPG on the behaviour policy's logs, then
-online PPG (K=3, judged rollouts) from that warm start, measured on held-out personas against
-the behaviour policy played on the SAME personas. Slow (about 3.5 minutes on 2 cores): the tiny
-model needs ~1,500 steps of 16 sequences before it copies facts from the backstory (with 8
-sequences per step or 800 steps it does not: persona consistency stays near 0.56-0.66)."""
+"""Learning, end to end on the tiny model: both reward-driven methods must improve on the policy
+they start from, measured on the SAME held-out personas (paired by persona, sampling at
+temperature 1: the distribution REINFORCE optimises). The shared start is behaviour cloning
+(`bc`, weight 1 on every logged turn) of a behaviour policy that often contradicts its persona,
+so it imitates the contradictions; offline PPG (greedy credit, from bc) and online PPG (K=3
+rollouts, from bc) must each raise the judged reward over it. Slow (about 4 minutes on 2 cores):
+the tiny model needs ~1,500 steps of 16 sequences before it copies facts from the backstory
+(800 steps: online PPG then only learns to dodge; measured reward +0.03, coverage -0.23).
+
+Measured here (48 personas, judged reward): behaviour 0.681, bc 0.674, offline greedy from bc
+(200 steps) 0.800, gain +0.127 with a 95% sign-flip interval [+0.065, +0.188]; online k3 from bc
+(100 steps) 0.771, gain +0.097 [+0.032, +0.163] (on 96 personas in a separate run: +0.132
+[+0.083, +0.181]). An update that does nothing fails the test: each margin is over the method's
+own warm start, not over the behaviour. (From an offline-greedy warm start, online PPG added only
++0.017 at 20 steps: that start leaves it little to learn.)"""
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -44,8 +55,17 @@ def behaviour_metrics(p):
     return online_metrics(ds, judge)
 
 
+def paired(a: dict, b: dict, name: str):
+    """(mean improvement, 95% sign-flip interval) of b over a on the personas both played."""
+    from ppg.gate import sign_flip_interval
+
+    x, y = a[name]["per_unit"], b[name]["per_unit"]
+    d = [y[k] - x[k] for k in sorted(x)]
+    return sum(d) / len(d), sign_flip_interval(d)
+
+
 @pytest.mark.slow
-def test_online_ppg_beats_the_behaviour_policy_at_higher_coverage(tmp_path, tiny_model):
+def test_offline_and_online_ppg_each_improve_on_their_behaviour_cloned_start(tmp_path, tiny_model):
     from ppg.data.build import build_dataset
     from ppg.data.schema import write_dialogues
     from ppg.evaluate import evaluate
@@ -55,31 +75,35 @@ def test_online_ppg_beats_the_behaviour_policy_at_higher_coverage(tmp_path, tiny
 
     sim = SimConfig(domain="copy", dialogues=2000, turns=TURNS, domains=SETTING, behaviour=BEHAVIOUR)
     write_dialogues(tmp_path / "imported/dialogues.jsonl", simulate("copy", 2000, TURNS, 0, sim))
-    build_dataset(tmp_path / "imported", tmp_path / "built", tiny_model, "tiny", ["greedy", "k3"], {"length": 3},
+    build_dataset(tmp_path / "imported", tmp_path / "built", tiny_model, "tiny", ["bc", "greedy"], {"length": 3},
                   BuildConfig(max_length=1024, splits={"train": 0.9, "validation": 0.05, "test": 0.05}))
-    gen = {"max_new_tokens": 24, "temperature": 0.0, "top_p": 1.0, "batch_size": 48}
-    p = Params(model=ModelConfig(spec="tiny"), sim=sim, returns=ReturnsConfig(policies=["greedy", "k3"]),
+    gen = {"max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0, "batch_size": 48}
+    p = Params(model=ModelConfig(spec="tiny"), sim=sim, returns=ReturnsConfig(policies=["bc", "greedy"]),
                train=TrainConfig(data=str(tmp_path / "built"), out=str(tmp_path / "models"),
                                  workdir=str(tmp_path / "work"), batch_size=16, max_steps=1500, checkpoint_every=10 ** 6,
                                  lora=LoraConfig(enabled=False), deepspeed=adam(3e-3, 50)),
                eval=EvalConfig(out=str(tmp_path / "eval"), personas=PERSONAS, turns=TURNS, qa=False, generation=gen),
                mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "art")))
-    train(p, "greedy", progress=False)
-    offline = evaluate(p, "greedy", log=False)["online"]
-    p.train.deepspeed = adam(3e-4, 1, decay=False)
-    p.online = OnlineConfig(domain="copy", personas_per_step=8, group=4, turns=TURNS, steps=20,
-                            init=str(tmp_path / "models/greedy"),
+    train(p, "bc", progress=False)
+    start = evaluate(p, "bc", log=False)["online"]
+    warm = str(tmp_path / "models/bc")
+    # the same dialogues, built with the warm start's saved tokenizer (a build records its tokenizer)
+    build_dataset(tmp_path / "imported", tmp_path / "built-bc", warm, warm, ["greedy"], {"length": 3},
+                  BuildConfig(max_length=1024, splits={"train": 0.9, "validation": 0.05, "test": 0.05}))
+    offline = replace(p, model=ModelConfig(spec=warm), train=replace(
+        p.train, data=str(tmp_path / "built-bc"), out=str(tmp_path / "offline"), max_steps=200, deepspeed=adam(1e-3, 10)))
+    train(offline, "greedy", progress=False)
+    greedy = evaluate(offline, "greedy", log=False)["online"]
+    p.train.deepspeed = adam(5e-4, 1, decay=False)
+    p.online = OnlineConfig(domain="copy", personas_per_step=8, group=4, turns=TURNS, steps=100, init=warm,
                             generation={"max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0, "batch_size": 32})
     train_online(p, "k3", progress=False)
     online = evaluate(p, "k3", run="k3-online", log=False)["online"]
     behaviour = behaviour_metrics(p)
     report = {name: {k: round(m[k]["mean"], 3) for k in ("consistency", "persona", "commitment", "coverage", "reward")}
-              for name, m in (("behaviour", behaviour), ("offline_greedy", offline), ("online_k3", online))}
-    print(json.dumps(report))
-    b, o = behaviour, online
-    # measured here: behaviour 0.767 (coverage 0.788), offline greedy 0.861 (0.964), online k3
-    # 0.878 (0.964); the online stage adds little over its warm start at this scale (reward
-    # 0.849 -> 0.866): most of the margin is offline PPG dropping the behaviour's zero-reward turns
-    assert o["consistency"]["mean"] >= b["consistency"]["mean"] + 0.08, report
-    assert o["consistency"]["lo"] > b["consistency"]["hi"], report  # the intervals do not overlap
-    assert o["coverage"]["mean"] >= b["coverage"]["mean"], report
+              for name, m in (("behaviour", behaviour), ("bc", start), ("offline_greedy", greedy), ("online_k3", online))}
+    gains = {name: paired(start, m, "reward") for name, m in (("offline_greedy", greedy), ("online_k3", online))}
+    print(json.dumps({"metrics": report, "reward_gain_over_bc": gains}))
+    for name, (mean, (lo, _)) in gains.items():
+        assert lo is not None and lo > 0.0, (name, gains, report)  # better than its own start, on evidence
+    assert online["consistency"]["mean"] > start["consistency"]["mean"], report
