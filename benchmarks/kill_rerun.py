@@ -4,9 +4,11 @@ reruns that did not finish. A check anyone can run; it takes ~10 minutes on 2 co
 
     .venv/bin/python benchmarks/kill_rerun.py [--kills 3] [--seed 0] [--keep DIR]
 
-Each round starts `ppg run --params params.tiny.yaml` in a fresh process group, sends SIGKILL to
-the whole group after a delay drawn from [5, 100) s (seeded), and moves on; a last run goes to the
-end. Printed: the kill times, each round's exit, the runs by status, and the verdict.
+Each round gives the workspace new data (sim.seed = the round), so every round has a whole run to
+do, starts `ppg run --params round.yaml` (the tiny overlay plus that seed) in a fresh process
+group, sends SIGKILL to the whole group after a delay drawn from [5, 100) s (seeded), and moves
+on; a last round goes to the end. Printed: the kill times, each round's exit, the runs by
+status, and the verdict.
 """
 
 import argparse
@@ -49,8 +51,13 @@ def main():
                GIT_AUTHOR_NAME="k", GIT_AUTHOR_EMAIL="k@k", GIT_COMMITTER_NAME="k", GIT_COMMITTER_EMAIL="k@k")
     ws = workspace(where, env)
     rng = random.Random(a.seed)
-    cmd = [str(BIN / "ppg"), "run", "--params", "params.tiny.yaml"]
+    import yaml
+
+    cmd = [str(BIN / "ppg"), "run", "--params", "round.yaml"]
     for i in range(a.kills + 1):
+        overlay = yaml.safe_load((ROOT / "params.tiny.yaml").read_text())
+        overlay["sim"]["seed"] = i
+        (ws / "round.yaml").write_text(yaml.safe_dump(overlay))
         proc = subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         delay = rng.uniform(5, 100) if i < a.kills else None

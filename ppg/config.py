@@ -371,6 +371,9 @@ class Params:
         for key in ("thresholds", "non_inferiority"):
             for name in getattr(self.registry, key):
                 check_produced(name, self.eval, f"registry.{key}", removable=True)
+        if self.registry.seed is not None and self.registry.seed == self.eval.seed:
+            raise ValueError(f"registry.seed: {self.registry.seed} is eval.seed, the validation personas the "
+                             f"best policy is chosen on; the gate must test on others (null draws fresh ones)")
         if "bc" in self.returns.policies and (self.returns.baseline != "none" or self.returns.standardize):
             raise ValueError(f"returns.policies: bc (weight 1 on every turn) with returns.baseline "
                              f"{self.returns.baseline!r} / standardize {self.returns.standardize} makes every "

@@ -288,7 +288,8 @@ def llm_metrics(dialogues, judge_cfg: dict) -> dict:
 
 
 def metric(metrics: dict, path: str) -> float | None:
-    """A dotted path into metrics.json (e.g. online.consistency -> its mean); None if absent or refused."""
+    """A dotted path into metrics.json (e.g. online.consistency -> its mean); None if absent,
+    refused or not a finite number (a NaN mean of no units is unknown, never a score)."""
     x = metrics
     for part in path.split("."):
         if not isinstance(x, dict) or part not in x:
@@ -296,7 +297,7 @@ def metric(metrics: dict, path: str) -> float | None:
         x = x[part]
     if isinstance(x, dict):
         x = None if x.get("refused") else x.get("mean")
-    return float(x) if isinstance(x, (int, float)) else None
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
 def flat_metrics(metrics: dict, prefix: str = "") -> dict:

@@ -15,9 +15,12 @@ with an interval at registry.confidence:
   cluster_bootstrap  offline metrics (AUC, weighted NLL): persona groups are resampled with
                      replacement, both models' metric recomputed on the same resample; the
                      percentile interval of the difference (turns of one persona are not
-                     independent, and an AUC is not a mean over units)
+                     independent, and an AUC is not a mean over units). A percentile bootstrap
+                     is too narrow with few groups (resamples where one label class is missing
+                     are dropped, too): it is the weakest of the three, and registry.min_pairs
+                     applies to its groups.
 
-A percentile bootstrap over 8 personas would be too narrow; these keep their level at small n.
+The first two keep their level with few personas, where a percentile bootstrap would not.
 """
 
 import math
@@ -176,7 +179,10 @@ def decide(primary: str, chal: dict, champ: dict | None, chal_turns, champ_turns
     for name, loss in cfg.non_inferiority.items():
         sec = paired_difference(name, chal, champ, chal_turns, champ_turns, cfg, seed)
         out["secondary"][name] = sec
-        if sec["lo"] is None or sec["lo"] < -loss:
+        if sec["n"] < cfg.min_pairs or sec["lo"] is None:
+            return {**out, "promoted": False, "reason": f"{said}, but {describe(name, sec, cfg)}: too few pairs "
+                                                        f"to bound its loss (registry.non_inferiority)"}
+        if sec["lo"] < -loss:
             return {**out, "promoted": False, "reason": f"{said}, but {describe(name, sec, cfg)}: it may have got "
                                                         f"worse by more than registry.non_inferiority = {loss:g}"}
     return {**out, "promoted": True, "reason": f"{said}: above registry.margin = {cfg.margin:g}"}

@@ -8,9 +8,10 @@ online:   L = -(1/N) sum_t A_t * log pi(a_t | x_t) + beta * KL penalty      REIN
 A turn's tokens enter through `reduction`: log pi(a_t | x_t) is the SUM of its token log-probs
 (the paper's; the likelihood of the whole utterance, so a long turn carries more gradient than a
 short one of the same weight) or their MEAN (every turn counts once, whatever its length).
-N is the number of turns that count. The trainer passes `denominator` so that N is the turns of
-the whole optimizer step (every accumulation micro-batch and every rank: ppg.train.step_denominator);
-without it, N is the micro-batch's own turns. The online KL penalty is a mean over target
+N is the number of turns that count. The offline trainer passes `denominator` so that N is the
+turns of the whole optimizer step (every accumulation micro-batch and every rank:
+ppg.train.step_denominator); without it, N is the micro-batch's own turns, which is the same
+thing for online training (one rank, one micro-batch per step). The online KL penalty is a mean over target
 tokens, not turns: beta prices KL per token whatever the turn count.
 A NaN weight or advantage (unknown reward) drops its turn from the sum; it is counted, never
 zeroed into a number that trains.

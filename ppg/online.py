@@ -32,15 +32,8 @@ from ppg.models import base_model, load_tokenizer, tokenizer_hash, with_lora
 from ppg.returns import parse_policy_id, partial_returns, shape_weights
 from ppg.rollout import GenerationConfig, play, rewards_tensor, rollout_arrays, scenes
 from ppg.sim.simulate import SPEAKER
-from ppg.train import (
-    _grad_norm,
-    _rng_state,
-    _seed_all,
-    _set_rng_state,
-    _write_output,
-    ds_config,
-    setup_distributed,
-)
+from ppg.train import (_grad_norm, _rng_state, _seed_all, _set_rng_state, _write_output, code_hash, ds_config,
+                       setup_distributed)
 
 
 def _init_model(p, model_dir):
@@ -86,7 +79,8 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
 
     # what the result depends on (ppg.train.run_identity's rule): the base model's and the warm
     # start's content, not their paths, and every knob including the step budget
-    ident = {"mode": "online", "model": p.model.spec, "base_model": content_hash(model_dir), "policy": policy,
+    ident = {"mode": "online", "model": p.model.spec, "base_model": content_hash(model_dir), "code": code_hash(),
+             "policy": policy,
              "init": content_hash(oc.init, skip=("run.json",)) if oc.init else None,
              "online": asdict(oc), "sim": asdict(p.sim), "lora": asdict(cfg.lora), "deepspeed": cfg.deepspeed,
              "seed": cfg.seed, "reduction": cfg.reduction,

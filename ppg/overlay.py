@@ -3,8 +3,10 @@ key, keeping params.yaml's comments (a ruamel round trip; `git checkout params.y
 
 A mapping merges into a mapping; any other value replaces; `key: null` REMOVES the key, so an
 overlay can drop what it does not want (e.g. `registry: {thresholds: {online.reward: null}}` for
-an offline-mode run), and the field falls back to its default. The merged tree is validated
-before anything is written: a bad overlay leaves params.yaml untouched.
+an offline-mode run), and the field falls back to its default. So an overlay cannot SET a value
+to null: where the default is not null (inside a data mapping such as study.weights.raw, the
+removed key is simply absent), edit params.yaml instead. The merged tree is validated before
+anything is written: a bad overlay leaves params.yaml untouched.
 """
 
 import io

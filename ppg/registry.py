@@ -169,6 +169,10 @@ def gate_mutex(p, name: str, say=print):
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
+        uri = tracking.client(p.mlflow).tracking_uri
+        if not uri.startswith(("sqlite:", "file:")) and "://" in uri:
+            say(f"warning: the registry at {uri} may be shared, but without a Prefect server "
+                f"(PREFECT_API_URL) only this workspace's lock serializes changes to {name}")
         yield "workspace lock"
         return
     from prefect.client.orchestration import get_client
@@ -178,8 +182,17 @@ def gate_mutex(p, name: str, say=print):
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(limit, 1)
     say(f"waiting for the Prefect concurrency limit {limit} (one registry change per model at a time)")
-    with concurrency(limit, occupy=1, timeout_seconds=p.pipeline.lock_timeout, strict=True):
+    try:
+        slot = concurrency(limit, occupy=1, timeout_seconds=p.pipeline.lock_timeout, strict=True)
+        slot.__enter__()
+    except TimeoutError:
+        raise TimeoutError(f"registry: {name}: another workspace held the Prefect concurrency limit {limit} "
+                           f"for more than pipeline.lock_timeout = {p.pipeline.lock_timeout:g} s; nothing was "
+                           f"changed") from None
+    try:
         yield f"Prefect concurrency limit {limit}"
+    finally:
+        slot.__exit__(None, None, None)
 
 
 def gate_seed(p) -> int:
@@ -211,8 +224,11 @@ def gate(p, name: str, version: str, policy: str, parent_run_id: str | None = No
 
         ref = AutoModelForCausalLM.from_pretrained(str(base_model(p))).eval()
 
+    vocab = {}
+
     def test_metrics(v):
         model, tok = load_registered(p, f"models:/{name}/{v}")
+        vocab[v] = tok.get_vocab()
         m, _, turns = measure(pt, model, tok, "test", policy, ref=ref, seed=seed)
         return m, turns
 
@@ -221,6 +237,11 @@ def gate(p, name: str, version: str, policy: str, parent_run_id: str | None = No
         chal, chal_turns = test_metrics(version)
         champ, champ_turns = test_metrics(champ_v) if champ_v and champ_v != version else (None, None)
         d = decide(p.eval.primary, chal, champ, chal_turns, champ_turns, p.registry, seed)
+        if champ is not None and ref is not None and vocab[version] != vocab[champ_v]:
+            # the offline test split is token ids of this base model's tokenizer
+            d = {**d, "promoted": False, "reason": f"champion v{champ_v} has another tokenizer than v{version}: "
+                                                   f"the offline comparison would score foreign token ids "
+                                                   f"(evaluate online, or promote by hand)"}
         now = alias_version(c, name, CHAMPION)
         if now != champ_v:
             d = {**d, "promoted": False, "reason": f"the champion moved during the gate (v{champ_v} -> v{now}); "

@@ -58,8 +58,8 @@ def _sentinel(i: int) -> str:
 
 def next_prompt(tok, persona: str, partner_lines: list[str], eot: str, ended_last: bool | None) -> str:
     """The template text between the last reply's sampled ids and the next reply: rendered with a
-    sentinel in place of every earlier reply, cut after the last one. When the last reply sampled
-    its own end token, the template's end-of-turn marker is already in the context."""
+    sentinel in place of every earlier reply, cut after the last one. When the last reply ended
+    with the marker itself (its sampled stop token), the marker is not written again."""
     msgs = [{"role": "system", "content": persona}]
     for t, line in enumerate(partner_lines):
         msgs.append({"role": "user", "content": line})
@@ -99,7 +99,9 @@ def play(model, tok, episodes, domain: str, gen: GenerationConfig, seed: int, ju
         replies = [[] for _ in batch]
         for t in range(len(batch[0][2][3])):
             for r, (_, _, sc) in zip(rolls, batch):
-                text = next_prompt(tok, sc[0].backstory(), sc[3][:t + 1], eot, r.ended[-1] if r.ended else None)
+                # the marker is in the context already when the reply's own stop token IS the marker
+                ended = bool(r.ended) and r.ended[-1] and tok.decode(r.input_ids[-1:]) == eot
+                text = next_prompt(tok, sc[0].backstory(), sc[3][:t + 1], eot, ended)
                 r.extend(tok(text, add_special_tokens=False)["input_ids"])
             width = max(len(r.input_ids) for r in rolls)
             ids = torch.full((len(rolls), width), pad, dtype=torch.long)

@@ -119,10 +119,13 @@ def _params(p, *, distances, data: Path, here: Path, model: str, policies, weigh
     # distribution (pi ~ pi_0 * E[w | a]); greedy decoding would hide every shift that does not
     # move the argmax. Validation personas of the seed; no training data uses them.
     ev = replace(p.eval, out=str(here / "eval"), mode="online", domain=SETTING, personas=cfg.personas,
-                 turns=cfg.turns, split="validation", seed=1000 + 10 * seed, qa=False,
-                 generation={"max_new_tokens": 24, "temperature": cfg.temperature, "top_p": 1.0,
-                             "batch_size": cfg.personas})
-    return replace(p, model=replace(p.model, spec=model, base=""), sim=sim, returns=returns, train=train, eval=ev)
+                 turns=cfg.turns, split="validation", seed=1000 + 10 * seed, qa=False, primary="online.reward",
+                 llm_judge=None, generation={"max_new_tokens": 24, "temperature": cfg.temperature, "top_p": 1.0,
+                                             "batch_size": cfg.personas})
+    # the study gates nothing: registry metrics of the pipeline's config (maybe offline) do not apply
+    registry = replace(p.registry, thresholds={}, non_inferiority={}, seed=None)
+    return replace(p, model=replace(p.model, spec=model, base=""), sim=sim, returns=returns, train=train, eval=ev,
+                   registry=registry)
 
 
 def base_params(p, root: Path):

@@ -92,18 +92,35 @@ def run_name(policy: str, fold: int | None) -> str:
     return policy if fold is None else f"{policy}-fold{fold}"
 
 
-def run_identity(p, policy: str, fold, model_dir: Path, split: Path, world: int, total: int) -> dict:
-    """What a run's result depends on: the content of the built split and of the base model, and
-    every knob (the step budget included). Two runs with equal identities train the same weights,
-    so only such a checkpoint is a resume point. Bookkeeping knobs (where outputs go, how often
-    to checkpoint) are left out."""
+def code_hash() -> str:
+    """The ppg package's Python source: a changed loss or trainer must not resume, as finished,
+    a checkpoint the old code made (DVC reruns the stage because the code changed)."""
     from ppg.io import content_hash
 
-    bookkeeping = ("checkpoint_every", "keep_checkpoints", "out", "workdir")
-    return {"model": p.model.spec, "base_model": content_hash(model_dir), "data": content_hash(split),
-            "policy": policy, "fold": fold, "total_steps": total, "world_size": world,
-            "returns": {"baseline": p.returns.baseline, "standardize": p.returns.standardize, "clip": p.returns.clip},
-            "train": {k: v for k, v in asdict(p.train).items() if k not in bookkeeping}}
+    return content_hash(*sorted(Path(__file__).parent.rglob("*.py")))
+
+
+def run_identity(p, policy: str, fold, model_dir: Path, split: Path, world: int, total: int) -> dict:
+    """What a run's result depends on: the content of the built split, of the base model and of
+    the training code, and every knob (the step budget included). Two runs with equal identities
+    train the same weights, so only such a checkpoint is a resume point. Bookkeeping knobs (where
+    outputs go, how often to checkpoint) are left out. Computed on rank 0 and broadcast, so every
+    rank hashes nothing and all agree on one working folder."""
+    import torch.distributed as dist
+
+    from ppg.io import content_hash
+
+    ident = [None]
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        bookkeeping = ("checkpoint_every", "keep_checkpoints", "out", "workdir")
+        ident[0] = {"model": p.model.spec, "base_model": content_hash(model_dir), "data": content_hash(split),
+                    "code": code_hash(), "policy": policy, "fold": fold, "total_steps": total, "world_size": world,
+                    "returns": {"baseline": p.returns.baseline, "standardize": p.returns.standardize,
+                                "clip": p.returns.clip},
+                    "train": {k: v for k, v in asdict(p.train).items() if k not in bookkeeping}}
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(ident, src=0)
+    return ident[0]
 
 
 def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_after: int | None = None) -> dict:

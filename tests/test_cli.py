@@ -89,6 +89,22 @@ def test_run_refuses_a_config_that_can_never_promote_before_any_stage(tmp_path):
     assert res.exit_code == 2 and "returns.policies: bc" in res.output and "train nothing" in res.output
 
 
+def test_the_study_runs_under_the_real_data_overlay(tmp_path):
+    """The study sets its own online evaluation: the pipeline's offline primary and thresholds
+    (params.real.yaml) must not make its cells' params invalid."""
+    import yaml
+
+    from ppg.config import Params
+    from ppg.overlay import merged_text
+    from ppg.study import _params
+
+    p = Params.from_dict(yaml.safe_load(merged_text(ROOT / "params.yaml", ROOT / "params.real.yaml")), "merged")
+    assert p.eval.mode == "offline"
+    cp = _params(p, distances=[2], data=tmp_path, here=tmp_path, model="tiny", policies=["k3"],
+                 weights=p.study.weights["shaped"], steps=2, lr=1e-3, batch=2, dialogues=4, seed=0)
+    assert cp.eval.mode == "online" and cp.eval.primary == "online.reward" and cp.registry.thresholds == {}
+
+
 @pytest.mark.parametrize("record,field", [
     ({"dialogue_id": "x", "domain": "d", "source": "s", "personas": {"a": "p"},
       "evaluated_speakers": ["b"], "lines": []}, "record"),

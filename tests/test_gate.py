@@ -231,3 +231,23 @@ def test_with_a_prefect_server_the_gate_mutex_is_its_global_concurrency_limit(re
     t.join(30)
     with gate_mutex(p, "ppg-chatting", say=lambda *_: None):  # released: free again
         pass
+
+
+def test_an_unknown_score_is_never_promoted_and_a_thin_secondary_blocks():
+    champ = {f"p{i}": 0.2 for i in range(10)}
+    nan = {"online": {"reward": {"mean": float("nan"), "per_unit": {}}, "consistency": {"mean": 1.0}}}
+    d = decide("online.reward", nan, None, None, None, cfg())
+    assert not d["promoted"] and "unavailable" in d["reason"]  # a NaN mean is no score, not a pass
+    better = {k: 0.6 for k in champ}
+    thin = {k: 0.9 for k in list(champ)[:3]}  # coverage measured on 3 personas only
+    d = decide("online.reward", online(better, coverage=thin), online(champ, coverage=thin), None, None,
+               cfg(non_inferiority={"online.coverage": 0.05}))
+    assert not d["promoted"] and "too few pairs to bound its loss" in d["reason"]
+
+
+def test_a_fixed_gate_seed_may_not_be_the_validation_seed():
+    from ppg.config import Params
+
+    with pytest.raises(ValueError, match="registry.seed: 1000 is eval.seed"):
+        Params.from_dict({"registry": {"seed": 1000}}, "params.yaml")
+    assert Params.from_dict({"registry": {"seed": 7}}, "params.yaml").registry.seed == 7
