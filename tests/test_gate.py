@@ -143,12 +143,13 @@ def register_tiny(p, tiny_model, name, times):
     from transformers import AutoModelForCausalLM
 
     from ppg.models import load_tokenizer
-    from ppg.registry import _fluent
+    from ppg.registry import _fluent, tracking
 
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_model), load_tokenizer(tiny_model)
+    exp = tracking.experiment_id(tracking.client(p.mlflow), p.mlflow)  # artifacts under tmp_path, not ./mlruns
     with _fluent(p) as mlflow:
         for _ in range(times):
-            with mlflow.start_run():
+            with mlflow.start_run(experiment_id=exp):
                 mlflow.transformers.log_model({"model": model, "tokenizer": tok}, name="model",
                                               task="text-generation", registered_model_name=name,
                                               pip_requirements=["torch"])
