@@ -27,6 +27,17 @@ def fail(msg: str):
     raise typer.Exit(2)
 
 
+def _out_folder(out: Path, option: str = "--out") -> Path:
+    """An output folder that can be one: refused up front when a file (or a file above it) is in
+    the way, instead of a FileExistsError half-way through."""
+    for p in [out, *out.parents]:
+        if p.exists():
+            if not p.is_dir():
+                fail(f"{option}: {p} is a file, not a folder; nothing written")
+            break
+    return out
+
+
 def _params(path: Path):
     from ppg.config import load_params
 
@@ -51,7 +62,7 @@ def import_(
 
     p = _params(params)
     cfg = p.data
-    out = Path(out or cfg.imported)
+    out = _out_folder(Path(out or cfg.imported))
     if format is None and (source or cfg.source) == "simulator":
         from ppg.sim.simulate import simulate as run_sim
 
@@ -119,7 +130,7 @@ def simulate(
                      cfg.turns if turns is None else turns, cfg.seed if seed is None else seed, cfg)
     except ValueError as e:
         fail(str(e))
-    _write_import(out, ds, _sim_summary(ds, domain or cfg.domain, cfg))
+    _write_import(_out_folder(out), ds, _sim_summary(ds, domain or cfg.domain, cfg))
 
 
 def _sim_summary(ds, domain, cfg):
@@ -159,7 +170,7 @@ def validate(
 
     p = _params(params)
     try:
-        ok = validate_dataset(Path(data or p.data.imported), out, p.validate)
+        ok = validate_dataset(Path(data or p.data.imported), _out_folder(out), p.validate)
     except DataError as e:
         fail(str(e))
     typer.echo((out / "report.md").read_text())
@@ -184,7 +195,7 @@ def build(
     p = _params(params)
     spec = model or p.model.spec
     try:
-        stats = build_dataset(Path(data or p.data.imported), Path(out or p.build.out),
+        stats = build_dataset(Path(data or p.data.imported), _out_folder(Path(out or p.build.out)),
                               resolve_model(model) if model else base_model(p),
                               spec, p.returns.policies, p.returns.segments, p.build, p.returns.gamma)
     except (DataError, FileNotFoundError) as e:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ppg.data.schema import as_text
 from ppg.judges import SimJudge
 from ppg.sim.simulate import SPEAKER, scene, to_dialogue
 
@@ -120,7 +121,7 @@ def play(model, tok, episodes, domain: str, gen: GenerationConfig, seed: int, ju
                 sampled = new if stop is None else new[:stop + 1]  # its end token is its own
                 r.extend(sampled, turn=t)
                 r.ended.append(stop is not None)
-                replies[i].append(tok.decode(sampled, skip_special_tokens=True).strip())
+                replies[i].append(as_text(tok.decode(sampled, skip_special_tokens=True).strip()))
         for (did, _, (persona, windows, _, partner)), r in zip(batch, replies):
             dialogues.append(judge.judge_dialogue(to_dialogue(did, domain, persona, windows, partner, r)))
         rollouts += rolls

@@ -107,7 +107,7 @@ def test_the_study_runs_under_the_real_data_overlay(tmp_path):
 
 @pytest.mark.parametrize("record,field", [
     ({"dialogue_id": "x", "domain": "d", "source": "s", "personas": {"a": "p"},
-      "evaluated_speakers": ["b"], "lines": []}, "record"),
+      "evaluated_speakers": ["b"], "lines": [{"speaker": "a", "text": "hi"}]}, "record"),
     ({"dialogue_id": "x", "domain": "d", "source": "s", "personas": {"a": "p"},
       "evaluated_speakers": ["a"], "lines": [{"speaker": "a", "text": "hi", "reward": math.inf}]},
      "lines.0.reward"),

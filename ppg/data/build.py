@@ -8,6 +8,7 @@ index t; every other token carries -1. Weights come from ppg.returns over the WH
 a window cut from a long dialogue keeps the credit its turns earned from later turns.
 """
 
+import json
 import random
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ class Rendered:
     content_start: np.ndarray  # char where the region's own text starts
     target_end: np.ndarray  # char end of the text + end-of-turn marker (targets stop here)
     turn: np.ndarray  # turn index of region r (-1: persona or partner line)
+    content_end: np.ndarray | None = None  # char end of the region's own text (no marker)
 
 
 def end_of_turn_marker(tok) -> str:
@@ -55,6 +57,7 @@ def render(d: Dialogue, speaker: str, tok, eot: str) -> Rendered:
         raise DataError(f"dialogue {d.dialogue_id!r} (speaker {speaker!r}): the chat template "
                         f"rejects it: {e}") from None
     ends, starts, target_ends, turns, t = [], [], [], [], 0
+    content_ends = []
     rebuilt, cursor = [], 0
     for i, m in enumerate(messages):
         at = skeleton.find(_sentinel(i), cursor)
@@ -69,6 +72,7 @@ def render(d: Dialogue, speaker: str, tok, eot: str) -> Rendered:
         pos = start + len(m["content"])
         starts.append(start)
         ends.append(pos)
+        content_ends.append(pos)
         target_ends.append(pos)
         turns.append(t if m["role"] == "assistant" else -1)
         t += m["role"] == "assistant"
@@ -80,7 +84,37 @@ def render(d: Dialogue, speaker: str, tok, eot: str) -> Rendered:
         if text.startswith(eot, ends[i]):
             ends[i] = target_ends[i] = ends[i] + len(eot)
     ends[-1] = len(text)  # trailing template text belongs to the last region
-    return Rendered(text, np.array(ends), np.array(starts), np.array(target_ends), np.array(turns))
+    return Rendered(text, np.array(ends), np.array(starts), np.array(target_ends), np.array(turns),
+                    np.array(content_ends))
+
+
+def encode(rendered: list[Rendered], tok) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Token ids and char offsets of each rendered sequence. The template's own text is tokenized
+    as usual (its role and end-of-turn markers become their special tokens), but the MESSAGES are
+    tokenized with special tokens split into plain text: a line that contains "<|im_end|>" or a
+    role header stays words, it cannot forge a turn. Batched: every piece of every sequence in two
+    tokenizer calls."""
+    pieces = []  # (sequence, char start, text, is a message)
+    for b, r in enumerate(rendered):
+        cursor = 0
+        for start, end in zip(r.content_start, r.content_end):
+            pieces += [(b, cursor, r.text[cursor:start], False), (b, start, r.text[start:end], True)]
+            cursor = end
+        pieces.append((b, cursor, r.text[cursor:], False))
+    pieces = [p for p in pieces if p[2]]
+    enc = {}
+    for message in (False, True):
+        mine = [p for p in pieces if p[3] == message]
+        if mine:
+            e = tok([p[2] for p in mine], add_special_tokens=False, return_offsets_mapping=True,
+                    split_special_tokens=message)
+            enc.update({id(p): (ids, offs) for p, ids, offs in zip(mine, e["input_ids"], e["offset_mapping"])})
+    out = [([], []) for _ in rendered]
+    for p in pieces:
+        ids, offs = enc[id(p)]
+        out[p[0]][0].extend(ids)
+        out[p[0]][1].extend((a + p[1], b + p[1]) for a, b in offs)
+    return out
 
 
 def token_layout(r: Rendered, offsets) -> tuple[np.ndarray, np.ndarray]:
@@ -183,13 +217,15 @@ def build_rows(dialogues: list[Dialogue], tok, policies: list[str], segments: di
     where = {d.dialogue_id: (d, groups[i], split[i], fold[i]) for i, d in enumerate(dialogues)}
     eot = end_of_turn_marker(tok)
     rendered = [render(where[did][0], s, tok, eot) for did, s in batch.keys]
-    enc = tok([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    encoded = encode(rendered, tok)
     rows, windowed, hist_dropped, hist_total, cut_tokens = [], 0, 0, 0, 0
     for b, ((did, s), r) in enumerate(zip(batch.keys, rendered)):
         d, group, sp, fo = where[did]
-        ids = np.asarray(enc["input_ids"][b], dtype=np.int32)
-        region, turn_index = token_layout(r, enc["offset_mapping"][b])
+        ids = np.asarray(encoded[b][0], dtype=np.int32)
+        region, turn_index = token_layout(r, encoded[b][1])
         n = int(batch.mask[b].sum())
+        if n == 0:  # the schema refuses it; never let a sequence without turns reach training
+            raise DataError(f"dialogue {did!r} (speaker {s!r}): field lines: the evaluated speaker has no turn")
         placed = np.zeros(n, dtype=bool)
         placed[turn_index[turn_index >= 0]] = True
         if not placed.all():
@@ -207,7 +243,7 @@ def build_rows(dialogues: list[Dialogue], tok, policies: list[str], segments: di
             hist_dropped, hist_total, cut_tokens = hist_dropped + dropped, hist_total + history, cut_tokens + cut
             window_turns = turn_index[idx]
             window_turns[:targets_from] = -1  # turns repeated as history are context, not targets
-            row = {"sequence_id": f"{did}|{s}|{w}", "dialogue_id": did, "speaker": s, "domain": d.domain,
+            row = {"sequence_id": json.dumps([did, s, w]), "dialogue_id": did, "speaker": s, "domain": d.domain,
                    "source": d.source, "persona_group": group, "split": sp, "fold": fo, "window": w,
                    "n_windows": len(cuts), "n_turns": n, "input_ids": ids[idx], "turn_index": window_turns,
                    "reward": batch.rewards[b, :n].numpy()}

@@ -5,6 +5,7 @@ naming the file, the record and the field. Nothing is written until every record
 """
 
 import csv
+import io
 import json
 import re
 from collections import Counter, defaultdict
@@ -12,7 +13,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ppg.data.schema import MAX_LINE_CHARS, DataError, Dialogue, read_dialogues
+from ppg.data.schema import (MAX_LINE_CHARS, DataError, Dialogue, decode_utf8, load_json, read_dialogues,
+                             validation_message)
 
 FORMATS = ("consistent-llms", "synthetic-persona-chat", "chitchat", "jsonl")
 VERDICT = re.compile(r"\b(YES|NO)\b")
@@ -53,23 +55,26 @@ def _fail(path, rec, field, msg):
     raise DataError(f"{path}: record {rec}: field {field}: {msg}")
 
 
-def _load_json(path: Path):
+def _read(path: Path) -> str:
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 at byte {e.start}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON: {e}") from None
+        data = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e}") from None
+    return decode_utf8(data, path)
+
+
+def _load_json(path: Path):
+    text = _read(path)
+    if not text.strip():
+        raise DataError(f"{path}: empty file (expected a JSON list of dialogues)")
+    return load_json(text, str(path))
 
 
 def _dialogue(path, rec, obj) -> Dialogue:
     try:
         return Dialogue.model_validate(obj)
     except ValidationError as e:
-        err = e.errors()[0]
-        _fail(path, rec, ".".join(map(str, err["loc"])) or "record", err["msg"])
+        raise DataError(f"{path}: record {rec}: {validation_message(e)}") from None
 
 
 def _persona(text: str) -> str:
@@ -95,11 +100,26 @@ def _indexed_texts(path, rec, obj, field, n_lines):
             _fail(path, rec, f"{field}[{j}]", "expected [line_index, text]")
         if not 0 <= e[0] < n_lines:
             _fail(path, rec, f"{field}[{j}]", f"line index {e[0]} outside the conversation (0..{n_lines - 1})")
+        if e[0] in out and out[e[0]] != e[1]:  # never "last wins": which verdict holds is unknown
+            _fail(path, rec, f"{field}[{j}]", f"line index {e[0]} already has a different entry; "
+                                              f"conflicting verdicts for one line")
         out[e[0]] = e[1]
     return out
 
 
-def import_consistent_llms(path: Path, stats: ImportStats):
+def _known_names(texts: list[str]) -> set[str]:
+    """The dialogue's speaker names: a prefix `Name:` on at least half of one speaker's lines (0 =
+    even lines, 1 = odd). Only such a prefix is stripped, whichever speaker's line it opens (the
+    speaker comes from the index): "Honestly: ..." or a URL keeps its words."""
+    known = set()
+    for parity in (0, 1):
+        mine = [t for i, t in enumerate(texts) if i % 2 == parity]
+        names = Counter(m.group(1).strip() for m in map(NAME_PREFIX.match, mine) if m)
+        known |= {n for n, c in names.items() if c * 2 >= len(mine)}
+    return known
+
+
+def import_consistent_llms(path: Path, stats: ImportStats, label: str | None = None):
     """The JSON lists of abdulhaim/consistent-LLMs (see ../shared/data/consistent-llms/README.md).
     Speakers are P1 (even lines) and P2 (odd lines), by index, whatever the name prefix says."""
     data = _load_json(path)
@@ -126,9 +146,10 @@ def import_consistent_llms(path: Path, stats: ImportStats):
         domain = obj["task_name"].strip().lower()
         speakers = ["P1", "P2"]
         evaluated = sorted({speakers[i % 2] for i in prompt})
-        lines = []
+        lines, known = [], _known_names(texts)
         for i, text in enumerate(texts):
             m = NAME_PREFIX.match(text)
+            m = m if m and m.group(1).strip() in known else None
             body = text[m.end():] if m else text
             if len(body) > MAX_LINE_CHARS:
                 _fail(path, rec, f"conversation[{i}]", f"{len(body)} characters (max {MAX_LINE_CHARS})")
@@ -149,24 +170,31 @@ def import_consistent_llms(path: Path, stats: ImportStats):
             lines.append(line)
         stats.add(domain, dialogues=1, lines=len(lines))
         yield _dialogue(path, rec, {
-            "dialogue_id": f"{path.stem}:{rec}", "domain": domain, "source": "consistent-llms",
+            "dialogue_id": f"{label or path.stem}:{rec}", "domain": domain, "source": "consistent-llms",
             "personas": {"P1": _persona(obj["P1"]), "P2": _persona(obj["P2"])},
             "evaluated_speakers": evaluated, "lines": lines,
-            "meta": {"file": path.name, "record": rec, "rounds": obj.get("rounds"),
+            "meta": {"file": f"{label or path.stem}{path.suffix}", "record": rec, "rounds": obj.get("rounds"),
                      "topic": obj.get("topic"), "grade": obj.get("grade"),
                      "timestamp": obj.get("timestamp")}})
 
 
-def import_synthetic_persona_chat(path: Path, stats: ImportStats):
+def import_synthetic_persona_chat(path: Path, stats: ImportStats, label: str | None = None):
     """Google's Synthetic-Persona-Chat CSV: user 1 personas, user 2 personas, a conversation of
     `User 1:` / `User 2:` lines. No rewards: lines are judged later (null until then)."""
+    reader = csv.DictReader(io.StringIO(_read(path), newline=""))  # a byte-order mark is gone already
+    rows, at = [], []
     try:
-        rows = list(csv.DictReader(path.read_text(encoding="utf-8").splitlines(keepends=True)))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 at byte {e.start}") from None
-    except (OSError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read CSV: {e}") from None
-    cols = {c.lower().strip(): c for c in (rows[0].keys() if rows else [])}
+        for row in reader:
+            if None in row:  # DictReader files surplus fields under the key None
+                raise DataError(f"{path}:{reader.line_num}: record {len(rows)}: {len(row[None])} more field(s) than "
+                                f"the header's {len(reader.fieldnames)} columns")
+            rows.append(row)
+            at.append(reader.line_num)
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: cannot read CSV: {e}") from None
+    if not reader.fieldnames:
+        raise DataError(f"{path}: empty file (expected a CSV header)")
+    cols = {c.lower().strip(): c for c in reader.fieldnames}
     need = {"user 1 personas": None, "user 2 personas": None}
     conv_col = next((cols[c] for c in cols if "conversation" in c), None)
     for c in need:
@@ -176,23 +204,23 @@ def import_synthetic_persona_chat(path: Path, stats: ImportStats):
         raise DataError(f"{path}: missing a conversation column (have {sorted(cols)})")
     for rec, row in enumerate(rows):
         lines = []
-        for j, raw in enumerate(x for x in (row[conv_col] or "").splitlines() if x.strip()):
-            m = re.match(r"\s*User ([12])\s*:\s*(.*)$", raw)
+        for j, raw in enumerate(x.removesuffix("\r") for x in (row[conv_col] or "").split("\n") if x.strip()):
+            m = re.match(r"\s*User ([12])\s*:\s*(.*)$", raw, re.S)
             if not m:
-                _fail(path, rec, f"{conv_col}[{j}]", f"expected 'User 1:' or 'User 2:', got {raw[:40]!r}")
+                _fail(f"{path}:{at[rec]}", rec, f"{conv_col}[{j}]", f"expected 'User 1:' or 'User 2:', got {raw[:40]!r}")
             lines.append({"speaker": f"user{m.group(1)}", "text": m.group(2).strip(), "reward": None})
         if not lines:
-            _fail(path, rec, conv_col, "empty conversation")
+            _fail(f"{path}:{at[rec]}", rec, conv_col, "empty conversation")
         personas = {f"user{k}": " ".join(s.strip() for s in (row[cols[f"user {k} personas"]] or "")
-                                         .splitlines() if s.strip()) for k in (1, 2)}
+                                         .split("\n") if s.strip()) for k in (1, 2)}
         stats.add("chatting", dialogues=1, lines=len(lines), judged_lines=0)
         yield _dialogue(path, rec, {
-            "dialogue_id": f"{path.stem}:{rec}", "domain": "chatting", "source": "synthetic-persona-chat",
+            "dialogue_id": f"{label or path.stem}:{rec}", "domain": "chatting", "source": "synthetic-persona-chat",
             "personas": personas, "evaluated_speakers": ["user1", "user2"], "lines": lines,
-            "meta": {"file": path.name, "record": rec}})
+            "meta": {"file": f"{label or path.stem}{path.suffix}", "record": rec}})
 
 
-def import_chitchat(path: Path | None, stats: ImportStats):
+def import_chitchat(path: Path | None, stats: ImportStats, label: str | None = None):
     """BYU Chit-Chat (PyPI `chitchat-dataset`, MIT): real open-domain chats, no personas and no
     rewards, so no evaluated speaker: partner lines and warm-up text. PATH '-' = the packaged file.
     Conversations with a message over MAX_LINE_CHARS (spam) are skipped and counted."""
@@ -224,7 +252,7 @@ def import_chitchat(path: Path | None, stats: ImportStats):
             "meta": {"prompt": conv.get("prompt"), "ratings": conv.get("ratings")}})
 
 
-def import_jsonl(path: Path, stats: ImportStats):
+def import_jsonl(path: Path, stats: ImportStats, label: str | None = None):
     """The canonical format itself, validated."""
     for d in read_dialogues(path):
         turns = [ln for ln in d.lines if ln.speaker in d.evaluated_speakers]
@@ -239,11 +267,38 @@ IMPORTERS = {"consistent-llms": import_consistent_llms,
              "chitchat": import_chitchat, "jsonl": import_jsonl}
 
 
-def _files(path: Path) -> list[Path]:
-    """A file, or the data files (*.jsonl, *.json) of a folder such as data/incoming, sorted."""
+DATA_SUFFIXES = (".json", ".jsonl", ".ndjson")
+
+
+def _files(path: Path, skipped: list | None = None) -> list[Path]:
+    """A file, or the data files of a folder such as data/incoming (*.json, *.jsonl, *.ndjson in
+    any case), sorted; the folder's other files go to `skipped` (reported, never silently lost)."""
     if not path.is_dir():
         return [path]
-    return sorted(f for f in path.iterdir() if f.suffix in (".jsonl", ".json") and not f.name.startswith("."))
+    files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+    if skipped is not None:
+        skipped += [f for f in files if f.suffix.lower() not in DATA_SUFFIXES and f.name != "README.md"]
+    return [f for f in files if f.suffix.lower() in DATA_SUFFIXES]
+
+
+def file_labels(files: list[Path]) -> dict[Path, str]:
+    """The name each file's dialogue ids start with: its stem, or where two files share a stem
+    (two folders' therapy.json), the shortest trailing path that tells them apart."""
+    files = [Path(f) for f in files]
+    labels = {}
+    for f in files:
+        same = [g for g in files if g.stem == f.stem and g != f]
+        depth = 1
+        while same and any(_suffix(g, depth) == _suffix(f, depth) for g in same) and depth < len(f.parts):
+            depth += 1
+        labels[f] = _suffix(f, depth) if same else f.stem
+        if any(_suffix(g, depth) == labels[f] for g in same):  # same folder and stem: keep the extension
+            labels[f] = labels[f] + f.suffix
+    return labels
+
+
+def _suffix(f: Path, depth: int) -> str:
+    return "/".join([*f.parent.parts[len(f.parent.parts) - depth + 1:], f.stem]) if depth > 1 else f.stem
 
 
 def parse_source(spec: str) -> tuple[str, list[Path]]:
@@ -257,13 +312,13 @@ def parse_source(spec: str) -> tuple[str, list[Path]]:
     return fmt, [Path(x) for x in joined.split(",") if x]
 
 
-def source_files(fmt: str, paths: list[Path]) -> list[Path]:
+def source_files(fmt: str, paths: list[Path], skipped: list | None = None) -> list[Path]:
     """Every file an import of these paths reads (folders expanded as import_paths does)."""
     if fmt == "chitchat":
         import chitchat_dataset
 
         paths = [Path(chitchat_dataset.__file__).with_name("dataset.json") if str(p) == "-" else p for p in paths]
-    return [f for p in paths for f in _files(Path(p))]
+    return [f for p in paths for f in _files(Path(p), skipped)]
 
 
 def source_manifest(spec: str) -> dict:
@@ -283,15 +338,40 @@ def source_manifest(spec: str) -> dict:
     return {"source": spec, "files": files}
 
 
+def _content_key(d: Dialogue) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps([d.domain, d.personas, [(ln.speaker, ln.text) for ln in d.lines]],
+                                     sort_keys=True).encode()).hexdigest()
+
+
 def import_paths(fmt: str, paths: list[Path]) -> tuple[list[Dialogue], dict]:
-    """Parse every path fully (all or nothing); duplicate dialogue ids across files are errors."""
+    """Parse every path fully (all or nothing). Two files may share a name (file_labels keeps
+    their ids apart); a duplicate dialogue id, or the same dialogue (domain, personas and lines)
+    in two files (a copy), is an error naming both. A folder's files of other types are listed in the
+    summary (`skipped_files`) and on stderr."""
+    import sys
+
     if fmt not in IMPORTERS:
         raise DataError(f"format: {fmt!r} is not one of {FORMATS}")
-    stats, out, seen = ImportStats(), [], {}
-    for p in source_files(fmt, paths):
-        for d in IMPORTERS[fmt](Path(p), stats):
+    stats, out, seen, same = ImportStats(), [], {}, {}
+    skipped: list[Path] = []
+    files = source_files(fmt, paths, skipped)
+    labels = file_labels(files)
+    for p in files:
+        for d in IMPORTERS[fmt](Path(p), stats, labels[Path(p)]):
             if d.dialogue_id in seen:
                 raise DataError(f"{p}: field dialogue_id: {d.dialogue_id!r} already imported from {seen[d.dialogue_id]}")
+            key = _content_key(d)
+            if key in same and same[key][1] != p:
+                raise DataError(f"{p}: dialogue {d.dialogue_id!r}: the same dialogue (domain, personas and lines) as "
+                                f"{same[key][0]!r} from {same[key][1]}: a copied file?")
             seen[d.dialogue_id] = p
+            same.setdefault(key, (d.dialogue_id, p))
             out.append(d)
-    return out, stats.summary()
+    summary = stats.summary()
+    if skipped:
+        summary["skipped_files"] = [str(f) for f in skipped]
+        print(f"ppg import: skipped {len(skipped)} file(s) that are not *.json/*.jsonl/*.ndjson: "
+              f"{', '.join(map(str, skipped))}", file=sys.stderr)
+    return out, summary

@@ -7,6 +7,7 @@ ids, alternation, text bounds, share of missing verdicts, duplicate lines, label
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def line_table(dialogues: list[Dialogue], file: str) -> pd.DataFrame:
             evaluated = ln.speaker in d.evaluated_speakers
             turn = counts.get(ln.speaker, 0)
             counts[ln.speaker] = turn + 1
-            group = f"{d.source}/{d.domain}"
+            group = f"{d.source}/{d.domain}".strip().casefold()  # `Therapy` gets therapy's bounds
             rows.append({
                 "file": file, "dialogue_id": d.dialogue_id, "source": d.source, "domain": d.domain,
                 "group": group, "line": i, "turn": turn if evaluated else -1, "speaker": ln.speaker,
@@ -38,6 +39,7 @@ def line_table(dialogues: list[Dialogue], file: str) -> pd.DataFrame:
                 "duplicate_line": float((ln.speaker, ln.text) in seen_text),
                 "verdict_missing": float(ln.reward is None) if evaluated else np.nan,
                 "contradiction": float(ln.reward < 0.5) if evaluated and ln.reward is not None else np.nan,
+                "no_evaluated_speaker": float(not d.evaluated_speakers),
             })
             seen_text.add((ln.speaker, ln.text))
     return pd.DataFrame(rows, columns=None if rows else INDEX_COLUMNS)
@@ -65,19 +67,23 @@ def _expectations(df, cfg):
         ("dialogue ids are unique", gxe.ExpectCompoundColumnsToBeUnique(column_list=["dialogue_id", "line"]), None),
         ("every evaluated speaker has a non-empty persona",
          gxe.ExpectColumnValuesToBeBetween(column="persona_chars", min_value=1), None),
+        ("every dialogue has an evaluated speaker (whose turns train)",
+         gxe.ExpectColumnValuesToBeInSet(column="no_evaluated_speaker", value_set=[0.0]), "no_evaluated_speaker"),
         ("speakers alternate (or meta.non_alternating_reason says why)",
          gxe.ExpectColumnValuesToBeInSet(column="alternation_break", value_set=[0.0]), None),
         (f"share of evaluated turns without a verdict <= {cfg.max_null_share}",
          gxe.ExpectColumnMeanToBeBetween(column="verdict_missing", max_value=cfg.max_null_share), "verdict_missing"),
     ]
+    shares = {k.strip().casefold(): v for k, v in cfg.max_duplicate_share.items()}
+    balance = {k.strip().casefold(): v for k, v in cfg.label_balance.items()}
     for source in sorted(df["source"].dropna().unique()) if len(df) else []:
-        bound = cfg.max_duplicate_share.get(source, cfg.max_duplicate_share.get("*", 1.0))
+        bound = shares.get(source.strip().casefold(), shares.get("*", 1.0))
         col = f"duplicate_line[{source}]"
         df[col] = df["duplicate_line"].where(df["source"] == source)
         out.append((f"share of repeated lines of {source} (same speaker, same text) <= {bound}",
                     gxe.ExpectColumnMeanToBeBetween(column=col, max_value=bound), col))
     for group in sorted(df["group"].dropna().unique()) if len(df) else []:
-        lo, hi = cfg.label_balance.get(group, cfg.label_balance.get(group.split("/")[0] + "/*", (0.0, 1.0)))
+        lo, hi = balance.get(group, balance.get(group.split("/")[0] + "/*", (0.0, 1.0)))
         col = f"contradiction[{group}]"
         df[col] = df["contradiction"].where(df["group"] == group)
         if df[col].notna().any():
@@ -119,16 +125,29 @@ def run_suite(df: pd.DataFrame, cfg) -> tuple[list[Check], dict]:
 
 
 def report_markdown(checks: list[Check], source: str, n_lines: int) -> str:
+    """Data (ids, file names, domains) is escaped: an id with a newline or a `|` cannot forge a
+    heading or a table cell."""
     failed = [c for c in checks if not c.success]
-    head = [f"# Validation of {source}", "",
+    head = [f"# Validation of {_md(source)}", "",
             f"{'FAILED' if failed else 'PASSED'}: {len(checks) - len(failed)} of {len(checks)} checks pass "
             f"on {n_lines} lines.", ""]
     body = ["| check | result | observed |", "|---|---|---|"]
-    body += [f"| {c.name} | {'pass' if c.success else '**FAIL**'} | {_fmt(c.observed)} |" for c in checks]
+    body += [f"| {_md(c.name)} | {'pass' if c.success else '**FAIL**'} | {_md(_fmt(c.observed))} |" for c in checks]
     for c in failed:
-        body += ["", f"## FAIL: {c.name}", f"Observed: {_fmt(c.observed)}", ""]
-        body += [f"- {o['file']}, dialogue {o['dialogue_id']}, line {o['line']}, turn {o['turn']}" for o in c.offenders]
+        body += ["", f"## FAIL: {_md(c.name)}", f"Observed: {_md(_fmt(c.observed))}", ""]
+        body += [f"- {_md(o['file'])}, dialogue {_md(o['dialogue_id'])}, line {o['line']}, turn {o['turn']}"
+                 for o in c.offenders]
     return "\n".join(head + body) + "\n"
+
+
+def _md(x) -> str:
+    """One line of literal text for markdown: line breaks and control characters written as
+    escapes (JSON's), so nothing can start a heading or a list item, and the characters that end
+    a table cell or open an HTML tag or code (|, `, < before a letter) escaped."""
+    text = json.dumps(str(x), ensure_ascii=False)[1:-1].replace('\\"', '"')
+    for ch in ("\u2028", "\u2029", "\x85"):
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return re.sub(r"[|`]|<(?=[A-Za-z/!?])", lambda m: "\\" + m.group(), text)
 
 
 def _fmt(v):
