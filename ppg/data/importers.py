@@ -70,11 +70,24 @@ def _load_json(path: Path):
     return load_json(text, str(path))
 
 
-def _dialogue(path, rec, obj) -> Dialogue:
+def _dialogue(path, rec, obj, fields=None) -> Dialogue:
+    """Validate a converted record; `fields` maps a canonical field path back to the one the
+    source file spells (lines.3.text -> conversation[3]), so an error names what the user wrote."""
     try:
         return Dialogue.model_validate(obj)
     except ValidationError as e:
-        raise DataError(f"{path}: record {rec}: {validation_message(e)}") from None
+        msg = validation_message(e)
+        if fields:
+            field, _, reason = msg.removeprefix("field ").partition(": ")
+            msg = f"field {fields(field) or field}: {reason}"
+        raise DataError(f"{path}: record {rec}: {msg}") from None
+
+
+def _consistent_llms_field(field: str) -> str | None:
+    parts = field.split(".")
+    if parts[0] == "lines" and len(parts) > 1:
+        return f"conversation[{parts[1]}]"
+    return {"domain": "task_name", "personas": "P1/P2", "personas.P1": "P1", "personas.P2": "P2"}.get(field)
 
 
 def _persona(text: str) -> str:
@@ -169,7 +182,7 @@ def import_consistent_llms(path: Path, stats: ImportStats, label: str | None = N
                           unjudged_turns=int(i not in prompt), **{f"line_to_line_{status}": 1})
             lines.append(line)
         stats.add(domain, dialogues=1, lines=len(lines))
-        yield _dialogue(path, rec, {
+        yield _dialogue(path, rec, fields=_consistent_llms_field, obj={
             "dialogue_id": f"{label or path.stem}:{rec}", "domain": domain, "source": "consistent-llms",
             "personas": {"P1": _persona(obj["P1"]), "P2": _persona(obj["P2"])},
             "evaluated_speakers": evaluated, "lines": lines,

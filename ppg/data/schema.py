@@ -27,14 +27,14 @@ class DataError(ValueError):
     """Bad input, with the file, record and field it was found in."""
 
 
-def check_text(v: str) -> str:
+def check_text(v: str, visible: bool = True) -> str:
     """An utterance is text: no control characters (NUL, escape sequences, ...) and, when not
     empty, at least one visible character (not only zero-width or other format characters)."""
     bad = CONTROL.search(v)
     if bad:
         raise ValueError(f"control character U+{ord(bad.group()):04X} at position {bad.start()} "
                          f"(not text: NUL, terminal escapes and the like are refused)")
-    if v and all(c.isspace() or unicodedata.category(c) in ("Cf", "Mn", "Zs", "Zl", "Zp") for c in v):
+    if visible and v and all(c.isspace() or unicodedata.category(c) in ("Cf", "Mn", "Zs", "Zl", "Zp") for c in v):
         raise ValueError("no visible character (only spaces or zero-width/format characters)")
     return v
 
@@ -95,7 +95,7 @@ class Dialogue(BaseModel):
     def _personas_are_text(cls, v):
         for speaker, text in v.items():
             try:
-                check_text(text)
+                check_text(text, visible=False)  # blank is allowed here; an evaluated speaker's is refused below
             except ValueError as e:
                 raise ValueError(f"personas.{speaker}: {e}") from None
         return v
