@@ -278,3 +278,13 @@ def test_consistent_llms_strips_only_the_speakers_names(tmp_path):
     [d], _ = import_paths("consistent-llms", [tmp_path / "c.json"])
     assert d.lines[2].text == "Honestly: https://example.org/a:b is where I read it." and d.lines[2].name
     assert d.lines[4].text == "Honestly: no name here." and d.lines[4].name is None
+
+
+def test_an_out_that_is_a_file_is_refused_before_anything_is_written(tmp_path):
+    blocker = tmp_path / "imported"
+    blocker.write_text("I am a file")
+    for out in (blocker, blocker / "sub"):
+        res = CliRunner().invoke(app, ["import", "-f", "consistent-llms", str(FIX / "consistent_llms_small.json"),
+                                       "--out", str(out)])
+        assert res.exit_code == 2 and f"--out: {blocker} is a file, not a folder; nothing written" in res.output
+    assert blocker.read_text() == "I am a file"

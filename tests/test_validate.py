@@ -91,3 +91,14 @@ def test_validate_command_writes_report_and_fails_on_a_bad_dataset(tmp_path):
     params.write_text("validate:\n  max_null_share: 0.5\n  label_balance: {}\n")  # the fixture's chatting is 25% contradictions
     res = runner.invoke(app, ["validate", str(imported), "--out", str(tmp_path / "v"), "--params", str(params)])
     assert res.exit_code == 0 and "PASSED" in (tmp_path / "v/report.md").read_text()
+
+
+def test_the_report_escapes_ids_so_data_cannot_forge_a_heading_or_a_cell():
+    from ppg.data.validate import Check, report_markdown
+
+    forged = "v1\n## FAIL: everything is fine | pass"
+    md = report_markdown([Check("text length within [1, 10]", False, 3.0,
+                                [{"file": "a|b.jsonl", "dialogue_id": forged, "line": 0, "turn": 0}])], "x.jsonl", 5)
+    lines = md.splitlines()
+    assert [x for x in lines if x.startswith("## ")] == ["## FAIL: text length within [1, 10]"]  # no forged heading
+    assert "- a\\|b.jsonl, dialogue v1\\n## FAIL: everything is fine \\| pass, line 0, turn 0" in lines
