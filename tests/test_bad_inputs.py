@@ -288,3 +288,17 @@ def test_an_out_that_is_a_file_is_refused_before_anything_is_written(tmp_path):
                                        "--out", str(out)])
         assert res.exit_code == 2 and f"--out: {blocker} is a file, not a folder; nothing written" in res.output
     assert blocker.read_text() == "I am a file"
+
+
+@pytest.mark.parametrize("fmt,name,content", [
+    ("synthetic-persona-chat", "spc.csv",
+     b'user 1 personas,user 2 personas,Best Generated Conversation\na,b,"User 1: hi\nUser 2: yo"\n'),
+    ("consistent-llms", "cl.json", json.dumps([GOOD]).encode()),
+    ("jsonl", "c.jsonl", canon(lambda r: None)),
+])
+def test_a_byte_order_mark_is_dropped_not_reported_as_a_missing_column(tmp_path, fmt, name, content):
+    src = tmp_path / name
+    src.write_bytes("\ufeff".encode() + content)
+    res = import_(src, fmt, tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o/summary.json").read_text())["total"]["dialogues"] == 1

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ppg.data.schema import (MAX_LINE_CHARS, DataError, Dialogue, decode_utf8, load_json, read_dialogues,
-                             validation_message)
+from ppg.data.schema import (MAX_LINE_CHARS, DataError, Dialogue, decode_utf8, list_item_lines, load_json,
+                             read_dialogues, validation_message)
 
 FORMATS = ("consistent-llms", "synthetic-persona-chat", "chitchat", "jsonl")
 VERDICT = re.compile(r"\b(YES|NO)\b")
@@ -63,11 +63,12 @@ def _read(path: Path) -> str:
     return decode_utf8(data, path)
 
 
-def _load_json(path: Path):
+def _load_json(path: Path, with_lines: bool = False):
     text = _read(path)
     if not text.strip():
         raise DataError(f"{path}: empty file (expected a JSON list of dialogues)")
-    return load_json(text, str(path))
+    data = load_json(text, str(path))
+    return (data, list_item_lines(text)) if with_lines else data
 
 
 def _dialogue(path, rec, obj, fields=None) -> Dialogue:
@@ -135,27 +136,28 @@ def _known_names(texts: list[str]) -> set[str]:
 def import_consistent_llms(path: Path, stats: ImportStats, label: str | None = None):
     """The JSON lists of abdulhaim/consistent-LLMs (see ../shared/data/consistent-llms/README.md).
     Speakers are P1 (even lines) and P2 (odd lines), by index, whatever the name prefix says."""
-    data = _load_json(path)
+    data, starts = _load_json(path, with_lines=True)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of dialogues, got {type(data).__name__}")
     for rec, obj in enumerate(data):
+        where = f"{path}:{starts[rec]}"  # errors name the line the record starts on
         if not isinstance(obj, dict):
-            _fail(path, rec, "record", "expected an object")
+            _fail(where, rec, "record", "expected an object")
         conv = obj.get("conversation")
         if not isinstance(conv, list) or not conv:
-            _fail(path, rec, "conversation", "missing or empty")
+            _fail(where, rec, "conversation", "missing or empty")
         texts = []
         for i, entry in enumerate(conv):
             if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)):
-                _fail(path, rec, f"conversation[{i}]", "expected [line_index, text]")
+                _fail(where, rec, f"conversation[{i}]", "expected [line_index, text]")
             if entry[0] != i:
-                _fail(path, rec, f"conversation[{i}]", f"line index {entry[0]!r}, expected {i}")
+                _fail(where, rec, f"conversation[{i}]", f"line index {entry[0]!r}, expected {i}")
             texts.append(entry[1])
         for p in ("P1", "P2", "task_name"):
             if not isinstance(obj.get(p), str):
-                _fail(path, rec, p, "missing or not a string")
-        prompt = _indexed_texts(path, rec, obj, "eval_prompt_consistency", len(conv))
-        index = _indexed_texts(path, rec, obj, "eval_index_consistency", len(conv))
+                _fail(where, rec, p, "missing or not a string")
+        prompt = _indexed_texts(where, rec, obj, "eval_prompt_consistency", len(conv))
+        index = _indexed_texts(where, rec, obj, "eval_index_consistency", len(conv))
         domain = obj["task_name"].strip().lower()
         speakers = ["P1", "P2"]
         evaluated = sorted({speakers[i % 2] for i in prompt})
@@ -165,7 +167,7 @@ def import_consistent_llms(path: Path, stats: ImportStats, label: str | None = N
             m = m if m and m.group(1).strip() in known else None
             body = text[m.end():] if m else text
             if len(body) > MAX_LINE_CHARS:
-                _fail(path, rec, f"conversation[{i}]", f"{len(body)} characters (max {MAX_LINE_CHARS})")
+                _fail(where, rec, f"conversation[{i}]", f"{len(body)} characters (max {MAX_LINE_CHARS})")
             speaker = speakers[i % 2]
             line = {"speaker": speaker, "text": body.strip(), "name": m.group(1).strip() if m else None,
                     "reward": None, "judge": None}
@@ -182,7 +184,7 @@ def import_consistent_llms(path: Path, stats: ImportStats, label: str | None = N
                           unjudged_turns=int(i not in prompt), **{f"line_to_line_{status}": 1})
             lines.append(line)
         stats.add(domain, dialogues=1, lines=len(lines))
-        yield _dialogue(path, rec, fields=_consistent_llms_field, obj={
+        yield _dialogue(where, rec, fields=_consistent_llms_field, obj={
             "dialogue_id": f"{label or path.stem}:{rec}", "domain": domain, "source": "consistent-llms",
             "personas": {"P1": _persona(obj["P1"]), "P2": _persona(obj["P2"])},
             "evaluated_speakers": evaluated, "lines": lines,

@@ -189,6 +189,25 @@ def load_json(text: str, where: str):
     return obj
 
 
+def list_item_lines(text: str) -> list[int]:
+    """The 1-based line on which each element of a top-level JSON list starts (for errors that
+    name a record's line, not only its index); [] when the text is not a list."""
+    dec, ws = json.JSONDecoder(), " \t\r\n"
+    i = len(text) - len(text.lstrip(ws))
+    if not text.startswith("[", i):
+        return []
+    out, i, line, counted = [], i + 1, 1, 0
+    while True:
+        while i < len(text) and text[i] in ws + ",":
+            i += 1
+        if i >= len(text) or text[i] == "]":
+            return out
+        line += text.count("\n", counted, i)
+        counted = i
+        out.append(line)
+        _, i = dec.raw_decode(text, i)
+
+
 def decode_utf8(data: bytes, path) -> str:
     """UTF-8 text of a file; a byte-order mark is dropped; a bad byte is named by line and byte."""
     try:
