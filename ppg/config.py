@@ -363,21 +363,9 @@ class Params:
     """The K study (ppg.study, `ppg study`)."""
 
     def __post_init__(self):
-        # settings that can never pass are refused here, before any stage runs: a threshold on a
-        # metric the evaluation does not produce would train every policy and register nothing
-        from ppg.metrics import check_produced
+        from ppg.metrics import refuse_impossible
 
-        check_produced(self.eval.primary, self.eval, "eval.primary")
-        for key in ("thresholds", "non_inferiority"):
-            for name in getattr(self.registry, key):
-                check_produced(name, self.eval, f"registry.{key}", removable=True)
-        if self.registry.seed is not None and self.registry.seed == self.eval.seed:
-            raise ValueError(f"registry.seed: {self.registry.seed} is eval.seed, the validation personas the "
-                             f"best policy is chosen on; the gate must test on others (null draws fresh ones)")
-        if "bc" in self.returns.policies and (self.returns.baseline != "none" or self.returns.standardize):
-            raise ValueError(f"returns.policies: bc (weight 1 on every turn) with returns.baseline "
-                             f"{self.returns.baseline!r} / standardize {self.returns.standardize} makes every "
-                             f"weight 0: it would train nothing (train bc with baseline none, standardize false)")
+        refuse_impossible(self)
 
     @staticmethod
     def from_dict(data: dict, where: str) -> "Params":

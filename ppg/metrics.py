@@ -47,6 +47,24 @@ def check_produced(name: str, eval_cfg, key: str, removable: bool = False) -> No
                          f"evaluation produces {produced(eval_cfg)}{hint}")
 
 
+def refuse_impossible(p) -> None:
+    """Settings across sections that can never pass, refused when params load, before any stage
+    runs: a threshold on a metric the evaluation does not produce would train every policy and
+    register nothing; bc with a baseline trains nothing; a gate seed equal to the validation seed
+    would test on the personas the best policy was picked on. p: ppg.config.Params."""
+    check_produced(p.eval.primary, p.eval, "eval.primary")
+    for key in ("thresholds", "non_inferiority"):
+        for name in getattr(p.registry, key):
+            check_produced(name, p.eval, f"registry.{key}", removable=True)
+    if p.registry.seed is not None and p.registry.seed == p.eval.seed:
+        raise ValueError(f"registry.seed: {p.registry.seed} is eval.seed, the validation personas the "
+                         f"best policy is chosen on; the gate must test on others (null draws fresh ones)")
+    if "bc" in p.returns.policies and (p.returns.baseline != "none" or p.returns.standardize):
+        raise ValueError(f"returns.policies: bc (weight 1 on every turn) with returns.baseline "
+                         f"{p.returns.baseline!r} / standardize {p.returns.standardize} makes every "
+                         f"weight 0: it would train nothing (train bc with baseline none, standardize false)")
+
+
 def passes(value: float | None, threshold: float, name: str) -> bool:
     """A threshold is a floor for a higher-is-better metric and a ceiling for a lower-is-better one."""
     if value is None:
