@@ -27,7 +27,7 @@ class Rendered:
     content_start: np.ndarray  # char where the region's own text starts
     target_end: np.ndarray  # char end of the text + end-of-turn marker (targets stop here)
     turn: np.ndarray  # turn index of region r (-1: persona or partner line)
-    content_end: np.ndarray | None = None  # char end of the region's own text (no marker)
+    content_end: np.ndarray  # char end of the region's own text (no marker)
 
 
 def end_of_turn_marker(tok) -> str:
