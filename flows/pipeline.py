@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger, task
 
 from ppg import registry, tracking
 from ppg.config import load_params
-from ppg.evaluate import metric, table
+from ppg.evaluate import metric, metric_entry, table
 from ppg.lock import workspace_lock
 from ppg.metrics import direction
 from ppg.overlay import apply_overlay
@@ -74,12 +74,10 @@ def register_and_gate(policy: str, parent_run_id: str) -> dict:
 
 def _unscored(metrics: dict, path: str) -> str:
     """Why a policy has no score on a metric, in words (e.g. the AUC's refusal with its count)."""
-    x = metrics
-    for part in path.split("."):
-        if not isinstance(x, dict) or part not in x:
-            return f"not measured (no {path} in its metrics.json)"
-        x = x[part]
-    return x.get("reason", "refused") if isinstance(x, dict) else f"{path} = {x}"
+    x = metric_entry(metrics, path)
+    if x is None:
+        return f"not measured (no {path} in its metrics.json)"
+    return (x.get("reason") or "no finite value") if isinstance(x, dict) else f"{path} = {x}"
 
 
 def link_runs(p, c, parent_run_id: str, trained: dict) -> dict:

@@ -287,14 +287,21 @@ def llm_metrics(dialogues, judge_cfg: dict) -> dict:
             "unknown_share": mean_ci(shares, (0.0, 1.0), [d.dialogue_id for d in judged]), "counts": dict(lj.counts)}
 
 
-def metric(metrics: dict, path: str) -> float | None:
-    """A dotted path into metrics.json (e.g. online.consistency -> its mean); None if absent,
-    refused or not a finite number (a NaN mean of no units is unknown, never a score)."""
+def metric_entry(metrics: dict | None, path: str):
+    """What a dotted path (e.g. online.consistency) names in metrics.json: its {mean, lo, hi, n,
+    per_unit} dict, a refusal {refused, reason}, a number, or None when it is absent."""
     x = metrics
     for part in path.split("."):
         if not isinstance(x, dict) or part not in x:
             return None
         x = x[part]
+    return x
+
+
+def metric(metrics: dict, path: str) -> float | None:
+    """A dotted path into metrics.json (e.g. online.consistency -> its mean); None if absent,
+    refused or not a finite number (a NaN mean of no units is unknown, never a score)."""
+    x = metric_entry(metrics, path)
     if isinstance(x, dict):
         x = None if x.get("refused") else x.get("mean")
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None

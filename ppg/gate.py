@@ -135,9 +135,9 @@ def paired_difference(name: str, chal: dict, champ: dict, chal_turns, champ_turn
 
 
 def _per_unit(metrics: dict, name: str) -> dict:
-    x = metrics
-    for part in name.split("."):
-        x = x.get(part, {}) if isinstance(x, dict) else {}
+    from ppg.evaluate import metric_entry
+
+    x = metric_entry(metrics, name)
     return x.get("per_unit", {}) if isinstance(x, dict) else {}
 
 
