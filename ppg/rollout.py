@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ppg.data.build import end_of_turn_marker, sentinel
 from ppg.data.schema import as_text
 from ppg.judges import SimJudge
 from ppg.sim.simulate import SPEAKER, scene, to_dialogue
@@ -53,10 +54,6 @@ def scenes(domain: str, personas: int, group: int, turns: int, seed: int, settin
     return out
 
 
-def _sentinel(i: int) -> str:
-    return f"\ue000{i}\ue001"
-
-
 def next_prompt(tok, persona: str, partner_lines: list[str], eot: str, ended_last: bool | None) -> str:
     """The template text between the last reply's sampled ids and the next reply: rendered with a
     sentinel in place of every earlier reply, cut after the last one. When the last reply ended
@@ -65,10 +62,10 @@ def next_prompt(tok, persona: str, partner_lines: list[str], eot: str, ended_las
     for t, line in enumerate(partner_lines):
         msgs.append({"role": "user", "content": line})
         if t < len(partner_lines) - 1:
-            msgs.append({"role": "assistant", "content": _sentinel(t)})
+            msgs.append({"role": "assistant", "content": sentinel(t)})
     text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     if len(partner_lines) > 1:
-        last = _sentinel(len(partner_lines) - 2)
+        last = sentinel(len(partner_lines) - 2)
         text = text[text.index(last) + len(last):]
         if ended_last and text.startswith(eot):
             text = text[len(eot):]
@@ -86,8 +83,6 @@ def play(model, tok, episodes, domain: str, gen: GenerationConfig, seed: int, ju
          with_tokens: bool = False):
     """Generate every episode's replies turn by turn; returns judged Dialogues (same order), and
     with with_tokens=True also each dialogue's Rollout."""
-    from ppg.data.build import end_of_turn_marker
-
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     was_training = model.training

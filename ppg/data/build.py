@@ -38,8 +38,10 @@ def end_of_turn_marker(tok) -> str:
     return text[text.rindex(probe) + len(probe):].rstrip()
 
 
-def _sentinel(i: int) -> str:
-    return f"\ue000{i}\ue001"  # private-use code points: never in a role header
+def sentinel(i: int) -> str:
+    """A stand-in for message i when a chat template is rendered to find where messages go:
+    private-use code points, never in a role header."""
+    return f"\ue000{i}\ue001"
 
 
 def render(d: Dialogue, speaker: str, tok, eot: str) -> Rendered:
@@ -51,7 +53,7 @@ def render(d: Dialogue, speaker: str, tok, eot: str) -> Rendered:
     messages += [{"role": "assistant" if ln.speaker == speaker else "user", "content": ln.text} for ln in d.lines]
     try:
         text = tok.apply_chat_template(messages, tokenize=False)
-        skeleton = tok.apply_chat_template([{**m, "content": _sentinel(i)} for i, m in enumerate(messages)],
+        skeleton = tok.apply_chat_template([{**m, "content": sentinel(i)} for i, m in enumerate(messages)],
                                            tokenize=False)
     except Exception as e:  # templates that demand user-first or strict alternation
         raise DataError(f"dialogue {d.dialogue_id!r} (speaker {speaker!r}): the chat template "
@@ -60,7 +62,7 @@ def render(d: Dialogue, speaker: str, tok, eot: str) -> Rendered:
     content_ends = []
     rebuilt, cursor = [], 0
     for i, m in enumerate(messages):
-        at = skeleton.find(_sentinel(i), cursor)
+        at = skeleton.find(sentinel(i), cursor)
         where = "personas" if i == 0 else f"lines.{i - 1}.text"
         if at < 0:
             raise DataError(f"dialogue {d.dialogue_id!r}: field {where}: the chat template does not write "
@@ -68,7 +70,7 @@ def render(d: Dialogue, speaker: str, tok, eot: str) -> Rendered:
         rebuilt.append(skeleton[cursor:at])
         start = sum(map(len, rebuilt))
         rebuilt.append(m["content"])
-        cursor = at + len(_sentinel(i))
+        cursor = at + len(sentinel(i))
         pos = start + len(m["content"])
         starts.append(start)
         ends.append(pos)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ppg.data.schema import (MAX_LINE_CHARS, DataError, Dialogue, decode_utf8, list_item_lines, load_json,
-                             read_dialogues, validation_message)
+from ppg.data.schema import (MAX_LINE_CHARS, DataError, Dialogue, list_item_lines, load_json, read_dialogues,
+                             read_text, validation_message)
 
 FORMATS = ("consistent-llms", "synthetic-persona-chat", "chitchat", "jsonl")
 VERDICT = re.compile(r"\b(YES|NO)\b")
@@ -55,16 +55,8 @@ def _fail(path, rec, field, msg):
     raise DataError(f"{path}: record {rec}: field {field}: {msg}")
 
 
-def _read(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
-    return decode_utf8(data, path)
-
-
 def _load_json(path: Path, with_lines: bool = False):
-    text = _read(path)
+    text = read_text(path)
     if not text.strip():
         raise DataError(f"{path}: empty file (expected a JSON list of dialogues)")
     data = load_json(text, str(path))
@@ -196,7 +188,7 @@ def import_consistent_llms(path: Path, stats: ImportStats, label: str | None = N
 def import_synthetic_persona_chat(path: Path, stats: ImportStats, label: str | None = None):
     """Google's Synthetic-Persona-Chat CSV: user 1 personas, user 2 personas, a conversation of
     `User 1:` / `User 2:` lines. No rewards: lines are judged later (null until then)."""
-    reader = csv.DictReader(io.StringIO(_read(path), newline=""))  # a byte-order mark is gone already
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))  # a byte-order mark is gone already
     rows, at = [], []
     try:
         for row in reader:

@@ -218,16 +218,21 @@ def decode_utf8(data: bytes, path) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
+def read_text(path: Path) -> str:
+    """A file's text (decode_utf8); an unreadable file is a DataError naming it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    return decode_utf8(data, path)
+
+
 def read_dialogues(path: str | Path) -> list[Dialogue]:
     """Parse a canonical JSONL file; any bad record raises DataError naming file, line, field.
     Records are split on newlines only: U+2028, U+2029 and U+0085 are text inside a string."""
     path = Path(path)
     out, seen = [], {}
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
-    text = decode_utf8(data, path)
+    text = read_text(path)
     for no, raw in enumerate(text.split("\n"), 1):
         raw = raw.removesuffix("\r")
         if not raw.strip():

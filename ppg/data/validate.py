@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppg.data.schema import Dialogue
+from ppg.data.schema import LINE_BREAKS, Dialogue
 
 INDEX_COLUMNS = ["file", "dialogue_id", "line", "turn"]
 
@@ -145,8 +145,8 @@ def _md(x) -> str:
     escapes (JSON's), so nothing can start a heading or a list item, and the characters that end
     a table cell or open an HTML tag or code (|, `, < before a letter) escaped."""
     text = json.dumps(str(x), ensure_ascii=False)[1:-1].replace('\\"', '"')
-    for ch in ("\u2028", "\u2029", "\x85"):
-        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    for raw, escaped in LINE_BREAKS.items():
+        text = text.replace(raw, escaped)
     return re.sub(r"[|`]|<(?=[A-Za-z/!?])", lambda m: "\\" + m.group(), text)
 
 
