@@ -59,7 +59,9 @@ def refuse_impossible(p) -> None:
     if p.registry.seed is not None and p.registry.seed == p.eval.seed:
         raise ValueError(f"registry.seed: {p.registry.seed} is eval.seed, the validation personas the "
                          f"best policy is chosen on; the gate must test on others (null draws fresh ones)")
-    if "bc" in p.returns.policies and (p.returns.baseline != "none" or p.returns.standardize):
+    from ppg.returns import shaping_zeroes_bc
+
+    if "bc" in p.returns.policies and shaping_zeroes_bc(p.returns.baseline, p.returns.standardize):
         raise ValueError(f"returns.policies: bc (weight 1 on every turn) with returns.baseline "
                          f"{p.returns.baseline!r} / standardize {p.returns.standardize} makes every "
                          f"weight 0: it would train nothing (train bc with baseline none, standardize false)")

@@ -20,6 +20,12 @@ import torch
 POLICIES = ("greedy", "kstep", "full", "segment", "bc")
 
 
+def shaping_zeroes_bc(baseline: str, standardize: bool) -> bool:
+    """bc's weights are all 1, so a baseline (or centring by standardize) makes every one 0: a
+    bc run with such shaping would train nothing."""
+    return baseline != "none" or bool(standardize)
+
+
 def parse_policy_id(policy_id: str) -> tuple[str, int | None]:
     """`greedy` | `k<K>` | `full` | `segment` | `bc` -> (policy class, k). The ids of CLI, DVC and MLflow."""
     if policy_id in ("greedy", "full", "segment", "bc"):

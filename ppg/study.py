@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 
-from ppg.returns import parse_policy_id
+from ppg.returns import parse_policy_id, shaping_zeroes_bc
 
 SETTING = "study"
 
@@ -78,9 +78,9 @@ def cells(cfg) -> list[dict]:
                     if kind == "kstep" and k >= cfg.turns:
                         continue
                     for w in cfg.weights:
-                        if policy == "bc" and (cfg.weights[w].get("baseline", "none") != "none"
-                                               or cfg.weights[w].get("standardize")):
-                            continue  # bc's weights are all 1: a baseline would zero them
+                        if policy == "bc" and shaping_zeroes_bc(cfg.weights[w].get("baseline", "none"),
+                                                                cfg.weights[w].get("standardize", False)):
+                            continue
                         out.append({"id": cell_id(d, n, seed, policy, w), "d": d, "n": n, "seed": seed,
                                     "policy": policy, "weights": w})
     for d in cfg.online.distances:  # online PPG from the study base: rollouts, not logged data (n = 0)
