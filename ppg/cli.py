@@ -38,7 +38,7 @@ def _out_folder(out: Path, option: str = "--out") -> Path:
     return out
 
 
-def _params(path: Path):
+def read_params(path: Path):
     from ppg.config import load_params
 
     try:
@@ -60,7 +60,7 @@ def import_(
     from ppg.data.importers import import_paths
     from ppg.data.schema import DataError
 
-    p = _params(params)
+    p = read_params(params)
     cfg = p.data
     out = _out_folder(Path(out or cfg.imported))
     if format is None and (source or cfg.source) == "simulator":
@@ -103,7 +103,7 @@ def sources(
     from ppg.io import atomic_open
 
     try:
-        manifest = source_manifest(source or _params(params).data.source)
+        manifest = source_manifest(source or read_params(params).data.source)
     except DataError as e:
         fail(str(e))
     with atomic_open(out) as f:
@@ -124,7 +124,7 @@ def simulate(
     probe windows in meta.segment_starts."""
     from ppg.sim.simulate import simulate as run_sim
 
-    cfg = _params(params).sim
+    cfg = read_params(params).sim
     try:
         ds = run_sim(domain or cfg.domain, cfg.dialogues if dialogues is None else dialogues,
                      cfg.turns if turns is None else turns, cfg.seed if seed is None else seed, cfg)
@@ -168,7 +168,7 @@ def validate(
     from ppg.data.schema import DataError
     from ppg.data.validate import validate_dataset
 
-    p = _params(params)
+    p = read_params(params)
     try:
         ok = validate_dataset(Path(data or p.data.imported), _out_folder(out), p.validate)
     except DataError as e:
@@ -192,7 +192,7 @@ def build(
     from ppg.data.schema import DataError
     from ppg.models import base_model, resolve_model
 
-    p = _params(params)
+    p = read_params(params)
     spec = model or p.model.spec
     try:
         stats = build_dataset(Path(data or p.data.imported), _out_folder(Path(out or p.build.out)),
@@ -234,7 +234,7 @@ def train(
         fail(f"mode: expected offline or online, got {mode!r}")
     if mode == "online" and fold is not None:
         fail("fold: folds apply to offline training on logged data, not to online rollouts")
-    p = _params(params)
+    p = read_params(params)
     from ppg.online import train_online
     from ppg.train import train as run_train
 
@@ -261,7 +261,7 @@ def evaluate_(
     curve) and/or offline on logged verdicts (likelihood-ratio AUC, weighted NLL); eval/<policy>/."""
     from ppg.evaluate import evaluate
 
-    p = _params(params)
+    p = read_params(params)
     if mode:
         try:
             p.eval = type(p.eval)(**{**p.eval.__dict__, "mode": mode})

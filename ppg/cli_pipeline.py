@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ppg.cli import _params, app, fail
+from ppg.cli import read_params, app, fail
 
 PARAMS = typer.Option(Path("params.yaml"), help="The config tree.")
 
@@ -28,7 +28,7 @@ def prepare_model(
     pipeline versions with DVC."""
     from ppg.models import prepare_model as prepare
 
-    p = _params(params)
+    p = read_params(params)
     out = out or (Path(p.model.base) if p.model.base else None)
     if out is None:
         fail("out: give --out or set model.base in params.yaml")
@@ -51,7 +51,7 @@ def run(
     from ppg.overlay import merged_text
 
     try:  # a config that can never pass is refused here, before Prefect starts or any stage runs
-        merged_text(workspace / "params.yaml", params) if params else _params(workspace / "params.yaml")
+        merged_text(workspace / "params.yaml", params) if params else read_params(workspace / "params.yaml")
     except (ValueError, OSError) as e:
         fail(str(e))
     _prefect_env()
@@ -71,7 +71,7 @@ def serve(
     _prefect_env()
     from flows.pipeline import ppg_pipeline
 
-    p = _params(params)
+    p = read_params(params)
     typer.echo(f"serving ppg-pipeline/{p.pipeline.deployment} on cron {p.pipeline.schedule!r}")
     ppg_pipeline.serve(name=p.pipeline.deployment, cron=p.pipeline.schedule,
                        parameters={"workspace": str(workspace.resolve())})
@@ -83,7 +83,7 @@ def _registry_op(params, model, op):
     from ppg.lock import LockTimeout, workspace_lock
     from ppg.registry import gate_mutex
 
-    p = _params(params)
+    p = read_params(params)
     try:  # the same mutexes as the gate: no hand-made change between its read and its write
         with workspace_lock(p.pipeline.lock_timeout, what="registry change by hand"), gate_mutex(p, model):
             return op(p)
@@ -159,7 +159,7 @@ def study_report(
     """Tables and plots of the K study from the studies' summary.json files."""
     from ppg.study_report import report
 
-    p = _params(params)
+    p = read_params(params)
     try:
         path = report(sim or Path(p.study.out) / "summary.json", real or Path(p.study.real.out) / "summary.json", out)
     except FileNotFoundError as e:

@@ -52,7 +52,7 @@ def tokenizer_hash(folder: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_folder(target: Path, build):
+def atomic_folder(target: Path, build):
     """build(tmp) fills a temp folder; it becomes target by rename (no half-built models)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
@@ -93,7 +93,7 @@ def build_tiny(out: Path, vocab_size: int = 2000, seed: int = 0, texts: int = 20
                           pad_token_id=hf.pad_token_id, tie_word_embeddings=True)
         LlamaForCausalLM(cfg).save_pretrained(tmp)
 
-    return _atomic_folder(Path(out), build)
+    return atomic_folder(Path(out), build)
 
 
 def build_smollm2(out: Path) -> Path:
@@ -115,7 +115,7 @@ def build_smollm2(out: Path) -> Path:
         m.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
-    return _atomic_folder(Path(out), build)
+    return atomic_folder(Path(out), build)
 
 
 def resolve_model(spec: str) -> Path:
@@ -157,7 +157,7 @@ def base_model(p) -> Path:
 def prepare_model(spec: str, out: str | Path) -> Path:
     """Copy the resolved model into out (the pipeline's base-model folder), atomically."""
     src = resolve_model(spec)
-    return _atomic_folder(Path(out), lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
+    return atomic_folder(Path(out), lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
 
 
 def load_tokenizer(folder: str | Path):
@@ -212,4 +212,4 @@ def export_merged(trained: str | Path, out: str | Path) -> Path:
         load_tokenizer(trained).save_pretrained(tmp)
         (Path(tmp) / "run.json").write_text(json.dumps({**run, "merged_from": str(trained)}, indent=1))
 
-    return _atomic_folder(Path(out), build)
+    return atomic_folder(Path(out), build)

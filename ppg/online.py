@@ -32,8 +32,8 @@ from ppg.models import base_model, load_tokenizer, tokenizer_hash, with_lora
 from ppg.returns import parse_policy_id, partial_returns, shape_weights
 from ppg.rollout import GenerationConfig, play, rewards_tensor, rollout_arrays, scenes
 from ppg.sim.simulate import SPEAKER
-from ppg.train import (_grad_norm, _rng_state, _seed_all, _set_rng_state, _write_output, code_hash, ds_config,
-                       setup_distributed)
+from ppg.train import (code_hash, ds_config, grad_norm, rng_state, seed_all, set_rng_state, setup_distributed,
+                       write_output)
 
 
 def _init_model(p, model_dir):
@@ -89,7 +89,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     workdir = checkpoint.workdir_for(Path(cfg.workdir) / name, fp, ident)
     resume = checkpoint.find_resume(workdir, fp, ident)
 
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     model = _init_model(p, model_dir)
     lora = cfg.lora.enabled
     ref = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
@@ -103,7 +103,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     if resume:
         _, client_state = engine.load_checkpoint(str(workdir), tag=resume[0])
         state = client_state["ppg"]
-        _set_rng_state(client_state["rng"])
+        set_rng_state(client_state["rng"])
     tok = load_tokenizer(model_dir)
     judge = SimJudge(p.sim.evasive_reward, p.sim.require)
     gen = GenerationConfig(**oc.generation)
@@ -144,7 +144,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         out = online_ppg_loss(logp, ref_logp, b["turn_index"], b["weights"], oc.kl_coef, oc.kl_estimator,
                               cfg.reduction)
         engine.backward(out.loss)
-        norm = _grad_norm(engine)
+        norm = grad_norm(engine)
         engine.step()
         state["step"] += 1
         summary = SimJudge.summary([v for d in dialogues for v in judge.verdicts(d, SPEAKER, d.meta["sim"]["persona"])])
@@ -159,7 +159,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
             bar.update(1)
             bar.set_postfix(reward=f"{last['reward']:.3f}", kl=f"{last['kl']:.4f}")
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == oc.steps:
-            checkpoint.save(engine, workdir, state["step"], {"ppg": state, "rng": _rng_state()}, fp, ident,
+            checkpoint.save(engine, workdir, state["step"], {"ppg": state, "rng": rng_state()}, fp, ident,
                             cfg.keep_checkpoints, True)
         if stop_after is not None and state["step"] >= stop_after:
             return {"stopped_at": state["step"], "mlflow_run_id": run_id}
@@ -169,7 +169,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
               "fingerprint": fp, "workdir": str(workdir), "model_spec": p.model.spec,
               "tokenizer_hash": tokenizer_hash(model_dir),
               "history": state["history"], "init": p.online.init}
-    _write_output(engine, tok, Path(cfg.out) / name, result)
+    write_output(engine, tok, Path(cfg.out) / name, result)
     c.set_terminated(run_id, "FINISHED")
     engine.destroy()
     return json.loads(json.dumps(result, default=str))

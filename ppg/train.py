@@ -54,17 +54,20 @@ def setup_distributed():
     return deepspeed, torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
-def _seed_all(seed):
+def seed_all(seed):
+    """Seed Python, NumPy and torch (offline and online training start the same way)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def _rng_state():
+def rng_state():
+    """Every generator's state, saved in a checkpoint so a resumed run draws what it would have."""
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
 
-def _set_rng_state(s):
+def set_rng_state(s):
+    """Restore what rng_state saved."""
     random.setstate(s["python"])
     np.random.set_state(s["numpy"])
     torch.set_rng_state(s["torch"])
@@ -151,7 +154,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     workdir = checkpoint.workdir_for(Path(cfg.workdir) / name, fp, ident, rank0)
     resume = checkpoint.find_resume(workdir, fp, ident)
 
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     model = load_model(model_dir, cfg.lora)
     engine, _, _, _ = deepspeed.initialize(model=model, config=config,
                                            model_parameters=[q for q in model.parameters() if q.requires_grad])
@@ -159,7 +162,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     if resume:
         _, client_state = engine.load_checkpoint(str(workdir), tag=resume[0])
         state = client_state["ppg"]
-        _set_rng_state(client_state["rng"])
+        set_rng_state(client_state["rng"])
     tok = load_tokenizer(model_dir)
     c = tracking.client(p.mlflow) if rank0 else None
     run_id = None
@@ -201,7 +204,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
             out = offline_ppg_loss(logp, b["turn_index"], b["weights"], cfg.reduction, denominator)
             engine.backward(out.loss)
             boundary = engine.is_gradient_accumulation_boundary()
-            norm = _grad_norm(engine) if boundary else None
+            norm = grad_norm(engine) if boundary else None
             engine.step()
             target = b["turn_index"] >= 0
             window["loss"] += out.loss.item() / accum
@@ -234,7 +237,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
                     bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
             window = _new_window()
             if state["step"] % cfg.checkpoint_every == 0 or state["step"] == total:
-                checkpoint.save(engine, workdir, state["step"], {"ppg": state, "rng": _rng_state()}, fp, ident,
+                checkpoint.save(engine, workdir, state["step"], {"ppg": state, "rng": rng_state()}, fp, ident,
                                 cfg.keep_checkpoints, rank0)
             if stop_after is not None and state["step"] >= stop_after:
                 return {"stopped_at": state["step"], "mlflow_run_id": run_id}
@@ -246,7 +249,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
               "mlflow_run_id": run_id, "fingerprint": fp, "workdir": str(workdir), "model_spec": p.model.spec, "loss_history": state["history"],
               "tokenizer_hash": tokenizer_hash(model_dir), "final": last, "weights": wstats}
     if rank0:
-        _write_output(engine, tok, Path(cfg.out) / name, result)
+        write_output(engine, tok, Path(cfg.out) / name, result)
         tracking.log_metrics(c, run_id, {"steps": state["step"]}, state["step"])
         c.set_terminated(run_id, "FINISHED")
     engine.destroy()
@@ -265,7 +268,7 @@ def step_denominator(step_examples, accum: int, world: int) -> float:
     return max(float(n), 1.0) / (accum * world)
 
 
-def _grad_norm(engine):
+def grad_norm(engine):
     """Pre-clipping global gradient norm: ZeRO optimizers report it; at ZeRO-0 it is computed
     from the (replicated, already averaged) gradients before the step clears them."""
     if engine.zero_optimization_stage() > 0:
@@ -285,13 +288,13 @@ def _flat(prefix, d):
     return out
 
 
-def _write_output(engine, tok, out: Path, result: dict):
+def write_output(engine, tok, out: Path, result: dict):
     """Adapters (LoRA) or full weights + tokenizer + run.json, swapped in atomically."""
-    from ppg.models import _atomic_folder
+    from ppg.models import atomic_folder
 
     def build(tmp):
         engine.module.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (Path(tmp) / "run.json").write_text(json.dumps(result, indent=1, default=str))
 
-    _atomic_folder(out, build)
+    atomic_folder(out, build)
