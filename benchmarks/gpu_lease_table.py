@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from ppg.config import load_params
-from ppg.study_real import real_summary
-from ppg.study_report import real_table
+from ppg.study.real import real_summary
+from ppg.study.report import real_table
 
 root = Path("docs/results/gpu-lease")
 cells = [json.loads(f.read_text()) for f in sorted(root.glob("cells/*/cell.json")) if (f.parent / "turns.jsonl").exists()]

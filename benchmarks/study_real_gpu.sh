@@ -45,6 +45,6 @@ time "$PY" -c "from ppg.cli import app; app()" study-real --data "$DATA" --param
 import sys
 from pathlib import Path
 from ppg.config import load_params
-from ppg.study_report import report
+from ppg.study.report import report
 print("wrote", report(None, Path(load_params(sys.argv[1]).study.real.out) / "summary.json", Path("docs/results/gpu")))
 PYEOF

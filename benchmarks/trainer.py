@@ -83,7 +83,7 @@ def worker(spec, lora, mode, batches, warmup, bf16=False):
             opt.step()
             opt.zero_grad(set_to_none=True)
     else:
-        from ppg.train import setup_distributed
+        from ppg.train.engine import setup_distributed
 
         deepspeed, _, _ = setup_distributed()
         cfg = {"train_micro_batch_size_per_gpu": batches[0]["input_ids"].shape[0], "gradient_accumulation_steps": 1,

@@ -23,7 +23,8 @@ from prefect import flow, get_run_logger, task
 
 from ppg import registry, tracking
 from ppg.config import load_params
-from ppg.evaluate import metric, metric_entry, table
+from ppg.metrics import metric, metric_entry
+from ppg.evaluate.report import table
 from ppg.lock import workspace_lock
 from ppg.metrics import direction
 from ppg.overlay import apply_overlay

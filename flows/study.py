@@ -1,4 +1,4 @@
-"""ppg-study: the K study grid (ppg.study) as a Prefect flow, one task per cell, in MLflow.
+"""ppg-study: the K study grid (ppg.study.sim) as a Prefect flow, one task per cell, in MLflow.
 
 Cells run one at a time (2 CPU cores gain nothing from parallel training); a finished cell is
 read back, not retrained, so a stopped study resumes. One parent MLflow run per study run; each
@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from ppg import tracking
 from ppg.config import load_params
 from ppg.io import atomic_open
-from ppg.study import cells, prepare_base, run_cell, summary
+from ppg.study.sim import cells, prepare_base, run_cell, summary
 
 
 @contextmanager
@@ -94,7 +94,7 @@ def ppg_study(workspace: str = ".", params: str = "params.yaml", limit: int = 0)
 
 @task(cache_policy=NO_CACHE)
 def real_cell(p, cell: dict, root: str, data: str) -> dict:
-    from ppg.study_real import run_real_cell
+    from ppg.study.real import run_real_cell
 
     r = run_real_cell(p, cell, Path(root), Path(data))
     get_run_logger().info("%s: %s, %d turns scored", cell["id"], "done before" if r["skipped"] else
@@ -105,7 +105,7 @@ def real_cell(p, cell: dict, root: str, data: str) -> dict:
 @flow(name="ppg-study-real", log_prints=True)
 def ppg_study_real(data: str, workspace: str = ".", params: str = "params.yaml", limit: int = 0) -> dict:
     """The real-data part of the K study (study.real of params.yaml) on Consistent-LLMs files in data."""
-    from ppg.study_real import real_cells, real_summary
+    from ppg.study.real import real_cells, real_summary
 
     data = str(Path(data).resolve())
     with study_run(workspace, params, "study-real", lambda p: p.study.real) as (p, c, parent):

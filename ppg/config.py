@@ -305,7 +305,7 @@ class EvalConfig:
     min_contradictions: int = 10
     """Fewer contradicting turns than this: AUC is reported as refused, not scored."""
     llm_judge: dict | None = None
-    """Also judge the online rollouts with an OpenAI-compatible LLM judge (ppg.llm_judge.LLMJudgeConfig
+    """Also judge the online rollouts with an OpenAI-compatible LLM judge (ppg.judges.llm.LLMJudgeConfig
     keys: base_url, model, api_key_env, timeout_s, retries, ...): online.llm holds its
     prompt-to-line + line-to-line consistency and the share of turns it left without a verdict.
     An endpoint that stays down fails the evaluation (nothing written, nothing logged)."""
@@ -320,7 +320,7 @@ class EvalConfig:
         if self.personas < 1:
             raise ValueError(f"eval.personas: must be >= 1, got {self.personas}")
         if self.llm_judge is not None:
-            from ppg.llm_judge import LLMJudgeConfig
+            from ppg.judges.llm import LLMJudgeConfig
 
             known = {f.name for f in dataclasses.fields(LLMJudgeConfig)}
             if not isinstance(self.llm_judge, dict) or set(self.llm_judge) - known:
@@ -348,11 +348,11 @@ class Params:
     returns: ReturnsConfig = field(default_factory=ReturnsConfig)
     """Partial returns and weight shaping (ppg.returns)."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    """Offline PPG training (ppg.train)."""
+    """Offline PPG training (ppg.train.offline)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
-    """Evaluation (ppg.evaluate)."""
+    """Evaluation (ppg.evaluate.run)."""
     online: OnlineConfig = field(default_factory=OnlineConfig)
-    """Online PPG against the simulator (ppg.online)."""
+    """Online PPG against the simulator (ppg.train.online)."""
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     """Tracking (ppg.tracking)."""
     registry: RegistryConfig = field(default_factory=RegistryConfig)
@@ -360,7 +360,7 @@ class Params:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """The Prefect pipeline (flows/pipeline.py): lock and schedule."""
     study: StudyConfig = field(default_factory=StudyConfig)
-    """The K study (ppg.study, `ppg study`)."""
+    """The K study (ppg.study.sim, `ppg study`)."""
 
     def __post_init__(self):
         from ppg.metrics import refuse_impossible

@@ -87,7 +87,7 @@ def paired_t_interval(d, confidence: float = 0.95) -> tuple[float | None, float 
 
 
 def _offline_stat(name: str, turns: list[dict]) -> float:
-    from ppg.evaluate import auc
+    from ppg.evaluate.stats import auc
 
     if name == "offline.auc":
         known = [t for t in turns if t["reward"] == t["reward"]]
@@ -99,7 +99,7 @@ def _offline_stat(name: str, turns: list[dict]) -> float:
 def cluster_bootstrap(name: str, chal: list[dict], champ: list[dict], confidence: float, boots: int,
                       seed: int = 0) -> dict:
     """Improvement of an offline metric with a persona-group bootstrap that recomputes both
-    models' metric on every resample. chal/champ: ppg.evaluate.offline_turns of the same rows."""
+    models' metric on every resample. chal/champ: ppg.evaluate.offline.offline_turns of the same rows."""
     by_key = {t["key"]: t for t in champ}
     pairs = [(t, by_key[t["key"]]) for t in chal if t["key"] in by_key]
     groups = sorted({a["group"] for a, _ in pairs})
@@ -135,7 +135,7 @@ def paired_difference(name: str, chal: dict, champ: dict, chal_turns, champ_turn
 
 
 def _per_unit(metrics: dict, name: str) -> dict:
-    from ppg.evaluate import metric_entry
+    from ppg.metrics import metric_entry
 
     x = metric_entry(metrics, name)
     return x.get("per_unit", {}) if isinstance(x, dict) else {}
@@ -155,7 +155,7 @@ def decide(primary: str, chal: dict, champ: dict | None, chal_turns, champ_turns
     """{promoted, reason, difference, secondary}. With no champion the thresholds decide; with one,
     the primary metric's paired lower bound must clear registry.margin, on at least
     registry.min_pairs units, and no registry.non_inferiority metric may fall by more than allowed."""
-    from ppg.evaluate import metric
+    from ppg.metrics import metric
     from ppg.metrics import passes
 
     x = metric(chal, primary)

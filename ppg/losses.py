@@ -10,7 +10,7 @@ A turn's tokens enter through `reduction`: log pi(a_t | x_t) is the SUM of its t
 short one of the same weight) or their MEAN (every turn counts once, whatever its length).
 N is the number of turns that count. The offline trainer passes `denominator` so that N is the
 turns of the whole optimizer step (every accumulation micro-batch and every rank:
-ppg.train.step_denominator); without it, N is the micro-batch's own turns, which is the same
+ppg.train.offline.step_denominator); without it, N is the micro-batch's own turns, which is the same
 thing for online training (one rank, one micro-batch per step). The online KL penalty is a mean over target
 tokens, not turns: beta prices KL per token whatever the turn count.
 A NaN weight or advantage (unknown reward) drops its turn from the sum; it is counted, never

@@ -3,6 +3,8 @@ lower is better, and which eval settings produce it. The best-on-validation choi
 promotion gate's thresholds and differences, and the config checks all read this one table.
 """
 
+import math
+
 HIGHER, LOWER = 1, -1
 
 # path -> (direction, what produces it: an eval.mode family, or a switch inside online mode)
@@ -72,3 +74,23 @@ def passes(value: float | None, threshold: float, name: str) -> bool:
     if value is None:
         return False
     return value >= threshold if direction(name) == HIGHER else value <= threshold
+
+
+def metric_entry(metrics: dict | None, path: str):
+    """What a dotted path (e.g. online.consistency) names in metrics.json: its {mean, lo, hi, n,
+    per_unit} dict, a refusal {refused, reason}, a number, or None when it is absent."""
+    x = metrics
+    for part in path.split("."):
+        if not isinstance(x, dict) or part not in x:
+            return None
+        x = x[part]
+    return x
+
+
+def metric(metrics: dict, path: str) -> float | None:
+    """A dotted path into metrics.json (e.g. online.consistency -> its mean); None if absent,
+    refused or not a finite number (a NaN mean of no units is unknown, never a score)."""
+    x = metric_entry(metrics, path)
+    if isinstance(x, dict):
+        x = None if x.get("refused") else x.get("mean")
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -34,7 +34,7 @@ def cache_dir() -> Path:
 
 def eval_device():
     """Where evaluation and scoring run: the GPU when training had one (the same rule as
-    ppg.train.setup_distributed: CUDA unless DS_ACCELERATOR=cpu), else the CPU."""
+    ppg.train.engine.setup_distributed: CUDA unless DS_ACCELERATOR=cpu), else the CPU."""
     import torch
 
     if os.environ.get("DS_ACCELERATOR") != "cpu" and torch.cuda.is_available():

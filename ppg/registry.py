@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from ppg import tracking
-from ppg.evaluate import measure, metric
+from ppg.evaluate.run import measure
+from ppg.metrics import metric
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "ppg.champion_history"
@@ -53,7 +54,7 @@ def _client(p):
 
 
 @contextmanager
-def _fluent(p):
+def fluent(p):
     """MLflow's fluent API (log_model, load_model) on p's store, for this block only:
     mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which every later subprocess (a
     stage, a test's `ppg train`) would inherit, so both are put back."""
@@ -61,7 +62,7 @@ def _fluent(p):
 
     before, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
     c = _client(p)
-    mlflow.set_tracking_uri(c._tracking_client.tracking_uri)
+    mlflow.set_tracking_uri(c.tracking_uri)
     try:
         yield mlflow
     finally:
@@ -90,7 +91,7 @@ def register(p, policy: str, parent_run_id: str | None = None) -> tuple[str, str
     model, tok = AutoModelForCausalLM.from_pretrained(str(merged)), load_tokenizer(merged)
     gen = p.eval.generation
     # explicit run id: never a shared active run
-    with _fluent(p) as mlflow, mlflow.start_run(run_id=run["mlflow_run_id"]):
+    with fluent(p) as mlflow, mlflow.start_run(run_id=run["mlflow_run_id"]):
         info = mlflow.transformers.log_model(
             {"model": model, "tokenizer": tok}, name="model", task="text-generation", registered_model_name=name,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],
@@ -108,7 +109,7 @@ def register(p, policy: str, parent_run_id: str | None = None) -> tuple[str, str
 
 def load_registered(p, uri: str):
     """(model, tokenizer) of a registered model URI in p's store, e.g. models:/ppg-therapy@champion."""
-    with _fluent(p) as mlflow:
+    with fluent(p) as mlflow:
         parts = mlflow.transformers.load_model(uri, return_type="components")
     model, tok = parts["model"].eval(), parts["tokenizer"]
     if tok.pad_token is None:

@@ -1,6 +1,8 @@
-"""Rollouts: a policy model plays its persona against the simulator's partner, turn by turn, with
-batched sampling; every turn is judged exactly (SimJudge). Used by online evaluation, the gate
-and online PPG. Rollout dialogues are canonical Dialogues (source "simulator", judged rewards).
+"""Rollouts: a policy model plays its persona against a Partner, turn by turn, with batched
+sampling, and a Judge scores every turn. Used by online evaluation, the gate and online PPG.
+Rollout dialogues are canonical Dialogues (judged rewards; the partner's episodes say which
+source and meta they record). The simulator (ppg.sim.partner) is a Partner; so is any model or
+service that answers `reply(episodes)`.
 
 The context of a dialogue is kept as token ids: each turn appends the chat template's text up to
 the next reply (the previous end-of-turn marker, the partner's line, the assistant header) and
@@ -8,16 +10,15 @@ then the policy's own SAMPLED ids, never a re-tokenization of their decoded text
 max_new_tokens gets the template's end-of-turn marker as context, not as something it sampled.
 Online PPG trains on exactly these ids (Rollout.input_ids, Rollout.turn_index)."""
 
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from ppg.data.build import end_of_turn_marker, sentinel
-from ppg.data.schema import as_text
-from ppg.judges import SimJudge
-from ppg.sim.simulate import SPEAKER, scene, to_dialogue
+from ppg.data.schema import Dialogue, as_text
+from ppg.judges.base import Judge
 
 
 @dataclass
@@ -45,13 +46,36 @@ class Rollout:
         self.turn_index += [turn] * len(ids)
 
 
-def scenes(domain: str, personas: int, group: int, turns: int, seed: int, setting: dict):
-    """`personas` scenes, each repeated `group` times (rollouts of one persona share a scene)."""
-    out = []
-    for i in range(personas):
-        sc = scene(random.Random(f"{seed}:{domain}:scene:{i}"), turns, setting)
-        out += [(f"roll-{domain}-{seed}-{i:05d}-{g}", i, sc) for g in range(group)]
-    return out
+@dataclass
+class Episode:
+    """A dialogue to play: whom the policy speaks as (speaker, its persona's backstory, the system
+    prompt), whom it talks to, and what the finished dialogue records. lines grows as it is
+    played ({"speaker", "text"}; the partner speaks first, then the two alternate)."""
+    dialogue_id: str
+    group: int  # rollouts of one persona share a group (the leave-one-out baseline's unit)
+    speaker: str
+    persona: str
+    partner: str
+    domain: str
+    source: str = "rollout"
+    meta: dict = field(default_factory=dict)  # copied into the dialogue: what its judge reads
+    lines: list[dict] = field(default_factory=list)
+
+    def partner_lines(self) -> list[str]:
+        return [ln["text"] for ln in self.lines if ln["speaker"] == self.partner]
+
+    def dialogue(self) -> Dialogue:
+        return Dialogue.model_validate({
+            "dialogue_id": self.dialogue_id, "domain": self.domain, "source": self.source,
+            "personas": {self.speaker: self.persona, self.partner: ""}, "evaluated_speakers": [self.speaker],
+            "lines": self.lines, "meta": self.meta})
+
+
+class Partner(Protocol):
+    """Who plays the other side of a rollout."""
+
+    def reply(self, episodes: list[Episode]) -> list[str | None]:
+        """The partner's next line in each dialogue so far (episode.lines); None ends that one."""
 
 
 def next_prompt(tok, persona: str, partner_lines: list[str], eot: str, ended_last: bool | None) -> str:
@@ -79,10 +103,11 @@ def _eos_ids(model, tok) -> set[int]:
 
 
 @torch.no_grad()
-def play(model, tok, episodes, domain: str, gen: GenerationConfig, seed: int, judge: SimJudge,
+def play(model, tok, episodes: list[Episode], partner: Partner, judge: Judge, gen: GenerationConfig, seed: int,
          with_tokens: bool = False):
-    """Generate every episode's replies turn by turn; returns judged Dialogues (same order), and
-    with with_tokens=True also each dialogue's Rollout."""
+    """Play every episode turn by turn (the partner's line, then the policy's sampled reply) until
+    the partner ends it; returns the judged Dialogues (same order), and with with_tokens=True
+    also each dialogue's Rollout. The episodes themselves are left as given."""
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     was_training = model.training
@@ -90,35 +115,44 @@ def play(model, tok, episodes, domain: str, gen: GenerationConfig, seed: int, ju
     eot, eos, pad = end_of_turn_marker(tok), _eos_ids(model, tok), tok.pad_token_id
     dialogues, rollouts = [], []
     for start in range(0, len(episodes), gen.batch_size):
-        batch = episodes[start:start + gen.batch_size]
+        batch = [replace(e, lines=list(e.lines)) for e in episodes[start:start + gen.batch_size]]
         rolls = [Rollout() for _ in batch]
-        replies = [[] for _ in batch]
-        for t in range(len(batch[0][2][3])):
-            for r, (_, _, sc) in zip(rolls, batch):
+        active, t = list(range(len(batch))), 0
+        while active:
+            said = [(i, line) for i, line in zip(active, partner.reply([batch[i] for i in active]))
+                    if line is not None]
+            active = [i for i, _ in said]
+            for i, line in said:
+                e, r = batch[i], rolls[i]
+                e.lines.append({"speaker": e.partner, "text": line})
                 # the marker is in the context already when the reply's own stop token IS the marker
                 ended = bool(r.ended) and r.ended[-1] and tok.decode(r.input_ids[-1:]) == eot
-                text = next_prompt(tok, sc[0].backstory(), sc[3][:t + 1], eot, ended)
-                r.extend(tok(text, add_special_tokens=False)["input_ids"])
-            width = max(len(r.input_ids) for r in rolls)
-            ids = torch.full((len(rolls), width), pad, dtype=torch.long)
+                r.extend(tok(next_prompt(tok, e.persona, e.partner_lines(), eot, ended),
+                             add_special_tokens=False)["input_ids"])
+            if not active:
+                break
+            width = max(len(rolls[i].input_ids) for i in active)
+            ids = torch.full((len(active), width), pad, dtype=torch.long)
             attn = torch.zeros_like(ids)
-            for i, r in enumerate(rolls):  # left padding: every row's next token is at the end
-                ids[i, width - len(r.input_ids):] = torch.tensor(r.input_ids)
-                attn[i, width - len(r.input_ids):] = 1
+            for row, i in enumerate(active):  # left padding: every row's next token is at the end
+                n = len(rolls[i].input_ids)
+                ids[row, width - n:] = torch.tensor(rolls[i].input_ids)
+                attn[row, width - n:] = 1
             sample = gen.temperature > 0
             out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
                                  max_new_tokens=gen.max_new_tokens, do_sample=sample,
                                  temperature=gen.temperature if sample else None, top_p=gen.top_p if sample else None,
                                  pad_token_id=pad)
-            for i, r in enumerate(rolls):
-                new = out[i, width:].tolist()
+            for row, i in enumerate(active):
+                new = out[row, width:].tolist()
                 stop = next((j for j, x in enumerate(new) if x in eos), None)
                 sampled = new if stop is None else new[:stop + 1]  # its end token is its own
-                r.extend(sampled, turn=t)
-                r.ended.append(stop is not None)
-                replies[i].append(as_text(tok.decode(sampled, skip_special_tokens=True).strip()))
-        for (did, _, (persona, windows, _, partner)), r in zip(batch, replies):
-            dialogues.append(judge.judge_dialogue(to_dialogue(did, domain, persona, windows, partner, r)))
+                rolls[i].extend(sampled, turn=t)
+                rolls[i].ended.append(stop is not None)
+                batch[i].lines.append({"speaker": batch[i].speaker,
+                                       "text": as_text(tok.decode(sampled, skip_special_tokens=True).strip())})
+            t += 1
+        dialogues += judge.judge([e.dialogue() for e in batch])
         rollouts += rolls
     model.train(was_training)
     return (dialogues, rollouts) if with_tokens else dialogues
@@ -129,6 +163,14 @@ def rollout_arrays(r: Rollout) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(r.input_ids, dtype=np.int64), np.asarray(r.turn_index, dtype=np.int64)
 
 
-def rewards_tensor(dialogues) -> torch.Tensor:
-    """[B, T] per-turn rewards of the persona speaker (every rollout has the same T)."""
-    return torch.tensor([[ln.reward for ln in d.turns(SPEAKER)] for d in dialogues], dtype=torch.float32)
+def rewards_tensor(dialogues) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rewards [B, T], mask [B, T]) of each rollout's evaluated speaker, left-aligned: NaN where
+    the judge gave no verdict, mask False past a dialogue's last turn (the ppg.returns layout)."""
+    rows = [[ln.reward for ln in d.turns(d.evaluated_speakers[0])] for d in dialogues]
+    width = max((len(x) for x in rows), default=0)
+    r = torch.zeros(len(rows), width, dtype=torch.float32)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, x in enumerate(rows):
+        r[i, :len(x)] = torch.tensor([float("nan") if v is None else v for v in x], dtype=torch.float32)
+        mask[i, :len(x)] = True
+    return r, mask

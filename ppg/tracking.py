@@ -74,7 +74,7 @@ def experiment_id(c, cfg) -> str:
     exp = c.get_experiment_by_name(cfg.experiment)
     if exp is not None:
         return exp.experiment_id
-    uri = c._tracking_client.tracking_uri
+    uri = c.tracking_uri
     location = None if not uri.startswith("sqlite:") else Path(cfg.artifacts).resolve().as_uri()
     return c.create_experiment(cfg.experiment, artifact_location=location)
 

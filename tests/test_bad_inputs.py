@@ -220,7 +220,7 @@ def test_files_that_share_a_name_import_side_by_side_and_train(tmp_path, tiny_mo
     """Two real exports both called consistent_llms.json (different dialogues, one with a byte-order
     mark and Unicode line separators): imported side by side, validated, built and trained on."""
     from ppg.config import BuildConfig, LoraConfig, MlflowConfig, ModelConfig, Params, TrainConfig
-    from ppg.train import train
+    from ppg.train.offline import train
 
     other = copy.deepcopy(json.loads((FIX / "consistent_llms_small.json").read_text()))
     for rec in other:

@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from ppg.batching import Example, collate, length_batches
+from ppg.train.batching import Example, collate, length_batches
 
 
 def padding_share(lengths, batches):

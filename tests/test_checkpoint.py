@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ppg.checkpoint import COMPLETE, IDENT, POINTER, find_resume, workdir_for
+from ppg.train.checkpoint import COMPLETE, IDENT, POINTER, find_resume, workdir_for
 
 CONFIG = {"model": "tiny", "train": {"reduction": "sum", "batch_size": 2}}
 

@@ -96,11 +96,11 @@ def test_the_study_runs_under_the_real_data_overlay(tmp_path):
 
     from ppg.config import Params
     from ppg.overlay import merged_text
-    from ppg.study import _params
+    from ppg.study.sim import study_params
 
     p = Params.from_dict(yaml.safe_load(merged_text(ROOT / "params.yaml", ROOT / "params.real.yaml")), "merged")
     assert p.eval.mode == "offline"
-    cp = _params(p, distances=[2], data=tmp_path, here=tmp_path, model="tiny", policies=["k3"],
+    cp = study_params(p, distances=[2], data=tmp_path, here=tmp_path, model="tiny", policies=["k3"],
                  weights=p.study.weights["shaped"], steps=2, lr=1e-3, batch=2, dialogues=4, seed=0)
     assert cp.eval.mode == "online" and cp.eval.primary == "online.reward" and cp.registry.thresholds == {}
 

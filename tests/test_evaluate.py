@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from ppg.config import SimConfig
-from ppg.evaluate import auc, offline_metrics, online_metrics, wilson
-from ppg.judges import SimJudge
+from ppg.evaluate.stats import auc, wilson
+from ppg.evaluate.offline import offline_metrics
+from ppg.evaluate.online import online_metrics
 from ppg.sim.simulate import simulate
 
 from judge_server import FlakyJudge
@@ -50,7 +51,7 @@ def test_wilson_interval():
 
 def test_online_metrics_of_the_behaviour_policy():
     ds = simulate("therapy", 40, 6, 0, SimConfig())
-    m = online_metrics(ds, SimJudge())
+    m = online_metrics(ds)
     assert m["dialogues"] == 40 and [x["turn"] for x in m["drift"]] == list(range(6))
     assert all(x["lo"] <= x["mean"] <= x["hi"] for x in m["drift"])
     per_turn = sum(x["mean"] * x["n"] for x in m["drift"]) / sum(x["n"] for x in m["drift"])
@@ -62,7 +63,7 @@ def trained(tmp_path_factory, tiny_model):
     from ppg.config import BuildConfig, LoraConfig, MlflowConfig, ModelConfig, Params, TrainConfig
     from ppg.data.build import build_dataset
     from ppg.data.schema import write_dialogues
-    from ppg.train import train
+    from ppg.train.offline import train
 
     tmp = tmp_path_factory.mktemp("eval")
     write_dialogues(tmp / "imported/dialogues.jsonl", simulate("therapy", 24, 4, 0, SimConfig()))
@@ -81,7 +82,7 @@ def trained(tmp_path_factory, tiny_model):
 
 
 def test_evaluate_writes_metrics_plot_and_table(trained):
-    from ppg.evaluate import evaluate
+    from ppg.evaluate.run import evaluate
 
     p, tmp = trained
     p.eval.mode = "both"
@@ -106,7 +107,7 @@ def test_evaluate_writes_metrics_plot_and_table(trained):
 
 
 def test_evaluate_a_fold_uses_the_model_trained_without_it(trained):
-    from ppg.evaluate import evaluate
+    from ppg.evaluate.run import evaluate
 
     p, tmp = trained
     p.eval.mode = "offline"
@@ -117,7 +118,7 @@ def test_evaluate_a_fold_uses_the_model_trained_without_it(trained):
 
 
 def test_mean_ci_is_student_t_and_rates_stay_in_bounds():
-    from ppg.evaluate import mean_ci
+    from ppg.evaluate.stats import mean_ci
 
     x = [1.0, 1.0, 1.0, 0.5]  # mean 0.875, sd 0.25, n 4: t(0.975, 3) = 3.182446
     ci = mean_ci(x)
@@ -136,8 +137,8 @@ def test_llm_judge_in_evaluation_and_a_judge_that_dies_mid_run(trained, monkeypa
 
     from mlflow import MlflowClient
 
-    from ppg.evaluate import evaluate
-    from ppg.llm_judge import JudgeError
+    from ppg.evaluate.run import evaluate
+    from ppg.judges.llm import JudgeError
 
     p, tmp = trained
     monkeypatch.setenv("PPG_JUDGE_API_KEY", SECRET)

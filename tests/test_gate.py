@@ -143,11 +143,11 @@ def register_tiny(p, tiny_model, name, times):
     from transformers import AutoModelForCausalLM
 
     from ppg.models import load_tokenizer
-    from ppg.registry import _fluent, tracking
+    from ppg.registry import fluent, tracking
 
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_model), load_tokenizer(tiny_model)
     exp = tracking.experiment_id(tracking.client(p.mlflow), p.mlflow)  # artifacts under tmp_path, not ./mlruns
-    with _fluent(p) as mlflow:
+    with fluent(p) as mlflow:
         for _ in range(times):
             with mlflow.start_run(experiment_id=exp):
                 mlflow.transformers.log_model({"model": model, "tokenizer": tok}, name="model",

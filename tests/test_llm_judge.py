@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ppg.data.schema import Dialogue
-from ppg.llm_judge import JudgeError, LLMJudge, LLMJudgeConfig
+from ppg.judges.llm import JudgeError, LLMJudge, LLMJudgeConfig
 
 SECRET = "sk-test-DO-NOT-LEAK-1234567890"
 
@@ -134,7 +134,7 @@ def test_qa_consistency_polarity(scripted):
 
 
 def test_against_ppg_serve_judge_over_real_http(tiny_model, monkeypatch):
-    from ppg.serve_judge import make_server
+    from ppg.judges.serve import make_server
 
     monkeypatch.setenv("PPG_JUDGE_API_KEY", SECRET)
     server = make_server(tiny_model, port=0)

@@ -20,7 +20,7 @@ def params(tmp, **online):
 
 
 def test_online_steps_judge_rollouts_and_start_at_zero_kl(tmp_path, tiny_model):
-    from ppg.online import train_online
+    from ppg.train.online import train_online
 
     r = train_online(params(tmp_path), "k2", progress=False)
     assert r["steps"] == 3 and len(r["history"]) == 3
@@ -34,7 +34,7 @@ def test_online_steps_judge_rollouts_and_start_at_zero_kl(tmp_path, tiny_model):
     out = json.loads((tmp_path / "models/k2-online/run.json").read_text())
     assert out["mode"] == "online" and out["mlflow_run_id"] == r["mlflow_run_id"]
     # the online output is evaluated like any trained model
-    from ppg.evaluate import evaluate
+    from ppg.evaluate.run import evaluate
 
     p = params(tmp_path)
     p.eval.out, p.eval.personas, p.eval.turns, p.eval.qa = str(tmp_path / "eval"), 2, 3, False
@@ -44,7 +44,7 @@ def test_online_steps_judge_rollouts_and_start_at_zero_kl(tmp_path, tiny_model):
 
 
 def test_online_resume_continues_the_same_run(tmp_path, tiny_model):
-    from ppg.online import train_online
+    from ppg.train.online import train_online
 
     stopped = train_online(params(tmp_path), "greedy", progress=False, stop_after=2)
     assert stopped["stopped_at"] == 2
@@ -60,19 +60,20 @@ def test_rollouts_train_on_the_sampled_ids_and_a_cut_reply_gets_no_end_target(ti
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ppg.judges import SimJudge
+    from ppg.config import SimConfig
     from ppg.models import load_tokenizer
-    from ppg.rollout import GenerationConfig, play, scenes
+    from ppg.rollout import GenerationConfig, play
+    from ppg.sim.partner import sim_world
 
     tok = load_tokenizer(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    eps = scenes("chatting", 6, 1, 3, 5, {"distance": [1, 2], "known": 5})
+    eps, partner, judge = sim_world(SimConfig(), "chatting", 6, 1, 3, 5)
     gen = GenerationConfig(max_new_tokens=3, temperature=1.0, top_p=1.0, batch_size=6)
     end = tok.convert_tokens_to_ids("<|end|>")
     seen = set()
     for force_end in (False, True):  # the random model rarely ends a reply; forced, it does at token 3
         model.generation_config.forced_eos_token_id = end if force_end else None
-        _, rolls = play(model, tok, eps, "chatting", gen, 5, SimJudge(), with_tokens=True)
+        _, rolls = play(model, tok, eps, partner, judge, gen, 5, with_tokens=True)
         for r in rolls:
             ids, ti = torch.tensor(r.input_ids), torch.tensor(r.turn_index)
             for t, was_ended in enumerate(r.ended):
@@ -92,7 +93,7 @@ def test_the_reference_is_the_starting_policy_merged_from_adapters_and_in_the_po
     from transformers import AutoModelForCausalLM
 
     from ppg.models import load_model
-    from ppg.online import _init_model, train_online
+    from ppg.train.online import start_policy, train_online
 
     warm = load_model(tiny_model, LoraConfig(enabled=True, r=4))
     for name, q in warm.named_parameters():
@@ -100,7 +101,7 @@ def test_the_reference_is_the_starting_policy_merged_from_adapters_and_in_the_po
             torch.nn.init.normal_(q, std=0.5)  # adapters that move the policy
     warm.save_pretrained(tmp_path / "warm")
     p = params(tmp_path, init=str(tmp_path / "warm"))
-    model = _init_model(p, tiny_model)
+    model = start_policy(p, tiny_model)
     ids = torch.tensor([[5, 17, 42, 99, 7]])
     with torch.no_grad(), model.disable_adapter():
         off = model(input_ids=ids).logits
@@ -134,7 +135,7 @@ def test_the_online_loss_climbs_a_bandit_reward(tiny_model):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ppg.batching import Example, collate
+    from ppg.train.batching import Example, collate
     from ppg.losses import online_ppg_loss, token_logprobs
     from ppg.models import load_tokenizer
 

@@ -41,18 +41,18 @@ def adam(lr, warmup, decay=True):
 
 def behaviour_metrics(p):
     """The behaviour policy's replies on the evaluation's held-out scenes, judged the same way."""
-    from ppg.evaluate import online_metrics
-    from ppg.judges import SimJudge
-    from ppg.rollout import scenes
+    from ppg.evaluate.online import online_metrics
+    from ppg.sim.partner import rollout_scene, sim_world
     from ppg.sim.simulate import behaviour_replies, to_dialogue
 
-    judge = SimJudge(p.sim.evasive_reward, p.sim.require)
     seed = p.eval.persona_seed(p.eval.split)
+    eps, _, judge = sim_world(p.sim, "copy", PERSONAS, 1, TURNS, seed)  # the episodes evaluation plays
     ds = []
-    for did, i, (persona, windows, kind, partner) in scenes("copy", PERSONAS, 1, TURNS, seed, SETTING["copy"]):
+    for i, e in enumerate(eps):
+        persona, windows, kind, partner = rollout_scene("copy", seed, i, TURNS, SETTING["copy"])
         replies = behaviour_replies(random.Random(f"behaviour:{i}"), persona, kind, TURNS, BEHAVIOUR)
-        ds.append(judge.judge_dialogue(to_dialogue(did, "copy", persona, windows, partner, replies)))
-    return online_metrics(ds, judge)
+        ds.append(to_dialogue(e.dialogue_id, "copy", persona, windows, partner, replies))
+    return online_metrics(judge.judge(ds))
 
 
 def paired(a: dict, b: dict, name: str):
@@ -68,10 +68,10 @@ def paired(a: dict, b: dict, name: str):
 def test_offline_and_online_ppg_each_improve_on_their_behaviour_cloned_start(tmp_path, tiny_model):
     from ppg.data.build import build_dataset
     from ppg.data.schema import write_dialogues
-    from ppg.evaluate import evaluate
-    from ppg.online import train_online
+    from ppg.evaluate.run import evaluate
+    from ppg.train.online import train_online
     from ppg.sim.simulate import simulate
-    from ppg.train import train
+    from ppg.train.offline import train
 
     sim = SimConfig(domain="copy", dialogues=2000, turns=TURNS, domains=SETTING, behaviour=BEHAVIOUR)
     write_dialogues(tmp_path / "imported/dialogues.jsonl", simulate("copy", 2000, TURNS, 0, sim))

@@ -327,7 +327,7 @@ def test_study_runs_its_cells_once_and_resumes(tmp_path, prefect_api):
     again = ppg_study(workspace=str(tmp_path))
     assert again["cells_run"] == 2 and json.loads((tmp_path / "study/cells/d2-n40-s0-k3-raw/metrics.json")
                                                   .read_text())["mlflow_run_id"] != cell["mlflow_run_id"]
-    from ppg.study_report import report
+    from ppg.study.report import report
 
     md = report(tmp_path / "study/summary.json", None, tmp_path / "results").read_text()
     best = s["best"]["2|40|raw"]

@@ -5,7 +5,8 @@ import torch
 
 from ppg.config import SimConfig
 from ppg.data.schema import Dialogue, write_dialogues
-from ppg.judges import SimJudge
+from ppg.judges.base import verdict_rates
+from ppg.sim.judge import SimJudge
 from ppg.returns import partial_returns
 from ppg.sim.simulate import schedule, simulate
 from ppg.sim.world import mentions
@@ -82,11 +83,11 @@ def judge(partner_and_replies, evasive_reward=0.5):
     d = Dialogue.model_validate({"dialogue_id": "x", "domain": "t", "source": "test",
                                  "personas": {"persona": "I am Maya.", "partner": ""},
                                  "evaluated_speakers": ["persona"], "lines": lines})
-    return SimJudge(evasive_reward).verdicts(d, "persona", PERSONA)
+    return SimJudge(evasive_reward).verdicts(d, "persona", PERSONA), d
 
 
 def test_sim_judge_on_planted_replies():
-    v = judge([
+    v, d = judge([
         ("So, where do you live these days?", "Oh, I live up in leeds, near the river."),      # consistent, free text
         ("What do you do for work?", "These days I work as a pilot."),                          # contradicts persona
         ("Do you have any pets?", "I have a beagle, he is lovely."),                            # open: a new commitment
@@ -101,12 +102,14 @@ def test_sim_judge_on_planted_replies():
     assert [x.commitment for x in v] == [1, 1, 1, 1, 0, 1, 1, 1]
     assert v[4].conflicts == [5, 7]  # the two earlier lines that said beagle
     assert [x.answered for x in v] == [True, True, True, False, True, False, False, False]
-    cov = SimJudge.summary(v)
-    assert cov["coverage"] == pytest.approx(4 / 6) and cov["consistency"] == pytest.approx(6 / 8)
+    judged = SimJudge(0.5).judge([d.model_copy(update={"meta": {"sim": {"persona": PERSONA}}})])[0]
+    rates = verdict_rates(judged.turns("persona"))  # what evaluation reads of any judge's verdicts
+    assert rates["coverage"] == pytest.approx(4 / 6) and rates["consistency"] == pytest.approx(6 / 8)
+    assert [ln.reward for ln in judged.turns("persona")] == [x.reward for x in v]
 
 
 def test_a_revealed_fact_joins_the_story():
-    v = judge([("Funny thing, a friend of yours told me this about you: You have a parrot at home. Is that right?",
+    v, _ = judge([("Funny thing, a friend of yours told me this about you: You have a parrot at home. Is that right?",
                 "No, not at all. I have a rabbit at home."),
                ("Funny thing, a friend of yours told me this about you: You play the harp. Is that right?",
                 "Yes, that's right. I play the harp.")])

@@ -61,7 +61,7 @@ def test_every_judged_turn_is_scored_once_by_a_model_that_never_saw_it(tmp_path,
     assert abs(cell["train_seconds"] + cell["score_seconds"] - cell["seconds"]) < 1e-6
     assert row["auc"]["refused"] and f"n = {row['contradictions']} contradicting" in row["auc"]["reason"]
     assert row["weighted_nll"]["n"] == row["turns"] and row["weighted_nll_change"]["n"] == row["turns"]
-    from ppg.study_report import report
+    from ppg.study.report import report
 
     md = report(None, tmp_path / "real/summary.json", tmp_path / "results").read_text()
     assert "6 dialogues per domain, 2 persona-grouped folds, 256-token windows, 2 steps x 2 windows" in md
@@ -71,8 +71,9 @@ def test_every_judged_turn_is_scored_once_by_a_model_that_never_saw_it(tmp_path,
     import pyarrow.parquet as pq
 
     from ppg.config import load_params
-    from ppg.evaluate import load_trained, offline_turns
-    from ppg.study_real import cell_params
+    from ppg.evaluate.run import load_trained
+    from ppg.evaluate.offline import offline_turns
+    from ppg.study.real import cell_params
 
     assert sorted(f.name for f in (tmp_path / "real/data/therapy").glob("reference-*")) == \
         ["reference-fold0.json", "reference-fold1.json"]
@@ -105,7 +106,7 @@ def test_every_judged_turn_is_scored_once_by_a_model_that_never_saw_it(tmp_path,
 
 
 def test_scored_rows_balance_contradictions_then_fill_the_budget_the_same_way_each_time():
-    from ppg.study_real import scored_rows
+    from ppg.study.real import scored_rows
 
     nan = float("nan")
     rewards = [[1.0, 1.0], [0.0, 1.0], [1.0, nan], [1.0, 1.0, 1.0], [nan, 0.0], [1.0], [1.0, 1.0],

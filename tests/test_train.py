@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ppg.checkpoint import POINTER
+from ppg.train.checkpoint import POINTER
 from ppg.config import BuildConfig, LoraConfig, MlflowConfig, ModelConfig, Params, TrainConfig
 from ppg.data.build import build_dataset
 from ppg.data.importers import import_paths
@@ -58,7 +58,7 @@ def params(tmp, data, **train):
 
 
 def run(p, policy="k2", **kw):
-    from ppg.train import train
+    from ppg.train.offline import train
 
     return train(p, policy, progress=False, **kw)
 
@@ -236,7 +236,7 @@ def test_one_step_is_the_same_update_as_one_batch_with_accumulation_or_two_ranks
     """The fixture's 4 sequences hold 2, 3, 2 and 2 known turns: a loss divided by each micro-batch's
     own turns would weigh them unequally; divided by the step's turns, every split gives the update
     of one batch of 4 (1e-6 here; the turn sums and their order differ across the splits)."""
-    from ppg.batching import known_turns, load_examples
+    from ppg.train.batching import known_turns, load_examples
 
     examples, _ = load_examples(data, "train", "k2")
     assert [known_turns([e]) for e in examples] == [2, 3, 2, 2]
@@ -324,7 +324,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_complete_checkpoint_usable
     (work,) = (tmp_path / "work/k2").iterdir()  # the folder of the run's fingerprint
     assert json.loads((work / "latest.json").read_text())["tag"] == "step-0000004"
     assert not (work / "step-0000008/ppg-complete.json").exists()
-    from ppg.checkpoint import find_resume
+    from ppg.train.checkpoint import find_resume
 
     assert find_resume(work, json.loads((work / "step-0000004/ppg-complete.json").read_text())["fingerprint"],
                        {})[1] == 4

@@ -51,7 +51,7 @@ def _wrong(rng, a, *not_these):
 def scene(rng: random.Random, turns: int, setting: dict):
     """A persona, its ask/probe windows and the partner's line before each of its turns. The
     partner does not depend on the speaker's replies, so the same scene serves logged
-    (behaviour) dialogues and rollouts of a trained policy (ppg.rollout)."""
+    (behaviour) dialogues and rollouts of a trained policy (ppg.sim.partner)."""
     persona = sample_persona(rng, setting["known"])
     windows = schedule(rng, turns, setting["distance"])
     kind = {t: ("filler", None) for t in range(turns)}
@@ -71,16 +71,21 @@ def scene(rng: random.Random, turns: int, setting: dict):
     return persona, windows, kind, partner
 
 
+def scene_meta(persona, windows) -> dict:
+    """What a simulator dialogue records for its judge and for segment credit: the persona's facts,
+    the ask/probe windows, and the segment starts (the asks)."""
+    starts = sorted({0} | {ask for _, ask, _ in windows})
+    return {"segment_starts": {SPEAKER: starts}, "sim": {"persona": persona.to_json(), "windows": windows}}
+
+
 def to_dialogue(dialogue_id, domain, persona, windows, partner, replies) -> Dialogue:
     lines = []
     for p, r in zip(partner, replies):
         lines += [{"speaker": PARTNER, "text": p}, {"speaker": SPEAKER, "text": r}]
-    starts = sorted({0} | {ask for _, ask, _ in windows})
     return Dialogue.model_validate({
         "dialogue_id": dialogue_id, "domain": domain, "source": "simulator",
         "personas": {SPEAKER: persona.backstory(), PARTNER: ""}, "evaluated_speakers": [SPEAKER],
-        "lines": lines, "meta": {"segment_starts": {SPEAKER: starts},
-                                 "sim": {"persona": persona.to_json(), "windows": windows}}})
+        "lines": lines, "meta": scene_meta(persona, windows)})
 
 
 def simulate_dialogue(rng: random.Random, dialogue_id: str, domain: str, turns: int, setting: dict,
@@ -131,7 +136,7 @@ def behaviour_replies(rng: random.Random, persona, kind: dict, turns: int, behav
 
 def simulate(domain: str, dialogues: int, turns: int, seed: int, cfg) -> list[Dialogue]:
     """N judged dialogues; the same (domain, N, T, seed, cfg) gives byte-identical output."""
-    from ppg.judges import SimJudge
+    from ppg.sim.judge import SimJudge
 
     if domain not in cfg.domains:
         raise ValueError(f"domain: {domain!r} is not one of {sorted(cfg.domains)} (sim.domains in params.yaml)")

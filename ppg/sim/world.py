@@ -2,7 +2,7 @@
 and the sentences that state, ask, probe and dodge them.
 
 Every value is a phrase that occurs in no other value and in no template, so a judge can read
-which facts a free-text reply states by word-boundary matching (ppg.judges.SimJudge).
+which facts a free-text reply states by word-boundary matching (ppg.sim.judge.SimJudge).
 """
 
 import random

@@ -1,89 +1,26 @@
 """Offline PPG training: reward-weighted likelihood with partial-return weights, on a DeepSpeed
-engine, resumable.
+engine (ppg.train.engine), resumable.
 
     loss = -(1/N) sum_t w_t log pi(a_t | x_t)      w_t = shaped partial return of the policy class
 
 One code path: DeepSpeed's config (params.yaml train.deepspeed) decides ZeRO stage, bf16,
-accumulation, clipping, optimizer and schedule. One process without a launcher sets its own
-rendezvous variables; `deepspeed --num_gpus N $(which ppg) train ...` runs N ranks (CPU ranks
-here, GPUs elsewhere); data is sharded by batch across ranks and only rank 0 writes.
+accumulation, clipping, optimizer and schedule. With several ranks the data is sharded by batch
+across them and only rank 0 writes.
 """
 
-import json
-import os
-import random
-import socket
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ppg import checkpoint, tracking
-from ppg.batching import collate, known_turns, length_batches, load_examples
+from ppg import tracking
 from ppg.data.build import check_tokenizer
+from ppg.train import checkpoint, engine as eng
+from ppg.train.batching import collate, known_turns, length_batches, load_examples
 from ppg.losses import offline_ppg_loss, token_logprobs
 from ppg.models import base_model, load_model, load_tokenizer, tokenizer_hash
 from ppg.returns import parse_policy_id
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def setup_distributed():
-    """Rendezvous for a launcher-less single process; CPU accelerator when there is no GPU."""
-    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
-        os.environ["DS_ACCELERATOR"] = "cpu"
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
-    import deepspeed
-    import deepspeed.comm.torch  # noqa: F401
-
-    if os.environ.get("DS_ACCELERATOR") == "cpu" and os.environ.get("PPG_DS_SHM") != "1":
-        # DeepSpeed JIT-compiles a shared-memory allreduce op (~60 s) on its first CPU start;
-        # gloo does the job without it. PPG_DS_SHM=1 keeps it for long multi-rank CPU runs.
-        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed()
-    return deepspeed, torch.distributed.get_rank(), torch.distributed.get_world_size()
-
-
-def seed_all(seed):
-    """Seed Python, NumPy and torch (offline and online training start the same way)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state():
-    """Every generator's state, saved in a checkpoint so a resumed run draws what it would have."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(s):
-    """Restore what rng_state saved."""
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-
-
-def ds_config(deepspeed_cfg: dict, micro_batch: int, world: int, total_steps: int) -> dict:
-    """params.yaml's DeepSpeed section with batch sizes and an "auto" total_num_steps filled in."""
-    if int(deepspeed_cfg.get("zero_optimization", {}).get("stage", 0)) > 2:
-        raise ValueError("train.deepspeed.zero_optimization.stage: ZeRO-3 is not supported yet (the final "
-                         "export would need the partitioned weights gathered); use 0, 1 or 2")
-    out = dict(deepspeed_cfg, train_micro_batch_size_per_gpu=micro_batch)
-    out["train_batch_size"] = micro_batch * int(out.get("gradient_accumulation_steps", 1)) * world
-    sched = out.get("scheduler", {})
-    if sched.get("params", {}).get("total_num_steps") == "auto":
-        out["scheduler"] = {**sched, "params": {**sched["params"], "total_num_steps": total_steps}}
-    return out
 
 
 def _new_window() -> dict:
@@ -93,14 +30,6 @@ def _new_window() -> dict:
 
 def run_name(policy: str, fold: int | None) -> str:
     return policy if fold is None else f"{policy}-fold{fold}"
-
-
-def code_hash() -> str:
-    """The ppg package's Python source: a changed loss or trainer must not resume, as finished,
-    a checkpoint the old code made (DVC reruns the stage because the code changed)."""
-    from ppg.io import content_hash
-
-    return content_hash(*sorted(Path(__file__).parent.rglob("*.py")))
 
 
 def run_identity(p, policy: str, fold, model_dir: Path, split: Path, world: int, total: int) -> dict:
@@ -117,7 +46,7 @@ def run_identity(p, policy: str, fold, model_dir: Path, split: Path, world: int,
     if not dist.is_initialized() or dist.get_rank() == 0:
         bookkeeping = ("checkpoint_every", "keep_checkpoints", "out", "workdir")
         ident[0] = {"model": p.model.spec, "base_model": content_hash(model_dir), "data": content_hash(split),
-                    "code": code_hash(), "policy": policy, "fold": fold, "total_steps": total, "world_size": world,
+                    "code": eng.code_hash(), "policy": policy, "fold": fold, "total_steps": total, "world_size": world,
                     "returns": {"baseline": p.returns.baseline, "standardize": p.returns.standardize,
                                 "clip": p.returns.clip},
                     "train": {k: v for k, v in asdict(p.train).items() if k not in bookkeeping}}
@@ -138,7 +67,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     check_tokenizer(data / f"{cfg.split}.parquet", model_dir)
     examples, wstats = load_examples(data, cfg.split, policy, p.returns.baseline, p.returns.standardize,
                                      fold, cfg.subsample, cfg.seed, p.returns.clip)
-    deepspeed, rank, world = setup_distributed()
+    deepspeed, rank, world = eng.setup_distributed()
     rank0 = rank == 0
     accum = int(cfg.deepspeed.get("gradient_accumulation_steps", 1))
     per_step = accum * world  # micro-batches per optimizer step, all ranks together
@@ -148,21 +77,16 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
         raise ValueError(f"train: {len(examples)} sequences make no full step of {per_step} batches "
                          f"of {cfg.batch_size}; lower train.batch_size or gradient_accumulation_steps")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    config = ds_config(cfg.deepspeed, cfg.batch_size, world, total)
+    config = eng.ds_config(cfg.deepspeed, cfg.batch_size, world, total)
     ident = run_identity(p, policy, fold, model_dir, data / f"{cfg.split}.parquet", world, total)
     fp = checkpoint.fingerprint(ident)
     workdir = checkpoint.workdir_for(Path(cfg.workdir) / name, fp, ident, rank0)
     resume = checkpoint.find_resume(workdir, fp, ident)
 
-    seed_all(cfg.seed)
-    model = load_model(model_dir, cfg.lora)
-    engine, _, _, _ = deepspeed.initialize(model=model, config=config,
-                                           model_parameters=[q for q in model.parameters() if q.requires_grad])
-    state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "mlflow_run_id": None, "history": []}
-    if resume:
-        _, client_state = engine.load_checkpoint(str(workdir), tag=resume[0])
-        state = client_state["ppg"]
-        set_rng_state(client_state["rng"])
+    eng.seed_all(cfg.seed)
+    engine = eng.start(deepspeed, load_model(model_dir, cfg.lora), config)
+    state = eng.resume(engine, workdir, resume,
+                       {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "mlflow_run_id": None, "history": []})
     tok = load_tokenizer(model_dir)
     c = tracking.client(p.mlflow) if rank0 else None
     run_id = None
@@ -171,7 +95,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
             c, p.mlflow, state["mlflow_run_id"], name=f"train-{name}",
             tags={"ppg.stage": "train", "ppg.policy": policy, "ppg.policy_class": kind, "ppg.k": str(k or ""),
                   "ppg.fold": str(fold if fold is not None else "")},
-            params={"policy": policy, "model": p.model.spec, "fold": fold, **_flat("train", asdict(cfg)),
+            params={"policy": policy, "model": p.model.spec, "fold": fold, **flat_params("train", asdict(cfg)),
                     "baseline": p.returns.baseline, "standardize": p.returns.standardize, "world_size": world,
                     "fingerprint": fp})
         if not resume:
@@ -182,10 +106,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
                 tracking.log_metrics(c, run_id, {"weight_mean_by_turn": m}, t)
         state["mlflow_run_id"] = run_id
 
-    bar = None
-    if rank0 and progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=state["step"], desc=f"train {name}", unit="step", file=sys.stderr)
+    bar = eng.progress_bar(rank0 and progress, total, state["step"], f"train {name}")
     engine.train()
     last = {}
     window = _new_window()
@@ -204,7 +125,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
             out = offline_ppg_loss(logp, b["turn_index"], b["weights"], cfg.reduction, denominator)
             engine.backward(out.loss)
             boundary = engine.is_gradient_accumulation_boundary()
-            norm = grad_norm(engine) if boundary else None
+            norm = eng.grad_norm(engine) if boundary else None
             engine.step()
             target = b["turn_index"] >= 0
             window["loss"] += out.loss.item() / accum
@@ -237,8 +158,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
                     bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
             window = _new_window()
             if state["step"] % cfg.checkpoint_every == 0 or state["step"] == total:
-                checkpoint.save(engine, workdir, state["step"], {"ppg": state, "rng": rng_state()}, fp, ident,
-                                cfg.keep_checkpoints, rank0)
+                eng.save(engine, workdir, state, fp, ident, cfg.keep_checkpoints, rank0)
             if stop_after is not None and state["step"] >= stop_after:
                 return {"stopped_at": state["step"], "mlflow_run_id": run_id}
         if state["batch"] >= len(mine):
@@ -249,7 +169,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
               "mlflow_run_id": run_id, "fingerprint": fp, "workdir": str(workdir), "model_spec": p.model.spec, "loss_history": state["history"],
               "tokenizer_hash": tokenizer_hash(model_dir), "final": last, "weights": wstats}
     if rank0:
-        write_output(engine, tok, Path(cfg.out) / name, result)
+        eng.write_output(engine, tok, Path(cfg.out) / name, result)
         tracking.log_metrics(c, run_id, {"steps": state["step"]}, state["step"])
         c.set_terminated(run_id, "FINISHED")
     engine.destroy()
@@ -268,33 +188,14 @@ def step_denominator(step_examples, accum: int, world: int) -> float:
     return max(float(n), 1.0) / (accum * world)
 
 
-def grad_norm(engine):
-    """Pre-clipping global gradient norm: ZeRO optimizers report it; at ZeRO-0 it is computed
-    from the (replicated, already averaged) gradients before the step clears them."""
-    if engine.zero_optimization_stage() > 0:
-        n = engine.get_global_grad_norm()
-        return float(n) if n is not None else None
-    grads = [q.grad.detach().float().norm() ** 2 for q in engine.module.parameters() if q.grad is not None]
-    return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
-
-
-def _flat(prefix, d):
+def flat_params(prefix, d):
+    """A nested config section as dotted MLflow params."""
     out = {}
     for key, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(f"{prefix}.{key}", v))
+            out.update(flat_params(f"{prefix}.{key}", v))
         else:
             out[f"{prefix}.{key}"] = v
     return out
 
 
-def write_output(engine, tok, out: Path, result: dict):
-    """Adapters (LoRA) or full weights + tokenizer + run.json, swapped in atomically."""
-    from ppg.models import atomic_folder
-
-    def build(tmp):
-        engine.module.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (Path(tmp) / "run.json").write_text(json.dumps(result, indent=1, default=str))
-
-    atomic_folder(out, build)

@@ -13,7 +13,7 @@ scored exactly once by a model that never saw its persona group:
   from the untrained model, mean of -w_t * score_t (< 0: the trained model puts more mass on the
   turns the policy credits). Intervals are Student-t over turns.
 A cell is done when OUT/cells/<cell>/turns.jsonl exists and its config-key.txt holds the hash of
-the config that would make it now (ppg.study.study_cached), so a stopped study resumes and a
+the config that would make it now (ppg.study.sim.study_cached), so a stopped study resumes and a
 changed grid never reads a stale cell; a domain's built data and its reference cache are keyed by
 its files' content and the build settings likewise.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppg.study import config_key, study_cached, with_lr
+from ppg.study.sim import config_key, study_cached, with_lr
 
 
 def real_cells(cfg) -> list[dict]:
@@ -121,9 +121,10 @@ def run_real_cell(p, c: dict, root: Path, data: Path) -> dict:
     """Train one cell on every fold but its own, score the judged turns of its fold (or read back)."""
     import pyarrow.parquet as pq
 
-    from ppg.evaluate import load_trained, offline_turns
+    from ppg.evaluate.run import load_trained
+    from ppg.evaluate.offline import offline_turns
     from ppg.io import atomic_open
-    from ppg.train import run_name, train
+    from ppg.train.offline import run_name, train
 
     here = root / "cells" / c["id"]
     cp = cell_params(p, c, root)
@@ -158,7 +159,8 @@ def run_real_cell(p, c: dict, root: Path, data: Path) -> dict:
 def real_summary(p, root: Path, results: list[dict]) -> dict:
     """Pool each (domain, policy, weighting)'s folds: AUC (or refused, with the count), weighted
     NLL and its change from the untrained model, each with an interval."""
-    from ppg.evaluate import mean_ci, offline_metrics
+    from ppg.evaluate.stats import mean_ci
+    from ppg.evaluate.offline import offline_metrics
 
     groups: dict[tuple, list[dict]] = {}
     for c in results:

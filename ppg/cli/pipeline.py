@@ -1,5 +1,5 @@
-"""`ppg` commands of the pipeline around the stages: prepare-model, run, serve, promote, rollback.
-(Registered on the one typer app of ppg.cli; split out to keep each file short.)"""
+"""`ppg` commands of the pipeline around the stages: prepare-model, run, serve, promote, rollback,
+and the K studies."""
 
 import json
 import os
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ppg.cli import read_params, app, fail
+from ppg.cli.app import app, fail, read_params
 
 PARAMS = typer.Option(Path("params.yaml"), help="The config tree.")
 
@@ -157,7 +157,7 @@ def study_report(
     params: Path = PARAMS,
 ):
     """Tables and plots of the K study from the studies' summary.json files."""
-    from ppg.study_report import report
+    from ppg.study.report import report
 
     p = read_params(params)
     try:

@@ -32,7 +32,7 @@ def config_key(*parts) -> str:
     data file's content hash). A run's Params copy what it uses out of the study section into
     train, eval, sim and returns, so the sections no single run reads are left out (the study
     grid, registry, pipeline, and where MLflow logs): a grid change reruns the cells it changes."""
-    from ppg.checkpoint import fingerprint
+    from ppg.train.checkpoint import fingerprint
 
     def plain(x):
         if is_dataclass(x):
@@ -104,7 +104,7 @@ def with_lr(deepspeed: dict, lr: float, warmup: int) -> dict:
 BASE_SEED = 9999  # the base pool's simulator seed: no cell's data (seeds 0..) or evaluation (1000+)
 
 
-def _params(p, *, distances, data: Path, here: Path, model: str, policies, weights: dict, steps: int, lr: float,
+def study_params(p, *, distances, data: Path, here: Path, model: str, policies, weights: dict, steps: int, lr: float,
             batch: int, dialogues: int, seed: int):
     """params.yaml for one training run of the study: its world, data, shaping, steps and folders."""
     cfg = p.study
@@ -132,7 +132,7 @@ def base_params(p, root: Path):
     """The study base: behaviour cloning of study.model on study.base_dialogues (every distance)."""
     cfg = p.study
     raw = {"baseline": "none", "standardize": False, "clip": None}
-    return _params(p, distances=cfg.distances, data=root / "base" / "data", here=root / "base", model=cfg.model,
+    return study_params(p, distances=cfg.distances, data=root / "base" / "data", here=root / "base", model=cfg.model,
                    policies=["bc"], weights=raw, steps=cfg.base_steps, lr=cfg.base_lr, batch=cfg.base_batch_size,
                    dialogues=cfg.base_dialogues, seed=BASE_SEED)
 
@@ -140,7 +140,7 @@ def base_params(p, root: Path):
 def prepare_base(p, root: Path) -> Path:
     """Train the study base once (OUT/base/models/bc/run.json marks it done, for this config); its
     model folder."""
-    from ppg.train import train
+    from ppg.train.offline import train
 
     bp = base_params(p, root)
     out = Path(bp.train.out) / "bc"
@@ -158,7 +158,7 @@ def cell_params(p, c: dict, root: Path):
     """params.yaml of one cell (starting from the study base) and its (d, n, seed) data folder."""
     cfg = p.study
     data = root / "data" / f"d{c['d']}-n{c['n']}-s{c['seed']}"
-    cp = _params(p, distances=[c["d"]], data=data, here=root / "cells" / c["id"],
+    cp = study_params(p, distances=[c["d"]], data=data, here=root / "cells" / c["id"],
                  model=str(Path(base_params(p, root).train.out) / "bc"), policies=[c["policy"]],
                  weights=cfg.weights[c["weights"]], steps=cfg.steps, lr=cfg.lr, batch=cfg.batch_size,
                  dialogues=c["n"], seed=c["seed"])
@@ -214,14 +214,14 @@ def run_cell(p, c: dict, root: Path) -> dict:
     """Train and evaluate one cell (a base cell: evaluate the study base), or read it back if this
     config made it."""
     from ppg.data.schema import read_dialogues
-    from ppg.evaluate import evaluate
+    from ppg.evaluate.run import evaluate
     from ppg.io import atomic_open
-    from ppg.train import train
+    from ppg.train.offline import train
 
     base = Path(base_params(p, root).train.out) / "bc"
 
     def from_base(policies, steps, lr, weights=None):  # no logged data: the base evaluated or trained online
-        return _params(p, distances=[c["d"]], data=root / "base" / "data", here=root / "cells" / c["id"],
+        return study_params(p, distances=[c["d"]], data=root / "base" / "data", here=root / "cells" / c["id"],
                        model=str(base), policies=policies, weights=weights or {}, steps=steps, lr=lr, batch=1,
                        dialogues=1, seed=c["seed"])
 
@@ -248,7 +248,7 @@ def run_cell(p, c: dict, root: Path) -> dict:
         shutil.copytree(base, Path(cp.train.out) / "base", dirs_exist_ok=True)
         m = evaluate(cp, "bc", run="base", log=False)  # its metrics would overwrite each other in the base's run
     elif c["weights"] == "online":
-        from ppg.online import train_online
+        from ppg.train.online import train_online
 
         train_online(cp, c["policy"], progress=False)
         m = evaluate(cp, c["policy"], run=name)
@@ -276,7 +276,7 @@ def summary(results: list[dict]) -> dict:
     the policy with the highest mean reward."""
     import numpy as np
 
-    from ppg.evaluate import mean_ci
+    from ppg.evaluate.stats import mean_ci
 
     groups: dict[tuple, list[dict]] = {}
     for r in results:

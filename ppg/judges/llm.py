@@ -11,12 +11,14 @@ named in the config and appears in no message, log line or result.
 """
 
 import asyncio
+import hashlib
 import os
 import random
 from dataclasses import dataclass
 
 from ppg.data.importers import conflict_list, prompt_verdict
 from ppg.data.schema import Dialogue
+from ppg.judges.base import both_hold
 
 PROMPT_TO_LINE = (
     "You check whether a character stays consistent with their background.\n"
@@ -63,6 +65,10 @@ class LLMJudge:
 
     def __repr__(self):  # never show the key
         return f"LLMJudge(base_url={self.cfg.base_url!r}, model={self.cfg.model!r})"
+
+    def identity(self) -> dict:
+        prompts = hashlib.sha256("\0".join((PROMPT_TO_LINE, LINE_TO_LINE, QA)).encode()).hexdigest()[:16]
+        return {"kind": "llm", "model": self.cfg.model, "prompts": prompts, "require": self.cfg.require}
 
     async def _complete(self, client, sem, prompt: str) -> str:
         import httpx
@@ -125,7 +131,9 @@ class LLMJudge:
             conflicts = conflict_list(l_text) if l_text is not None else []
             self.counts["null_prompt_to_line"] += verdict is None
             self.counts["null_line_to_line"] += conflicts is None
-            ln.judge = {"prompt_to_line": p_text, "line_to_line": conflicts, "line_to_line_text": l_text}
+            ln.judge = {"prompt_to_line": p_text, "line_to_line": conflicts, "line_to_line_text": l_text,
+                        "persona": None if verdict is None else int(verdict),
+                        "commitment": None if conflicts is None else int(not conflicts)}
             ln.reward = self.reward(verdict, conflicts)
         return out
 
@@ -136,9 +144,8 @@ class LLMJudge:
             return persona
         if self.cfg.require == "commitment":
             return commitment
-        if 0.0 in (persona, commitment):
-            return 0.0  # one known failure decides, even if the other verdict is unknown
-        return None if None in (persona, commitment) else 1.0
+        both = both_hold(persona, commitment)
+        return None if both is None else float(both)
 
     def judge(self, dialogues: list[Dialogue]) -> list[Dialogue]:
         """Copies of the dialogues with every evaluated line judged (reward null where unknown)."""

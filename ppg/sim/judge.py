@@ -1,10 +1,7 @@
-"""Judges: per-turn verdicts and rewards for the evaluated speaker's lines.
-
-    LabelJudge   the verdicts logged with the data (the reward field as imported)
-    SimJudge     exact, for simulator worlds, on free text: reads which closed-vocabulary facts
-                 a reply states and checks them against the persona's story and the speaker's
-                 own earlier lines
-"""
+"""SimJudge: the exact judge of simulator dialogues, on free text. It reads which
+closed-vocabulary facts a reply states and checks them against the persona's story and the
+speaker's own earlier lines (a Judge, ppg.judges.base). It lives with the simulator because it
+reads the world's closed vocabulary, and the simulator judges what it simulates."""
 
 from dataclasses import dataclass
 
@@ -12,13 +9,6 @@ from ppg.data.schema import Dialogue
 from ppg.sim.world import ASK, RECALL, is_evasive, mentions
 
 ASKED = {**{q: ("ask", a) for a, q in ASK.items()}, **{q: ("probe", a) for a, q in RECALL.items()}}
-
-
-class LabelJudge:
-    """Rewards as logged (e.g. the Consistent-LLMs prompt-to-line verdicts); null stays null."""
-
-    def rewards(self, d: Dialogue, speaker: str) -> list[float | None]:
-        return [ln.reward for ln in d.turns(speaker)]
 
 
 @dataclass
@@ -49,6 +39,13 @@ class SimJudge:
         if require not in ("both", "persona", "commitment"):
             raise ValueError(f"require: expected both, persona or commitment, got {require!r}")
         self.evasive_reward, self.require = evasive_reward, require
+        self.counts = {"turns": 0}
+
+    def identity(self) -> dict:
+        return {"kind": "sim", "evasive_reward": self.evasive_reward, "require": self.require}
+
+    def judge(self, dialogues: list[Dialogue]) -> list[Dialogue]:
+        return [self.judge_dialogue(d) for d in dialogues]
 
     def verdicts(self, d: Dialogue, speaker: str, persona: dict) -> list[Verdict]:
         story = {a: persona["facts"][a] for a in persona["known"]}
@@ -88,18 +85,9 @@ class SimJudge:
             for ln in d.lines:
                 if ln.speaker == speaker:
                     v = next(it)
+                    self.counts["turns"] += 1
                     ln.reward = v.reward
                     ln.judge = {"persona": v.persona, "commitment": v.commitment, "line_to_line": v.conflicts,
                                 "asked": v.asked, "probe": v.probe, "answered": v.answered,
                                 "evasive": is_evasive(ln.text)}
         return d
-
-    @staticmethod
-    def summary(verdicts: list[Verdict]) -> dict:
-        """Consistency (both verdicts hold) next to coverage (asked turns answered)."""
-        asked = [v for v in verdicts if v.asked]
-        n = max(len(verdicts), 1)
-        return {"turns": len(verdicts), "consistency": sum(v.persona and v.commitment for v in verdicts) / n,
-                "persona": sum(v.persona for v in verdicts) / n, "commitment": sum(v.commitment for v in verdicts) / n,
-                "reward": sum(v.reward for v in verdicts) / n,
-                "coverage": sum(v.answered for v in asked) / max(len(asked), 1)}

@@ -1,5 +1,6 @@
-"""Online PPG: the policy plays simulator personas, every turn is judged exactly, and REINFORCE
-with partial-return advantages and a KL penalty to the frozen starting policy updates it.
+"""Online PPG: the policy plays personas against a partner (today the simulator's, with its exact
+judge: ppg.sim.partner), every turn is judged, and REINFORCE with partial-return advantages and a
+KL penalty to the frozen starting policy updates it.
 
     A_t = w_t - b_t     w_t = partial return of the policy class over the judged rollout
                         b_t = mean w_t of the OTHER rollouts of the same persona (group LOO)
@@ -10,33 +11,32 @@ log pi(a_t | x_t) is scored on the ids the policy SAMPLED, in the context it saw
 The reference is the starting policy: with LoRA the same model with its adapters switched off
 (a warm start from adapters is merged into the base first, and fresh adapters train on top);
 without LoRA a frozen copy in the policy's own dtype, so the KL is 0 at step 0 either way.
-Same DeepSpeed engine, checkpoints, resume and MLflow handling as offline training. Rollouts are
-saved as canonical dialogues in the working folder.
+Same DeepSpeed engine, checkpoints, resume and MLflow handling as offline training
+(ppg.train.engine). Rollouts are saved as canonical dialogues in the working folder.
 """
 
 import copy
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ppg import checkpoint, tracking
-from ppg.batching import Example, collate
+from ppg import tracking
 from ppg.data.schema import write_dialogues
-from ppg.judges import SimJudge
+from ppg.io import content_hash
+from ppg.judges.base import verdict_rates
 from ppg.losses import online_ppg_loss, token_logprobs
 from ppg.models import base_model, load_tokenizer, tokenizer_hash, with_lora
 from ppg.returns import parse_policy_id, partial_returns, shape_weights
-from ppg.rollout import GenerationConfig, play, rewards_tensor, rollout_arrays, scenes
-from ppg.sim.simulate import SPEAKER
-from ppg.train import (code_hash, ds_config, grad_norm, rng_state, seed_all, set_rng_state, setup_distributed,
-                       write_output)
+from ppg.rollout import GenerationConfig, play, rewards_tensor, rollout_arrays
+from ppg.sim.partner import sim_world
+from ppg.train import checkpoint, engine as eng
+from ppg.train.batching import Example, collate
 
 
-def _init_model(p, model_dir):
+def start_policy(p, model_dir):
     """The starting policy: the base model or an offline PPG output (online.init, merged when it
     holds adapters), with fresh LoRA adapters when train.lora is on."""
     from transformers import AutoModelForCausalLM
@@ -70,16 +70,14 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     if domain not in p.sim.domains:
         raise ValueError(f"online.domain: {domain!r} is not one of {sorted(p.sim.domains)}")
     model_dir = base_model(p)
-    config = ds_config(dict(cfg.deepspeed, gradient_accumulation_steps=1), oc.personas_per_step * oc.group,
+    config = eng.ds_config(dict(cfg.deepspeed, gradient_accumulation_steps=1), oc.personas_per_step * oc.group,
                        1, oc.steps)
-    deepspeed, rank, world = setup_distributed()
+    deepspeed, rank, world = eng.setup_distributed()
     if world > 1:
         raise ValueError("online training runs on one rank (rollouts are generated in process)")
-    from ppg.io import content_hash
-
-    # what the result depends on (ppg.train.run_identity's rule): the base model's and the warm
+    # what the result depends on (ppg.train.offline.run_identity's rule): the base model's and the warm
     # start's content, not their paths, and every knob including the step budget
-    ident = {"mode": "online", "model": p.model.spec, "base_model": content_hash(model_dir), "code": code_hash(),
+    ident = {"mode": "online", "model": p.model.spec, "base_model": content_hash(model_dir), "code": eng.code_hash(),
              "policy": policy,
              "init": content_hash(oc.init, skip=("run.json",)) if oc.init else None,
              "online": asdict(oc), "sim": asdict(p.sim), "lora": asdict(cfg.lora), "deepspeed": cfg.deepspeed,
@@ -89,23 +87,17 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     workdir = checkpoint.workdir_for(Path(cfg.workdir) / name, fp, ident)
     resume = checkpoint.find_resume(workdir, fp, ident)
 
-    seed_all(cfg.seed)
-    model = _init_model(p, model_dir)
+    eng.seed_all(cfg.seed)
+    model = start_policy(p, model_dir)
     lora = cfg.lora.enabled
     ref = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
-    engine, _, _, _ = deepspeed.initialize(model=model, config=config,
-                                           model_parameters=[q for q in model.parameters() if q.requires_grad])
+    engine = eng.start(deepspeed, model, config)
     if ref is not None:  # every tensor in the dtype DeepSpeed gave the policy's (bf16 weights, fp32
         ref.to(engine.device)  # rotary buffers): anything else would not start at KL 0
         for a, b in zip([*ref.parameters(), *ref.buffers()], [*engine.module.parameters(), *engine.module.buffers()]):
             a.data = a.data.to(b.dtype)
-    state = {"step": 0, "mlflow_run_id": None, "history": []}
-    if resume:
-        _, client_state = engine.load_checkpoint(str(workdir), tag=resume[0])
-        state = client_state["ppg"]
-        set_rng_state(client_state["rng"])
+    state = eng.resume(engine, workdir, resume, {"step": 0, "mlflow_run_id": None, "history": []})
     tok = load_tokenizer(model_dir)
-    judge = SimJudge(p.sim.evasive_reward, p.sim.require)
     gen = GenerationConfig(**oc.generation)
     c = tracking.client(p.mlflow)
     run_id = tracking.open_run(
@@ -115,27 +107,24 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         params={"policy": policy, "mode": "online", "model": p.model.spec, "domain": domain, "fingerprint": fp,
                 **{f"online.{k2}": v for k2, v in asdict(oc).items()}})
     state["mlflow_run_id"] = run_id
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=oc.steps, initial=state["step"], desc=f"online {policy}", unit="step", file=sys.stderr)
+    bar = eng.progress_bar(progress, oc.steps, state["step"], f"online {policy}")
     segments = p.returns.segments.get("length") or None
     while state["step"] < oc.steps:
         t0 = time.perf_counter()
         step_seed = cfg.seed * 100_003 + state["step"]
-        eps = scenes(domain, oc.personas_per_step, oc.group, oc.turns or p.sim.turns, step_seed, p.sim.domains[domain])
-        dialogues, rollouts = play(engine.module, tok, eps, domain, gen, step_seed, judge, with_tokens=True)
-        r = rewards_tensor(dialogues)
-        mask = torch.ones_like(r, dtype=torch.bool)
+        eps, partner, judge = sim_world(p.sim, domain, oc.personas_per_step, oc.group, oc.turns or p.sim.turns,
+                                        step_seed)
+        dialogues, rollouts = play(engine.module, tok, eps, partner, judge, gen, step_seed, with_tokens=True)
+        r, mask = rewards_tensor(dialogues)
         if kind == "segment" and not segments:  # {from: meta.segment_starts}: the probe windows
             starts = torch.zeros_like(mask)
             for i, d in enumerate(dialogues):
-                starts[i, d.meta["segment_starts"][SPEAKER]] = True
+                starts[i, d.meta["segment_starts"][d.evaluated_speakers[0]]] = True
             segments_arg = starts
         else:
             segments_arg = segments
         w = partial_returns(r, mask, kind, k=k, segments=segments_arg, gamma=p.returns.gamma)
-        groups = torch.tensor([g for _, g, _ in eps])
+        groups = torch.tensor([e.group for e in eps])
         adv = shape_weights(w, mask, "group_loo", p.returns.standardize, groups, clip=p.returns.clip)
         b = collate([Example(*rollout_arrays(ro), adv[i].numpy()) for i, ro in enumerate(rollouts)], tok.pad_token_id)
         b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
@@ -144,12 +133,12 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         out = online_ppg_loss(logp, ref_logp, b["turn_index"], b["weights"], oc.kl_coef, oc.kl_estimator,
                               cfg.reduction)
         engine.backward(out.loss)
-        norm = grad_norm(engine)
+        norm = eng.grad_norm(engine)
         engine.step()
         state["step"] += 1
-        summary = SimJudge.summary([v for d in dialogues for v in judge.verdicts(d, SPEAKER, d.meta["sim"]["persona"])])
-        last = {"loss": out.loss.item(), "kl": out.kl.item(), "reward": float(r.mean()),
-                "consistency": summary["consistency"], "coverage": summary["coverage"], "grad_norm": norm,
+        rates = verdict_rates([ln for d in dialogues for ln in d.turns(d.evaluated_speakers[0])])
+        last = {"loss": out.loss.item(), "kl": out.kl.item(), "reward": float(r[mask].mean()),
+                "consistency": rates["consistency"], "coverage": rates["coverage"], "grad_norm": norm,
                 "turns": out.turns, "excluded_turns": out.excluded, "seconds": time.perf_counter() - t0,
                 "cut_replies": sum(not e for ro in rollouts for e in ro.ended)}
         state["history"].append(last)
@@ -159,8 +148,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
             bar.update(1)
             bar.set_postfix(reward=f"{last['reward']:.3f}", kl=f"{last['kl']:.4f}")
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == oc.steps:
-            checkpoint.save(engine, workdir, state["step"], {"ppg": state, "rng": rng_state()}, fp, ident,
-                            cfg.keep_checkpoints, True)
+            eng.save(engine, workdir, state, fp, ident, cfg.keep_checkpoints)
         if stop_after is not None and state["step"] >= stop_after:
             return {"stopped_at": state["step"], "mlflow_run_id": run_id}
     if bar:
@@ -169,7 +157,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
               "fingerprint": fp, "workdir": str(workdir), "model_spec": p.model.spec,
               "tokenizer_hash": tokenizer_hash(model_dir),
               "history": state["history"], "init": p.online.init}
-    write_output(engine, tok, Path(cfg.out) / name, result)
+    eng.write_output(engine, tok, Path(cfg.out) / name, result)
     c.set_terminated(run_id, "FINISHED")
     engine.destroy()
     return json.loads(json.dumps(result, default=str))

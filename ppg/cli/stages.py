@@ -1,5 +1,5 @@
-"""`ppg <stage>`: every pipeline stage as a command. Heavy libraries load inside commands, and
-Prefect only in the commands that start flows, so `ppg --help` stays fast."""
+"""`ppg <stage>`: every pipeline stage as a command (import, sources, simulate, validate, build,
+train, evaluate, export, serve-judge, returns)."""
 
 import json
 import math
@@ -7,45 +7,7 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Partial Policy Gradients: per-turn credit for persona-consistent LLMs.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the ppg version and exit."),
-          local_rank: int = typer.Option(None, "--local_rank", hidden=True,
-                                         help="Set by the deepspeed launcher (LOCAL_RANK is read from the environment).")):
-    if version:
-        from importlib.metadata import version as v
-
-        typer.echo(f"ppg {v('ppg')}")
-        raise typer.Exit()
-
-
-def fail(msg: str):
-    typer.secho(f"error: {msg}", fg="red", err=True)
-    raise typer.Exit(2)
-
-
-def _out_folder(out: Path, option: str = "--out") -> Path:
-    """An output folder that can be one: refused up front when a file (or a file above it) is in
-    the way, instead of a FileExistsError half-way through."""
-    for p in [out, *out.parents]:
-        if p.exists():
-            if not p.is_dir():
-                fail(f"{option}: {p} is a file, not a folder; nothing written")
-            break
-    return out
-
-
-def read_params(path: Path):
-    from ppg.config import load_params
-
-    try:
-        return load_params(path)
-    except ValueError as e:
-        fail(str(e))
-
+from ppg.cli.app import app, fail, out_folder, read_params
 
 @app.command("import")
 def import_(
@@ -62,7 +24,7 @@ def import_(
 
     p = read_params(params)
     cfg = p.data
-    out = _out_folder(Path(out or cfg.imported))
+    out = out_folder(Path(out or cfg.imported))
     if format is None and (source or cfg.source) == "simulator":
         from ppg.sim.simulate import simulate as run_sim
 
@@ -70,7 +32,7 @@ def import_(
             ds = run_sim(p.sim.domain, p.sim.dialogues, p.sim.turns, p.sim.seed, p.sim)
         except ValueError as e:
             fail(f"sim: {e}")
-        _write_import(out, ds, _sim_summary(ds, p.sim.domain, p.sim))
+        _write_import(out, ds, _sim_summary(ds, p.sim.domain))
         return
     if format is None:
         from ppg.data.importers import parse_source
@@ -130,17 +92,15 @@ def simulate(
                      cfg.turns if turns is None else turns, cfg.seed if seed is None else seed, cfg)
     except ValueError as e:
         fail(str(e))
-    _write_import(_out_folder(out), ds, _sim_summary(ds, domain or cfg.domain, cfg))
+    _write_import(out_folder(out), ds, _sim_summary(ds, domain or cfg.domain))
 
 
-def _sim_summary(ds, domain, cfg):
-    from ppg.judges import SimJudge
+def _sim_summary(ds, domain):
+    from ppg.judges.base import verdict_rates
 
-    judge = SimJudge(cfg.evasive_reward, cfg.require)  # the judge that scored the dialogues
-    verdicts = [v for d in ds for v in judge.verdicts(d, "persona", d.meta["sim"]["persona"])]
-    rewards = [ln.reward for d in ds for ln in d.turns("persona")]
+    turns = [ln for d in ds for s in d.evaluated_speakers for ln in d.turns(s)]  # judged as simulated
     return {"format": "simulator", "total": {"dialogues": len(ds), "lines": sum(len(d.lines) for d in ds),
-                                             "judged_lines": len(rewards), **SimJudge.summary(verdicts)},
+                                             "judged_lines": len(turns), **verdict_rates(turns)},
             "by_domain": {domain: {"dialogues": len(ds)}}}
 
 
@@ -170,7 +130,7 @@ def validate(
 
     p = read_params(params)
     try:
-        ok = validate_dataset(Path(data or p.data.imported), _out_folder(out), p.validate)
+        ok = validate_dataset(Path(data or p.data.imported), out_folder(out), p.validate)
     except DataError as e:
         fail(str(e))
     typer.echo((out / "report.md").read_text())
@@ -195,7 +155,7 @@ def build(
     p = read_params(params)
     spec = model or p.model.spec
     try:
-        stats = build_dataset(Path(data or p.data.imported), _out_folder(Path(out or p.build.out)),
+        stats = build_dataset(Path(data or p.data.imported), out_folder(Path(out or p.build.out)),
                               resolve_model(model) if model else base_model(p),
                               spec, p.returns.policies, p.returns.segments, p.build, p.returns.gamma)
     except (DataError, FileNotFoundError) as e:
@@ -235,8 +195,8 @@ def train(
     if mode == "online" and fold is not None:
         fail("fold: folds apply to offline training on logged data, not to online rollouts")
     p = read_params(params)
-    from ppg.online import train_online
-    from ppg.train import train as run_train
+    from ppg.train.online import train_online
+    from ppg.train.offline import train as run_train
 
     try:
         if mode == "online":
@@ -259,7 +219,7 @@ def evaluate_(
 ):
     """Consistency of a trained model: online on held-out simulator personas (exact judge, drift
     curve) and/or offline on logged verdicts (likelihood-ratio AUC, weighted NLL); eval/<policy>/."""
-    from ppg.evaluate import evaluate
+    from ppg.evaluate.run import evaluate
 
     p = read_params(params)
     if mode:
@@ -267,14 +227,14 @@ def evaluate_(
             p.eval = type(p.eval)(**{**p.eval.__dict__, "mode": mode})
         except ValueError as e:
             fail(str(e))
-    from ppg.llm_judge import JudgeError
+    from ppg.judges.llm import JudgeError
 
     try:
         m = evaluate(p, policy, fold, run)
     except (FileNotFoundError, ValueError, JudgeError) as e:
         fail(str(e))
-    from ppg.evaluate import table
-    from ppg.train import run_name
+    from ppg.evaluate.report import table
+    from ppg.train.offline import run_name
 
     typer.echo(table({run or run_name(policy, fold): m}))
 
@@ -301,7 +261,7 @@ def serve_judge(
 ):
     """A local OpenAI-compatible chat-completions server for the LLM judge (offline, real HTTP)."""
     from ppg.models import resolve_model
-    from ppg.serve_judge import make_server
+    from ppg.judges.serve import make_server
 
     server = make_server(resolve_model(model), host, port)
     typer.echo(f"serving {model} at http://{host}:{server.server_address[1]}/v1 (Ctrl-C stops)")
@@ -374,10 +334,3 @@ def returns(
                         row[pid] = None if math.isnan(v) else round(v, 6)
                     f.write(json.dumps(row) + "\n")
         typer.echo(f"wrote {out}")
-
-
-import ppg.cli_pipeline  # noqa: E402,F401  (registers prepare-model, run, serve, promote, rollback)
-
-
-def main():
-    app()

@@ -1,0 +1,8 @@
+"""`ppg`: the command line. Importing this package registers every command on the app: the
+stages first, then the runs around them (the order `ppg --help` lists them in)."""
+
+from ppg.cli import stages  # noqa: F401  (registers import ... returns)
+from ppg.cli import pipeline  # noqa: F401,I001  (registers prepare-model ... study-report)
+from ppg.cli.app import app
+
+__all__ = ["app"]

@@ -1,0 +1,47 @@
+"""The one `ppg` Typer app, its errors and params loading; the commands register on it in
+ppg.cli.stages (the pipeline's stages) and ppg.cli.pipeline (the runs around them). Heavy
+libraries load inside commands, and Prefect only in the commands that start flows, so
+`ppg --help` stays fast."""
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Partial Policy Gradients: per-turn credit for persona-consistent LLMs.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the ppg version and exit."),
+          local_rank: int = typer.Option(None, "--local_rank", hidden=True,
+                                         help="Set by the deepspeed launcher (LOCAL_RANK is read from the environment).")):
+    if version:
+        from importlib.metadata import version as v
+
+        typer.echo(f"ppg {v('ppg')}")
+        raise typer.Exit()
+
+
+def fail(msg: str):
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def out_folder(out: Path, option: str = "--out") -> Path:
+    """An output folder that can be one: refused up front when a file (or a file above it) is in
+    the way, instead of a FileExistsError half-way through."""
+    for p in [out, *out.parents]:
+        if p.exists():
+            if not p.is_dir():
+                fail(f"{option}: {p} is a file, not a folder; nothing written")
+            break
+    return out
+
+
+def read_params(path: Path):
+    from ppg.config import load_params
+
+    try:
+        return load_params(path)
+    except ValueError as e:
+        fail(str(e))

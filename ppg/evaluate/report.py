@@ -1,0 +1,66 @@
+"""What an evaluation shows: the metrics table, the drift plot, and the metrics in MLflow."""
+
+from ppg import tracking
+
+
+def plot_drift(metrics: dict, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, m in metrics.items():
+        drift = m.get("online", {}).get("drift", [])
+        if drift:
+            t = [x["turn"] for x in drift]
+            ax.plot(t, [x["mean"] for x in drift], marker="o", label=label)
+            ax.fill_between(t, [x["lo"] for x in drift], [x["hi"] for x in drift], alpha=0.2)
+    ax.set(xlabel="turn of the persona speaker", ylabel="consistent turns (share)", ylim=(0, 1.02),
+           title="Consistency by turn (95% Wilson intervals)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(metrics: dict) -> str:
+    def cell(x):
+        if not isinstance(x, dict):
+            return "-"
+        if x.get("refused"):
+            return x["reason"]
+        return f"{x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
+
+    cols = [("online", "reward"), ("online", "consistency"), ("online", "persona"), ("online", "commitment"),
+            ("online", "coverage"),
+            ("online", "qa"), ("offline", "auc"), ("offline", "weighted_nll")]
+    head = "| policy | " + " | ".join(f"{a}.{b}" for a, b in cols) + " |"
+    rows = [f"| {name} | " + " | ".join(cell(m.get(a, {}).get(b)) for a, b in cols) + " |" for name, m in metrics.items()]
+    return "\n".join([head, "|" + "---|" * (len(cols) + 1)] + rows) + "\n"
+
+
+def flat_metrics(metrics: dict, prefix: str = "") -> dict:
+    """Scalar metrics for MLflow: every {mean, lo, hi} as name, name.lo, name.hi."""
+    out = {}
+    for key, v in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(v, dict) and "mean" in v:
+            out.update({name: v["mean"], f"{name}.lo": v.get("lo"), f"{name}.hi": v.get("hi")})
+        elif isinstance(v, dict):
+            out.update(flat_metrics(v, f"{name}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[name] = v
+    return out
+
+
+def log_evaluation(p, run_id: str, metrics: dict, folder) -> None:
+    """Evaluation metrics (prefixed by split), the drift curve by turn and the files of folder
+    into the training run (the policy's child run)."""
+    c = tracking.client(p.mlflow)
+    split = metrics.get("split", "validation")
+    scalars = flat_metrics({k: v for k, v in metrics.items() if k in ("online", "offline")}, f"{split}.")
+    tracking.log_metrics(c, run_id, {k: v for k, v in scalars.items() if ".drift." not in k}, 0)
+    for x in metrics.get("online", {}).get("drift", []):
+        tracking.log_metrics(c, run_id, {f"{split}.drift": x["mean"]}, x["turn"])
+    c.log_artifacts(run_id, str(folder), f"eval-{split}")

@@ -1,0 +1,95 @@
+"""Evaluation of a trained persona model, as params.yaml's eval section says:
+
+online   on held-out simulator personas (a seed no training set uses): play dialogues against the
+         simulator's partner, judge every turn exactly (ppg.evaluate.online);
+offline  on logged data with verdicts: likelihood-ratio AUC and weighted NLL (ppg.evaluate.offline).
+
+The evaluate stage and the promotion gate both measure through `measure`.
+"""
+
+import json
+from pathlib import Path
+
+from ppg.data.schema import write_dialogues
+from ppg.evaluate.offline import offline_metrics, offline_turns
+from ppg.evaluate.online import backstory_qa, llm_metrics, online_metrics
+from ppg.evaluate.report import log_evaluation, plot_drift, table
+from ppg.io import atomic_open
+from ppg.models import base_model, eval_device, load_tokenizer
+from ppg.rollout import GenerationConfig, play
+from ppg.sim.partner import sim_world
+from ppg.train.offline import run_name
+
+
+def load_trained(p, name: str):
+    """(model, reference, tokenizer, lora) for a `ppg train` output; the reference is the base
+    model (for LoRA: the same model with its adapters switched off)."""
+    from transformers import AutoModelForCausalLM
+
+    trained = Path(p.train.out) / name
+    dev = eval_device()  # a GPU run scores on the GPU too, not on the host's cores
+    if not (trained / "run.json").exists():
+        raise FileNotFoundError(f"{trained}: no trained model (run `ppg train --policy {name.split('-fold')[0]}`)")
+    tok = load_tokenizer(trained)
+    if (trained / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(str(trained)).to(dev).eval()
+        return model, None, tok, True
+    model = AutoModelForCausalLM.from_pretrained(str(trained)).to(dev).eval()
+    ref = AutoModelForCausalLM.from_pretrained(str(base_model(p))).to(dev).eval()
+    return model, ref, tok, False
+
+
+def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False, fold: int | None = None,
+            seed: int | None = None):
+    """Metrics of a loaded model on a split, as p.eval says: (metrics, judged dialogues or None,
+    scored logged turns or None). The evaluate stage and the promotion gate both measure through
+    here; seed overrides the split's persona seed (the gate draws fresh test personas)."""
+    import pyarrow.parquet as pq
+
+    cfg, metrics, dialogues, turns = p.eval, {"split": split}, None, None
+    if cfg.mode in ("online", "both"):
+        domain = cfg.domain or p.sim.domain
+        gen = GenerationConfig(**cfg.generation)
+        seed = cfg.persona_seed(split) if seed is None else seed
+        eps, partner, judge = sim_world(p.sim, domain, cfg.personas, 1, cfg.turns or p.sim.turns, seed)
+        dialogues = play(model, tok, eps, partner, judge, gen, seed)
+        qa = backstory_qa(model, tok, dialogues, gen) if cfg.qa else None
+        metrics["online"] = {"domain": domain, "seed": seed, **online_metrics(dialogues, qa)}
+        if cfg.llm_judge:
+            metrics["online"]["llm"] = llm_metrics(dialogues, cfg.llm_judge)
+    if cfg.mode in ("offline", "both"):
+        path = Path(p.train.data) / (f"{p.train.split}.parquet" if fold is not None else f"{split}.parquet")
+        table_ = pq.read_table(path)
+        rows = table_.to_pylist()
+        rows = [r for r in rows if r["fold"] == fold] if fold is not None else rows
+        turns = offline_turns(model, ref, lora, tok, rows, policy)
+        metrics["offline"] = {"data": str(path), "fold": fold,
+                              "domain": rows[0]["domain"] if rows and "domain" in table_.column_names else None,
+                              **offline_metrics(turns, cfg.min_contradictions)}
+    return metrics, dialogues, turns
+
+
+def evaluate(p, policy: str, fold: int | None = None, run: str | None = None, log: bool = True) -> dict:
+    """Evaluate models/<policy>[-fold<F>] (or models/<run>, e.g. k3-online) on eval.split as p.eval
+    says; write eval/<name>/ files and log them into the model's MLflow run. policy picks the
+    weights of the offline weighted NLL."""
+    cfg = p.eval
+    name = run or run_name(policy, fold)
+    model, ref, tok, lora = load_trained(p, name)
+    trained = json.loads((Path(p.train.out) / name / "run.json").read_text())
+    m, dialogues, _ = measure(p, model, tok, cfg.split, policy, ref, lora, fold)
+    metrics = {"policy": policy, "fold": fold, "model": p.model.spec, "mlflow_run_id": trained.get("mlflow_run_id"),
+               "primary": cfg.primary, **m}
+    out = Path(cfg.out) / name
+    if dialogues is not None:
+        write_dialogues(out / "dialogues.jsonl", dialogues)
+    with atomic_open(out / "metrics.json") as f:
+        json.dump(metrics, f, indent=1)
+    with atomic_open(out / "table.md") as f:
+        f.write(table({name: metrics}))
+    plot_drift({name: metrics}, out / "drift.png")
+    if log and metrics["mlflow_run_id"]:
+        log_evaluation(p, metrics["mlflow_run_id"], metrics, out)
+    return metrics

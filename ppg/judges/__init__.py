@@ -1,0 +1,1 @@
+"""Judges: who scores the evaluated speakers' lines (the Judge protocol in ppg.judges.base)."""
