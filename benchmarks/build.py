@@ -31,8 +31,8 @@ def generated(n, lines, seed=0):
                "reward": rng.choice([0.0, 1.0, 1.0, 1.0, None]) if j % 2 else None} for j in range(lines)]
         out.append(Dialogue.model_construct(  # validated construction is timed in the read case
             dialogue_id=f"g{i}", domain="chatting", source="bench", personas={"bot": rng.choice(personas), "user": ""},
-            evaluated_speakers=["bot"], lines=[Dialogue.model_fields["lines"].annotation.__args__[0].model_construct(**x)
-                                               for x in ls], meta={}))
+            evaluated_speakers=["bot"],
+            lines=[Dialogue.model_fields["lines"].annotation.__args__[0].model_construct(**x) for x in ls], meta={}))
     return out
 
 

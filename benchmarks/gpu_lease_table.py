@@ -10,5 +10,6 @@ from ppg.study.real import real_summary
 from ppg.study.report import real_table
 
 root = Path("docs/results/gpu-lease")
-cells = [json.loads(f.read_text()) for f in sorted(root.glob("cells/*/cell.json")) if (f.parent / "turns.jsonl").exists()]
+cells = [json.loads(f.read_text()) for f in sorted(root.glob("cells/*/cell.json"))
+         if (f.parent / "turns.jsonl").exists()]
 print(real_table(real_summary(load_params("params.yaml"), root, cells)))

@@ -137,8 +137,8 @@ def trl_worker(model, batches, warmup, bf16):
     bs = batches[0]["input_ids"].shape[0]
     args = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=bs, max_steps=len(batches),
                      learning_rate=LR, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="constant",
-                     logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), bf16=bf16,
-                     dataloader_num_workers=0, max_length=None, completion_only_loss=True, seed=0)
+                     logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+                     bf16=bf16, dataloader_num_workers=0, max_length=None, completion_only_loss=True, seed=0)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), callbacks=[Clock()])
     trainer.train()
     step_times = [stamps[2 * i + 1] - stamps[2 * i] for i in range(warmup, len(stamps) // 2)]
@@ -182,7 +182,8 @@ def main():
             torch.save(make_batches(spec, a.warmup + a.steps, a.batch, a.length), batch_files[spec])
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
         out = subprocess.run([sys.executable, __file__, "--worker", f"{spec},{'lora' if lora else 'full'},{mode}",
-                              "--batches", str(batch_files[spec]), "--warmup", str(a.warmup)] + (["--bf16"] if a.bf16 else []),
+                              "--batches", str(batch_files[spec]), "--warmup", str(a.warmup)]
+                             + (["--bf16"] if a.bf16 else []),
                              capture_output=True, text=True, env=env)
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
@@ -191,7 +192,8 @@ def main():
         r = json.loads(line[7:])
         results[(spec, lora, mode)] = r
         gpu = f"  MFU {r['mfu']:.1%}, peak GPU {r['peak_gpu_mb']:.0f} MB" if "mfu" in r else ""
-        print(f"{spec:14s} {'lora' if lora else 'full':8s} {mode:6s} {r['tokens_per_s']:10.1f} {r['peak_rss_mb']:12.0f}{gpu}")
+        print(f"{spec:14s} {'lora' if lora else 'full':8s} {mode:6s} {r['tokens_per_s']:10.1f} "
+              f"{r['peak_rss_mb']:12.0f}{gpu}")
     print("\nratios (same model, same weights setting):")
     for (spec, lora, mode), r in results.items():
         bare = results.get((spec, lora, "bare"))

@@ -237,10 +237,11 @@ class SimConfig:
             ds = s.get("distance") if isinstance(s, dict) else None
             if not ds or any(not (d == "end" or (isinstance(d, int) and d >= 1)) for d in ds) \
                     or not 1 <= s.get("known", -1) <= 8:
-                raise ValueError(f"sim.domains.{name}: expected {{distance: [d >= 1 or end, ...], known: 1..8}}, got {s}")
+                raise ValueError(f"sim.domains.{name}: expected {{distance: [d >= 1 or end, ...], known: 1..8}}, "
+                                 f"got {s}")
         b = self.behaviour
-        if set(b) != {"consistent", "contradict", "evasive", "tempt", "keep"} or any(not 0 <= x <= 1 for x in b.values()) \
-                or b["consistent"] + b["contradict"] > 1:
+        if set(b) != {"consistent", "contradict", "evasive", "tempt", "keep"} \
+                or any(not 0 <= x <= 1 for x in b.values()) or b["consistent"] + b["contradict"] > 1:
             raise ValueError(f"sim.behaviour: expected probabilities consistent, contradict, evasive, tempt, keep "
                              f"(consistent + contradict <= 1), got {b}")
 

@@ -126,7 +126,7 @@ def alias_version(c, name: str, alias: str) -> str | None:
         return None
 
 
-def _history(c, name) -> list[str]:
+def champion_history(c, name) -> list[str]:
     """The champion history, repaired: promote writes the alias first and the history tag second,
     so a crash between them leaves a champion the tag does not end with; it is appended here."""
     hist = json.loads(c.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
@@ -140,7 +140,7 @@ def promote(p, name: str, version: str, reason: str = "by hand") -> None:
     """Make `version` the champion; the previous champion is remembered for rollback."""
     c = _client(p)
     c.get_model_version(name, version)  # raises if there is no such version
-    hist = [v for v in _history(c, name) if v != str(version)] + [str(version)]
+    hist = [v for v in champion_history(c, name) if v != str(version)] + [str(version)]
     c.set_registered_model_alias(name, CHAMPION, str(version))
     c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(hist))
     c.set_model_version_tag(name, str(version), "ppg.promoted", reason)
@@ -149,7 +149,7 @@ def promote(p, name: str, version: str, reason: str = "by hand") -> None:
 def rollback(p, name: str) -> str:
     """Give `champion` back to the version that held it before the current one."""
     c = _client(p)
-    hist = _history(c, name)
+    hist = champion_history(c, name)
     current = alias_version(c, name, CHAMPION)
     if current is None or len(hist) < 2:
         raise ValueError(f"registry: {name} has no earlier champion to roll back to (history {hist}, "
@@ -267,6 +267,7 @@ def gate(p, name: str, version: str, policy: str, parent_run_id: str | None = No
                      ("gate.difference.lo", (d["difference"] or {}).get("lo"))):
             if v is not None:
                 c.log_metric(parent_run_id, k, v)
-        c.set_tag(parent_run_id, "ppg.gate", ("promoted v" if d["promoted"] else "blocked v") + f"{version}: {d['reason']}")
+        c.set_tag(parent_run_id, "ppg.gate",
+                  ("promoted v" if d["promoted"] else "blocked v") + f"{version}: {d['reason']}")
     say(("PROMOTED " if d["promoted"] else "NOT PROMOTED ") + f"{name} v{version}: {d['reason']}")
     return decision

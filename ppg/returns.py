@@ -121,6 +121,17 @@ def _segment_sums(x, starts, gamma):
     return w.T.contiguous()
 
 
+def policy_weights(rewards, mask, segment_starts, policies: list[str], gamma: float = 1.0) -> dict:
+    """Unshaped partial returns of every policy id (e.g. greedy, k3, full, segment, bc) over one
+    turn batch (ppg.data.turns.TurnBatch's tensors): what `ppg returns` shows and `ppg build`
+    stores, so the two can never disagree (on gamma, on segments)."""
+    out = {}
+    for pid in policies:
+        policy, k = parse_policy_id(pid)
+        out[pid] = partial_returns(rewards, mask, policy, k=k, segments=segment_starts, gamma=gamma)
+    return out
+
+
 def partial_returns(rewards, mask, policy, k=None, segments=None, gamma=1.0, validate=True):
     """Partial returns w[B, T] (dtype of rewards; 0 at padding, NaN where S_t holds an unknown).
 

@@ -1,4 +1,4 @@
-"""Hermetic test environment: no hub, no telemetry, DeepSpeed on CPU (env-notes §8)."""
+"""Hermetic test environment: no hub, no telemetry, DeepSpeed on CPU (gloo, no JIT-built ops)."""
 
 import os
 

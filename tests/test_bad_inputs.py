@@ -52,8 +52,10 @@ CASES = [
     ("consistent-llms", cl(setitem(["conversation", 2, 0], 5)), "field conversation[2]: line index 5, expected 2"),
     ("consistent-llms", cl(setitem(["eval_prompt_consistency", 0, 0], 99)),
      "field eval_prompt_consistency[0]: line index 99 outside the conversation"),
-    ("consistent-llms", cl(setitem(["eval_prompt_consistency", 0], [1, 5])), "field eval_prompt_consistency[0]: expected"),
-    ("consistent-llms", cl(setitem(["eval_index_consistency"], "[1]")), "field eval_index_consistency: expected a list"),
+    ("consistent-llms", cl(setitem(["eval_prompt_consistency", 0], [1, 5])),
+     "field eval_prompt_consistency[0]: expected"),
+    ("consistent-llms", cl(setitem(["eval_index_consistency"], "[1]")),
+     "field eval_index_consistency: expected a list"),
     ("consistent-llms", cl(setitem(["P2"], 7)), "record 0: field P2: missing or not a string"),
     ("consistent-llms", cl(lambda r: r.pop("task_name")), "record 0: field task_name"),
     ("consistent-llms", cl(setitem(["conversation", 1, 1], "Student: " + "x" * 10_000_000)),
@@ -73,13 +75,15 @@ CASES = [
     ("jsonl", b"[1, 2]\n", ":1: field record"),
     ("synthetic-persona-chat", b"user 1 personas,Best Generated Conversation\na,User 1: hi\n",
      "missing column 'user 2 personas'"),
-    ("synthetic-persona-chat", b'user 1 personas,user 2 personas,Best Generated Conversation\na,b,"User 1: hi\nBot: yo"\n',
+    ("synthetic-persona-chat",
+     b'user 1 personas,user 2 personas,Best Generated Conversation\na,b,"User 1: hi\nBot: yo"\n',
      "record 0: field Best Generated Conversation[1]: expected 'User 1:' or 'User 2:'"),
     ("synthetic-persona-chat", b'user 1 personas,user 2 personas,Best Generated Conversation\na,b,""\n',
      "record 0: field Best Generated Conversation: empty conversation"),
     # -- the classes of the hardening round: each refused at import, naming file, line and field --
     # unknown fields where the format is ours (free-form data belongs in meta / lines[].meta)
-    ("jsonl", canon(setitem(["lines", 0, "Reward"], 1.0)), ":1 (dialogue_id='d1'): field lines.0.Reward: unknown field"),
+    ("jsonl", canon(setitem(["lines", 0, "Reward"], 1.0)),
+     ":1 (dialogue_id='d1'): field lines.0.Reward: unknown field"),
     ("jsonl", canon(setitem(["metadata"], {"k": 1})), "field metadata: unknown field"),
     # duplicate keys: the last would win and the first value vanish
     ("jsonl", json.dumps(CANON).replace('"lines":', '"lines": [], "lines":', 1).encode() + b"\n",
@@ -93,30 +97,38 @@ CASES = [
     ("jsonl", canon(setitem(["personas", "a"], "  ")), "personas.a: empty backstory for an evaluated speaker"),
     ("jsonl", canon(setitem(["lines"], [])), "field lines: List should have at least 1 item"),
     # text that is not text
-    ("jsonl", canon(setitem(["lines", 0, "text"], "hi\x00there")), "field lines.0.text: Value error, control character U+0000"),
+    ("jsonl", canon(setitem(["lines", 0, "text"], "hi\x00there")),
+     "field lines.0.text: Value error, control character U+0000"),
     ("jsonl", canon(setitem(["lines", 0, "text"], "\x1b[31mred\x1b[0m")), "control character U+001B at position 0"),
-    ("jsonl", canon(setitem(["lines", 0, "text"], "\u200b\u200d\ufeff")), "field lines.0.text: Value error, no visible character"),
+    ("jsonl", canon(setitem(["lines", 0, "text"], "\u200b\u200d\ufeff")),
+     "field lines.0.text: Value error, no visible character"),
     # segment partitions, checked where they are read
     ("jsonl", canon(setitem(["meta"], {"segment_starts": {"a": [0, 0]}})), "meta.segment_starts.a: must be increasing"),
-    ("jsonl", canon(setitem(["meta"], {"segment_starts": {"a": [0.0]}})), "meta.segment_starts.a: expected a non-empty list of integers"),
+    ("jsonl", canon(setitem(["meta"], {"segment_starts": {"a": [0.0]}})),
+     "meta.segment_starts.a: expected a non-empty list of integers"),
     ("jsonl", canon(setitem(["meta"], {"segment_starts": {"a": [0, 3]}})), "below 1 (the speaker's turns), got [0, 3]"),
-    ("jsonl", canon(setitem(["meta"], {"segment_starts": [0, 1]})), "meta.segment_starts: expected {speaker: [turn indices]}"),
-    ("jsonl", canon(setitem(["meta"], {"segment_starts": {"z": [0]}})), "meta.segment_starts.z: 'z' is not an evaluated speaker"),
+    ("jsonl", canon(setitem(["meta"], {"segment_starts": [0, 1]})),
+     "meta.segment_starts: expected {speaker: [turn indices]}"),
+    ("jsonl", canon(setitem(["meta"], {"segment_starts": {"z": [0]}})),
+     "meta.segment_starts.z: 'z' is not an evaluated speaker"),
     # crashes that are errors now
     ("jsonl", b"", "no dialogues found"),
     ("consistent-llms", b" \n\t\n", "empty file (expected a JSON list of dialogues)"),
     ("synthetic-persona-chat", b'user 1 personas,user 2 personas,Best Generated Conversation\na,b,"User 1: hi",extra\n',
      ":2: record 0: 1 more field(s) than the header's 3 columns"),
     ("jsonl", b"[" * 5000 + b"]" * 5000 + b"\n", ":1: not valid JSON: nested deeper than Python can parse"),
-    ("jsonl", b'{"dialogue_id": "d1", "meta": ' + b'{"a": ' * 80 + b"1" + b"}" * 80 + b"}\n", "JSON nested deeper than 64"),
+    ("jsonl", b'{"dialogue_id": "d1", "meta": ' + b'{"a": ' * 80 + b"1" + b"}" * 80 + b"}\n",
+     "JSON nested deeper than 64"),
     # importer heuristics: conflicting verdicts are refused, never "last wins"
-    ("consistent-llms", cl(lambda r: r["eval_prompt_consistency"].append([r["eval_prompt_consistency"][0][0], "It contradicts. YES"])),
+    ("consistent-llms",
+     cl(lambda r: r["eval_prompt_consistency"].append([r["eval_prompt_consistency"][0][0], "It contradicts. YES"])),
      "conflicting verdicts for one line"),
     # a bad byte is named by its line
     ("jsonl", canon(lambda r: None, n=2) + b"\xff\n", ":3: not UTF-8 at byte"),
     # errors name the field as the source spells it, not the canonical field it became
     ("consistent-llms", cl(setitem(["task_name"], " ")), "record 0: field task_name: String should have at least 1"),
-    ("consistent-llms", cl(setitem(["conversation", 1, 1], "Student: \x07ding")), "record 0: field conversation[1]: Value error, control"),
+    ("consistent-llms", cl(setitem(["conversation", 1, 1], "Student: \x07ding")),
+     "record 0: field conversation[1]: Value error, control"),
 ]
 
 
@@ -146,7 +158,8 @@ def test_each_bad_input_of_the_corpus_stops_before_training(tmp_path, case):
     if case["stops_at"] == "import":
         return assert_stopped_at_import(res, src, case["error"], imported)
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(app, ["validate", str(imported), "--out", str(report), "--params", str(ROOT / "params.yaml")])
+    res = CliRunner().invoke(app, ["validate", str(imported), "--out", str(report),
+                                   "--params", str(ROOT / "params.yaml")])
     if case["stops_at"] == "accepted":  # unusual but valid: passes the gate and builds as written
         return assert_builds_as_written(res, src, imported, tmp_path, case["turns"])
     assert res.exit_code == 1, res.output
@@ -177,7 +190,8 @@ def assert_builds_as_written(res, src: Path, imported: Path, tmp_path: Path, tur
     assert sum(len(set(r["turn_index"]) - {-1}) for r in rows) == turns  # every turn placed, none forged
 
 
-@pytest.mark.parametrize("fmt,content,message", [c for c in CASES if len(c[1]) > 100_000], ids=["cl-10MB", "jsonl-10MB"])
+@pytest.mark.parametrize("fmt,content,message", [c for c in CASES if len(c[1]) > 100_000],
+                         ids=["cl-10MB", "jsonl-10MB"])
 def test_oversized_lines_stop_at_import(tmp_path, fmt, content, message):
     src = tmp_path / "in" / "input.data"
     src.parent.mkdir()
@@ -197,15 +211,17 @@ def test_the_same_dialogue_from_two_files_is_a_duplicate(tmp_path):
     src = FIX / "consistent_llms_small.json"
     copy_ = tmp_path / "consistent_llms_small.json"
     copy_.write_bytes(src.read_bytes())
-    res = CliRunner().invoke(app, ["import", "-f", "consistent-llms", str(src), str(copy_), "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(app, ["import", "-f", "consistent-llms", str(src), str(copy_),
+                                   "--out", str(tmp_path / "o")])
     text = " ".join(res.output.split())
-    assert res.exit_code == 2 and "the same dialogue (domain, personas and lines) as 'fixtures/consistent_llms_small:0'" \
-        in text and "a copied file?" in text
+    assert res.exit_code == 2 and ("the same dialogue (domain, personas and lines) as "
+                                   "'fixtures/consistent_llms_small:0'") in text and "a copied file?" in text
 
 
 def test_failed_import_keeps_the_previous_output_intact(tmp_path):
     out = tmp_path / "out"
-    ok = CliRunner().invoke(app, ["import", "-f", "consistent-llms", str(FIX / "consistent_llms_small.json"), "--out", str(out)])
+    ok = CliRunner().invoke(app, ["import", "-f", "consistent-llms", str(FIX / "consistent_llms_small.json"),
+                                  "--out", str(out)])
     assert ok.exit_code == 0, ok.output
     before = (out / "dialogues.jsonl").read_bytes()
     bad = tmp_path / "bad.json"
@@ -247,8 +263,9 @@ def test_files_that_share_a_name_import_side_by_side_and_train(tmp_path, tiny_mo
     build_dataset(imported, tmp_path / "built", tiny_model, "tiny", ["k2"], {"length": 2},
                   BuildConfig(max_length=512, splits={"train": 1.0}))
     p = Params(model=ModelConfig(spec="tiny"),
-               train=TrainConfig(data=str(tmp_path / "built"), out=str(tmp_path / "models"), workdir=str(tmp_path / "w"),
-                                 batch_size=2, max_steps=2, lora=LoraConfig(enabled=False)),
+               train=TrainConfig(data=str(tmp_path / "built"), out=str(tmp_path / "models"),
+                                 workdir=str(tmp_path / "w"), batch_size=2, max_steps=2,
+                                 lora=LoraConfig(enabled=False)),
                mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "art")))
     r = train(p, "k2", progress=False)
     assert r["steps"] == 2 and r["weights"]["sequences"] == 8  # 4 sequences per file, both files
@@ -258,7 +275,8 @@ def test_a_folder_takes_every_data_extension_and_lists_what_it_skipped(tmp_path)
     inbox = tmp_path / "incoming"
     inbox.mkdir()
     (inbox / "A.JSONL").write_bytes(canon(lambda r: None))
-    (inbox / "b.ndjson").write_bytes(canon(lambda r: r.update(dialogue_id="d2", lines=[{"speaker": "a", "text": "yo"}])))
+    (inbox / "b.ndjson").write_bytes(canon(lambda r: r.update(dialogue_id="d2",
+                                                              lines=[{"speaker": "a", "text": "yo"}])))
     (inbox / "notes.txt").write_text("not data")
     res = CliRunner().invoke(app, ["import", "-f", "jsonl", str(inbox), "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output

@@ -22,7 +22,8 @@ POLICIES = ["greedy", "k2", "full", "segment"]
 def synthetic(n=40, seed=0, turns=(2, 9)):
     """Dialogues over a pool of personas (reused across dialogues), random rewards with nulls."""
     rng = random.Random(seed)
-    personas = [f"I am persona {i}, I like {w}." for i, w in enumerate(["tea", "jazz", "maps", "rain", "chess", "owls"])]
+    personas = [f"I am persona {i}, I like {w}."
+                for i, w in enumerate(["tea", "jazz", "maps", "rain", "chess", "owls"])]
     out = []
     for i in range(n):
         t = rng.randint(*turns)
@@ -30,8 +31,9 @@ def synthetic(n=40, seed=0, turns=(2, 9)):
         lines = []
         for j in range(t):
             lines.append({"speaker": "partner", "text": f"question {j} about {rng.choice(['work', 'home'])}?"})
-            lines.append({"speaker": "bot", "text": f"answer {j}: " + " ".join(rng.choice(["yes", "no", "maybe", "I", "like"])
-                                                                          for _ in range(rng.randint(1, 12))),
+            lines.append({"speaker": "bot",
+                          "text": f"answer {j}: " + " ".join(rng.choice(["yes", "no", "maybe", "I", "like"])
+                                                             for _ in range(rng.randint(1, 12))),
                           "reward": rng.choice([0.0, 1.0, 1.0, None])})
         out.append(Dialogue.model_validate({
             "dialogue_id": f"s{i}", "domain": "therapy", "source": "test", "personas": {"bot": p, "partner": ""},

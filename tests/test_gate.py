@@ -197,7 +197,7 @@ def test_rollback_tolerates_a_promote_torn_between_its_two_writes(registry_param
     registry.promote(p, "ppg-chatting", "1")
     c = registry.tracking.client(p.mlflow)
     c.set_registered_model_alias("ppg-chatting", "champion", "2")  # the crash: alias moved, history not
-    assert registry._history(c, "ppg-chatting") == ["1", "2"]
+    assert registry.champion_history(c, "ppg-chatting") == ["1", "2"]
     assert registry.rollback(p, "ppg-chatting") == "1"
     assert registry.alias_version(c, "ppg-chatting", "champion") == "1"
     with pytest.raises(ValueError, match="no earlier champion"):

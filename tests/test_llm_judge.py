@@ -78,7 +78,8 @@ def config(server, **kw):
 def test_verdicts_rewards_and_nulls(scripted):
     # line 1 (first turn): prompt-to-line only; line 3: prompt-to-line then line-to-line
     Scripted.script = [("Line spoken by patient: Fine.", 200, completion("It fits the background. NO"), 0),
-                       ("Line spoken by patient: I fly", 200, completion("Flying planes contradicts driving buses. YES."), 0),
+                       ("Line spoken by patient: I fly", 200,
+                        completion("Flying planes contradicts driving buses. YES."), 0),
                        ("Python list", 200, completion("It conflicts with nothing I can see"), 0)]
     judge = LLMJudge(config(scripted))
     [d] = judge.judge([dialogue()])
@@ -86,13 +87,16 @@ def test_verdicts_rewards_and_nulls(scripted):
     assert turns[0].reward == 1.0
     assert turns[1].reward == 0.0  # YES decides even though line-to-line had no parseable list
     assert turns[1].judge["line_to_line"] is None
+    # the verdict shape every judge writes (ppg.judges.base): what evaluation reads
+    assert [(t.judge["persona"], t.judge["commitment"]) for t in turns] == [(1, 1), (0, None)]
     assert judge.counts["null_line_to_line"] == 1 and judge.counts["null_prompt_to_line"] == 0
     assert Scripted.seen_auth == [f"Bearer {SECRET}"] * 3
 
 
 def test_an_answer_without_verdict_is_null_not_a_number(scripted):
     Scripted.script = [("Line spoken by patient: Fine.", 200, completion("I am not sure about this one."), 0),
-                       ("Line spoken by patient: I fly", 200, completion("NO"), 0), ("Python list", 200, completion("[]"), 0)]
+                       ("Line spoken by patient: I fly", 200, completion("NO"), 0),
+                       ("Python list", 200, completion("[]"), 0)]
     judge = LLMJudge(config(scripted))
     [d] = judge.judge([dialogue()])
     assert d.turns("patient")[0].reward is None and judge.counts["null_prompt_to_line"] == 1
@@ -114,7 +118,8 @@ def test_faults_are_retried_then_succeed(scripted, caplog, capsys):
 def test_a_dead_endpoint_fails_clearly_without_leaking_the_key(scripted, caplog, capsys):
     Scripted.script = [("", 503, {"error": "down"}, 0)] * 10
     judge = LLMJudge(config(scripted))
-    with caplog.at_level(logging.DEBUG), pytest.raises(JudgeError, match=r"failed after 3 attempts \(last: HTTP 503\)") as e:
+    with (caplog.at_level(logging.DEBUG),
+          pytest.raises(JudgeError, match=r"failed after 3 attempts \(last: HTTP 503\)") as e):
         judge.judge([dialogue()])
     out = capsys.readouterr()
     assert SECRET not in str(e.value) + caplog.text + out.out + out.err
@@ -125,7 +130,8 @@ def test_a_dead_endpoint_fails_clearly_without_leaking_the_key(scripted, caplog,
 
 
 def test_qa_consistency_polarity(scripted):
-    Scripted.script = [("A bus.", 200, completion("It matches. YES"), 0), ("A plane.", 200, completion("It does not. NO"), 0),
+    Scripted.script = [("A bus.", 200, completion("It matches. YES"), 0),
+                       ("A plane.", 200, completion("It does not. NO"), 0),
                        ("A boat.", 200, completion("unclear"), 0)]
     judge = LLMJudge(config(scripted))
     items = [{"role": "Sam", "backstory": "A bus driver.", "question": "What do you drive?", "answer": a}

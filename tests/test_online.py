@@ -30,7 +30,8 @@ def test_online_steps_judge_rollouts_and_start_at_zero_kl(tmp_path, tiny_model):
     rollouts = sorted((Path(r["workdir"]) / "rollouts").glob("*.jsonl"))
     assert len(rollouts) == 3
     d = json.loads(rollouts[0].read_text().splitlines()[0])
-    assert d["source"] == "simulator" and all(ln["reward"] is not None for ln in d["lines"] if ln["speaker"] == "persona")
+    assert d["source"] == "simulator" and all(ln["reward"] is not None
+                                              for ln in d["lines"] if ln["speaker"] == "persona")
     out = json.loads((tmp_path / "models/k2-online/run.json").read_text())
     assert out["mode"] == "online" and out["mlflow_run_id"] == r["mlflow_run_id"]
     # the online output is evaluated like any trained model

@@ -80,8 +80,8 @@ def test_offline_and_online_ppg_each_improve_on_their_behaviour_cloned_start(tmp
     gen = {"max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0, "batch_size": 48}
     p = Params(model=ModelConfig(spec="tiny"), sim=sim, returns=ReturnsConfig(policies=["bc", "greedy"]),
                train=TrainConfig(data=str(tmp_path / "built"), out=str(tmp_path / "models"),
-                                 workdir=str(tmp_path / "work"), batch_size=16, max_steps=1500, checkpoint_every=10 ** 6,
-                                 lora=LoraConfig(enabled=False), deepspeed=adam(3e-3, 50)),
+                                 workdir=str(tmp_path / "work"), batch_size=16, max_steps=1500,
+                                 checkpoint_every=10 ** 6, lora=LoraConfig(enabled=False), deepspeed=adam(3e-3, 50)),
                eval=EvalConfig(out=str(tmp_path / "eval"), personas=PERSONAS, turns=TURNS, qa=False, generation=gen),
                mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "art")))
     train(p, "bc", progress=False)
@@ -91,7 +91,8 @@ def test_offline_and_online_ppg_each_improve_on_their_behaviour_cloned_start(tmp
     build_dataset(tmp_path / "imported", tmp_path / "built-bc", warm, warm, ["greedy"], {"length": 3},
                   BuildConfig(max_length=1024, splits={"train": 0.9, "validation": 0.05, "test": 0.05}))
     offline = replace(p, model=ModelConfig(spec=warm), train=replace(
-        p.train, data=str(tmp_path / "built-bc"), out=str(tmp_path / "offline"), max_steps=200, deepspeed=adam(1e-3, 10)))
+        p.train, data=str(tmp_path / "built-bc"), out=str(tmp_path / "offline"), max_steps=200,
+        deepspeed=adam(1e-3, 10)))
     train(offline, "greedy", progress=False)
     greedy = evaluate(offline, "greedy", log=False)["online"]
     p.train.deepspeed = adam(5e-4, 1, decay=False)
@@ -101,7 +102,8 @@ def test_offline_and_online_ppg_each_improve_on_their_behaviour_cloned_start(tmp
     online = evaluate(p, "k3", run="k3-online", log=False)["online"]
     behaviour = behaviour_metrics(p)
     report = {name: {k: round(m[k]["mean"], 3) for k in ("consistency", "persona", "commitment", "coverage", "reward")}
-              for name, m in (("behaviour", behaviour), ("bc", start), ("offline_greedy", greedy), ("online_k3", online))}
+              for name, m in (("behaviour", behaviour), ("bc", start), ("offline_greedy", greedy),
+                              ("online_k3", online))}
     gains = {name: paired(start, m, "reward") for name, m in (("offline_greedy", greedy), ("online_k3", online))}
     print(json.dumps({"metrics": report, "reward_gain_over_bc": gains}))
     for name, (mean, (lo, _)) in gains.items():

@@ -189,7 +189,8 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
         assert new_run != old_run and weights(ws, pol) != first_weights[pol], pol
         assert max(m.step for m in c.get_metric_history(new_run, "loss")) == 20
     v2 = c.get_model_version("ppg-chatting", "2")
-    assert v2.tags["ppg.run_id"] == json.loads((ws / "models" / v2.tags["ppg.policy"] / "run.json").read_text())["mlflow_run_id"]
+    assert v2.tags["ppg.run_id"] == json.loads(
+        (ws / "models" / v2.tags["ppg.policy"] / "run.json").read_text())["mlflow_run_id"]
     [last] = c.search_runs([c.get_experiment_by_name("ppg").experiment_id], "tags.`ppg.stage` = 'pipeline'",
                            order_by=["attributes.start_time DESC"], max_results=1)
     gate_json = json.loads(Path(c.download_artifacts(last.info.run_id, "gate.json", str(ws.parent))).read_text())
@@ -297,8 +298,8 @@ def test_study_runs_its_cells_once_and_resumes(tmp_path, prefect_api):
     p["eval"].update(qa=False, generation={"max_new_tokens": 6, "temperature": 0.0, "top_p": 1.0, "batch_size": 4})
     p["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifacts": str(tmp_path / "art")}
     p["study"] = {"out": str(tmp_path / "study"), "distances": [2], "known": 4, "turns": 4,
-                  "policies": ["greedy", "k3", "k5"], "sizes": [40], "seeds": [0], "steps": 3, "personas": 2, "batch_size": 4,
-                  "base_dialogues": 20, "base_steps": 3, "real": {"weights": ["raw"]},
+                  "policies": ["greedy", "k3", "k5"], "sizes": [40], "seeds": [0], "steps": 3, "personas": 2,
+                  "batch_size": 4, "base_dialogues": 20, "base_steps": 3, "real": {"weights": ["raw"]},
                   "online": {"distances": [2], "policies": ["k3"], "steps": 2, "personas_per_step": 2, "group": 2},
                   "weights": {"raw": {"baseline": "none", "standardize": False, "clip": None}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))

@@ -87,7 +87,8 @@ def test_every_judged_turn_is_scored_once_by_a_model_that_never_saw_it(tmp_path,
         fresh = offline_turns(model, ref, lora, tok, rows, "k3")
     finally:
         os.chdir(ROOT)
-    cached = [json.loads(x) for x in (tmp_path / "real/cells/therapy-f1-k3-shaped/turns.jsonl").read_text().splitlines()]
+    cached = [json.loads(x)
+              for x in (tmp_path / "real/cells/therapy-f1-k3-shaped/turns.jsonl").read_text().splitlines()]
     assert [t["score"] for t in fresh] == [t["score"] for t in cached]
     assert ppg_study_real(data=str(data), workspace=str(tmp_path))["cells_run"] == 0  # read back, not retrained
     # the bc control added later: the data are rebuilt with its weights (same folds and windows), its

@@ -179,7 +179,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, data, monkeypa
                    env=cli_env(tmp_path), capture_output=True, cwd=tmp_path / "ref")
     cut = write_params(tmp_path / "cut", data, max_steps=steps, checkpoint_every=5, lr=1e-4)
     proc = subprocess.Popen(["ppg", "train", "--policy", "k2", "--params", str(cut), "--no-progress"],
-                            env=cli_env(tmp_path), cwd=tmp_path / "cut", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            env=cli_env(tmp_path), cwd=tmp_path / "cut", stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:

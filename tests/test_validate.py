@@ -53,7 +53,8 @@ DEFECTS = {
     "speakers alternate (or meta.non_alternating_reason says why)": lambda df: plant(df, alternation_break=(4, 1.0)),
     "share of evaluated turns without a verdict <= 0.2": lambda df: df.assign(
         verdict_missing=np.where(df["turn"] >= 0, 1.0, np.nan)),
-    "share of repeated lines of consistent-llms (same speaker, same text) <= 0.1": lambda df: df.assign(duplicate_line=1.0),
+    "share of repeated lines of consistent-llms (same speaker, same text) <= 0.1": lambda df: df.assign(
+        duplicate_line=1.0),
     "contradiction share of consistent-llms/therapy in [0.2, 0.5]": lambda df: df.assign(
         contradiction=np.where((df["domain"] == "therapy") & (df["turn"] >= 0), 1.0, df["contradiction"])),
 }
@@ -88,7 +89,8 @@ def test_validate_command_writes_report_and_fails_on_a_bad_dataset(tmp_path):
     assert "FAILED" in report and "## FAIL: contradiction share of consistent-llms/therapy in [0.9, 1.0]" in report
     assert f"{imported / 'dialogues.jsonl'}, dialogue consistent_llms_small:1, line 3, turn 1" in report
     assert (tmp_path / "v/gx_result.json").exists()
-    params.write_text("validate:\n  max_null_share: 0.5\n  label_balance: {}\n")  # the fixture's chatting is 25% contradictions
+    # the fixture's chatting is 25% contradictions
+    params.write_text("validate:\n  max_null_share: 0.5\n  label_balance: {}\n")
     res = runner.invoke(app, ["validate", str(imported), "--out", str(tmp_path / "v"), "--params", str(params)])
     assert res.exit_code == 0 and "PASSED" in (tmp_path / "v/report.md").read_text()
 

@@ -14,7 +14,8 @@ app = typer.Typer(help="Partial Policy Gradients: per-turn credit for persona-co
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", help="Print the ppg version and exit."),
           local_rank: int = typer.Option(None, "--local_rank", hidden=True,
-                                         help="Set by the deepspeed launcher (LOCAL_RANK is read from the environment).")):
+                                         help="Set by the deepspeed launcher (LOCAL_RANK is read from the "
+                                              "environment).")):
     if version:
         from importlib.metadata import version as v
 

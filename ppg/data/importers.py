@@ -13,10 +13,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ppg.data import FORMATS
 from ppg.data.schema import (MAX_LINE_CHARS, DataError, Dialogue, list_item_lines, load_json, read_dialogues,
                              read_text, validation_message)
 
-FORMATS = ("consistent-llms", "synthetic-persona-chat", "chitchat", "jsonl")
 VERDICT = re.compile(r"\b(YES|NO)\b")
 INT_LIST = re.compile(r"\[\s*(?:-?\d+\s*(?:,\s*-?\d+\s*)*)?\]")
 NAME_PREFIX = re.compile(r"^\s*([^:\n]{1,60}):\s?")
@@ -214,7 +214,8 @@ def import_synthetic_persona_chat(path: Path, stats: ImportStats, label: str | N
         for j, raw in enumerate(x.removesuffix("\r") for x in (row[conv_col] or "").split("\n") if x.strip()):
             m = re.match(r"\s*User ([12])\s*:\s*(.*)$", raw, re.S)
             if not m:
-                _fail(f"{path}:{at[rec]}", rec, f"{conv_col}[{j}]", f"expected 'User 1:' or 'User 2:', got {raw[:40]!r}")
+                _fail(f"{path}:{at[rec]}", rec, f"{conv_col}[{j}]",
+                      f"expected 'User 1:' or 'User 2:', got {raw[:40]!r}")
             lines.append({"speaker": f"user{m.group(1)}", "text": m.group(2).strip(), "reward": None})
         if not lines:
             _fail(f"{path}:{at[rec]}", rec, conv_col, "empty conversation")
@@ -269,9 +270,7 @@ def import_jsonl(path: Path, stats: ImportStats, label: str | None = None):
         yield d
 
 
-IMPORTERS = {"consistent-llms": import_consistent_llms,
-             "synthetic-persona-chat": import_synthetic_persona_chat,
-             "chitchat": import_chitchat, "jsonl": import_jsonl}
+IMPORTERS = dict(zip(FORMATS, (import_consistent_llms, import_synthetic_persona_chat, import_chitchat, import_jsonl)))
 
 
 DATA_SUFFIXES = (".json", ".jsonl", ".ndjson")
@@ -368,7 +367,8 @@ def import_paths(fmt: str, paths: list[Path]) -> tuple[list[Dialogue], dict]:
     for p in files:
         for d in IMPORTERS[fmt](Path(p), stats, labels[Path(p)]):
             if d.dialogue_id in seen:
-                raise DataError(f"{p}: field dialogue_id: {d.dialogue_id!r} already imported from {seen[d.dialogue_id]}")
+                raise DataError(f"{p}: field dialogue_id: {d.dialogue_id!r} already imported from "
+                                f"{seen[d.dialogue_id]}")
             key = _content_key(d)
             if key in same and same[key][1] != p:
                 raise DataError(f"{p}: dialogue {d.dialogue_id!r}: the same dialogue (domain, personas and lines) as "

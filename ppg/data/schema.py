@@ -56,7 +56,9 @@ class Line(BaseModel):
     reward: float | None = Field(default=None, strict=True)
     """Judge reward in [0, 1]; null = no verdict (unknown)."""
     judge: dict | None = None
-    """Raw judge output kept for audit: {"prompt_to_line": str|null, "line_to_line": [int]|null}."""
+    """Judge output kept for audit: what the judge said (e.g. {"prompt_to_line": str|null,
+    "line_to_line": [int]|null} as imported), and from ppg's judges also the verdicts `persona` and
+    `commitment` (1, 0 or null) that evaluation reads (ppg.judges.base)."""
     name: str | None = None
     """The name prefix the source wrote before the text (`Teacher`); never decides the speaker."""
     meta: dict = Field(default_factory=dict)

@@ -7,23 +7,46 @@ import torch
 from ppg.data.schema import DataError, Dialogue
 
 
+def persona_groups(dialogues: list[Dialogue]) -> list[int]:
+    """Group id per dialogue: dialogues linked by a shared evaluated persona text (transitively)
+    share a group, so no persona can sit in two splits."""
+    parent: dict[str, str] = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    keys = []
+    for d in dialogues:
+        ps = [f"{d.domain}\0{d.personas[s].strip()}" for s in d.evaluated_speakers]
+        for p in ps[1:]:
+            parent[find(p)] = find(ps[0])
+        keys.append(ps[0])
+    roots = [find(k) for k in keys]
+    ids = {r: i for i, r in enumerate(dict.fromkeys(roots))}
+    return [ids[r] for r in roots]
+
+
 class TurnBatch(NamedTuple):
     keys: list[tuple[str, str]]  # (dialogue_id, speaker) of each row
     rewards: torch.Tensor  # float32 [B, T], NaN = no verdict, 0 at padding
     mask: torch.Tensor  # bool [B, T], left-aligned
     segment_starts: torch.Tensor  # bool [B, T]: True where a segment starts
-    groups: torch.Tensor  # long [B]: rows sharing a persona text share a group
+    groups: torch.Tensor  # long [B]: the persona group of each row's dialogue (persona_groups)
 
 
 def turn_batch(dialogues: list[Dialogue], segments: dict) -> TurnBatch:
     """segments: {length: L} or {from: meta.segment_starts} (ppg.config.ReturnsConfig)."""
+    dialogues = [d for d in dialogues if d.evaluated_speakers]
     rows = [(d, s) for d in dialogues for s in d.evaluated_speakers]
     T = max((len(d.turns(s)) for d, s in rows), default=0)
     B = len(rows)
     rewards = torch.zeros(B, T)
     mask = torch.zeros(B, T, dtype=torch.bool)
     starts = torch.zeros(B, T, dtype=torch.bool)
-    personas: dict[str, int] = {}
+    group_of = dict(zip((d.dialogue_id for d in dialogues), persona_groups(dialogues)))
     groups = torch.zeros(B, dtype=torch.long)
     for b, (d, s) in enumerate(rows):
         turns = d.turns(s)
@@ -38,5 +61,5 @@ def turn_batch(dialogues: list[Dialogue], segments: dict) -> TurnBatch:
                 raise DataError(f"dialogue {d.dialogue_id!r}: field meta.segment_starts: no entry for "
                                 f"speaker {s!r} (returns.segments asks for it)")
             starts[b, seg or []] = True
-        groups[b] = personas.setdefault(d.personas[s], len(personas))
+        groups[b] = group_of[d.dialogue_id]
     return TurnBatch([(d.dialogue_id, s) for d, s in rows], rewards, mask, starts, groups)

@@ -60,7 +60,8 @@ def _expectations(df, cfg):
     out = [(f"{c} is never null", gxe.ExpectColumnValuesToNotBeNull(column=c), None)
            for c in ("dialogue_id", "domain", "source", "speaker", "text")]
     out += [
-        ("reward is in [0, 1] or null", gxe.ExpectColumnValuesToBeBetween(column="reward", min_value=0, max_value=1), None),
+        ("reward is in [0, 1] or null",
+         gxe.ExpectColumnValuesToBeBetween(column="reward", min_value=0, max_value=1), None),
         (f"text length within [{cfg.min_text_chars}, {cfg.max_text_chars}]",
          gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=cfg.min_text_chars,
                                                  max_value=cfg.max_text_chars), None),
@@ -119,7 +120,8 @@ def run_suite(df: pd.DataFrame, cfg) -> tuple[list[Check], dict]:
             offenders = df.loc[df[indicator] == 1.0, INDEX_COLUMNS].head(5).to_dict("records")
         else:
             observed = f"{result.get('unexpected_count', 0)} unexpected"
-            offenders = [{c: row.get(c) for c in INDEX_COLUMNS} for row in result.get("unexpected_index_list") or []][:5]
+            unexpected = result.get("unexpected_index_list") or []
+            offenders = [{c: row.get(c) for c in INDEX_COLUMNS} for row in unexpected][:5]
         checks.append(Check(name, bool(r.success), observed, offenders))
     return checks, res.to_json_dict()
 

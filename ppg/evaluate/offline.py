@@ -22,7 +22,8 @@ def offline_metrics(turns: list[dict], min_contradictions: int, seed: int = 0, b
     w = [t["nll_term"] for t in turns if t["nll_term"] == t["nll_term"]]
     out["weighted_nll"] = mean_ci(w)
     if n_bad < min_contradictions or n_bad == len(known):
-        out["auc"] = {"refused": True, "reason": f"refused (n = {n_bad} contradicting turns, need {min_contradictions})"}
+        out["auc"] = {"refused": True,
+                      "reason": f"refused (n = {n_bad} contradicting turns, need {min_contradictions})"}
         return out
     a = auc([t["score"] for t in known], [t["reward"] >= 0.5 for t in known])
     groups = sorted({t["group"] for t in known})
@@ -52,7 +53,8 @@ def offline_turns(model, ref, lora: bool, tok, rows, policy: str, ref_cache: dic
         lp = token_logprobs(model(input_ids=b["input_ids"]).logits, b["input_ids"])
         n = r["n_turns"]
         ell, present = turn_logprobs(lp, b["turn_index"], n)
-        key = f"{r['sequence_id']}:{r['window']}" if ref_cache is not None else None  # strict: two rows must never share a key
+        # strict: two rows must never share a key
+        key = f"{r['sequence_id']}:{r['window']}" if ref_cache is not None else None
         if key in (ref_cache or {}):
             ell_ref = torch.tensor([ref_cache[key]], dtype=ell.dtype, device=dev)
         else:

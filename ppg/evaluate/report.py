@@ -36,7 +36,8 @@ def table(metrics: dict) -> str:
             ("online", "coverage"),
             ("online", "qa"), ("offline", "auc"), ("offline", "weighted_nll")]
     head = "| policy | " + " | ".join(f"{a}.{b}" for a, b in cols) + " |"
-    rows = [f"| {name} | " + " | ".join(cell(m.get(a, {}).get(b)) for a, b in cols) + " |" for name, m in metrics.items()]
+    rows = [f"| {name} | " + " | ".join(cell(m.get(a, {}).get(b)) for a, b in cols) + " |"
+            for name, m in metrics.items()]
     return "\n".join([head, "|" + "---|" * (len(cols) + 1)] + rows) + "\n"
 
 

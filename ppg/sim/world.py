@@ -25,7 +25,8 @@ NAMES = ["Maya", "Theo", "Ines", "Kofi", "Dana", "Ravi", "Lena", "Omar", "Sofia"
 
 STATE = {  # first person: how a persona states its own fact
     "city": "I live in {v}.", "job": "I work as a {v}.", "pet": "I have a {v} at home.",
-    "hobby": "In my free time I do {v}.", "food": "My favourite food is {v}.", "sibling": "I have {v}.", "instrument": "I play the {v}.", "car": "I drive a {v}.",
+    "hobby": "In my free time I do {v}.", "food": "My favourite food is {v}.", "sibling": "I have {v}.",
+    "instrument": "I play the {v}.", "car": "I drive a {v}.",
 }
 ASK = {
     "city": "So, where do you live these days?", "job": "What do you do for work?",

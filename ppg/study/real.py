@@ -70,7 +70,8 @@ def prepare_domain(p, data: Path, domain: str, root: Path) -> Path:
         # a policy added later rebuilds: the same seeded subsample, folds and windows, one more weight column
     dialogues, _ = import_paths("consistent-llms", domain_files(data, domain))
     if r.max_dialogues and len(dialogues) > r.max_dialogues:
-        dialogues = sorted(random.Random(f"real:{domain}").sample(dialogues, r.max_dialogues), key=lambda d: d.dialogue_id)
+        dialogues = sorted(random.Random(f"real:{domain}").sample(dialogues, r.max_dialogues),
+                           key=lambda d: d.dialogue_id)
     write_dialogues(root / "data" / domain / "dialogues.jsonl", dialogues)
     cfg = replace(p.build, splits={"train": 1.0}, folds=r.folds, max_length=r.max_length)
     build_dataset(root / "data" / domain, built, resolve_model(r.model), r.model, r.policies, p.returns.segments, cfg,
@@ -113,7 +114,8 @@ def cell_params(p, c: dict, root: Path):
     ds = with_lr(p.train.deepspeed, r.lr, warmup=max(1, r.steps // 10))
     train = replace(p.train, data=str(root / "data" / c["domain"] / "built"), split="train", out=str(here / "models"),
                     workdir=str(here / "work"), max_steps=r.steps, batch_size=r.batch_size,
-                    subsample=0, deepspeed=ds, checkpoint_every=max(r.steps, 1), lora=replace(p.train.lora, enabled=r.lora))
+                    subsample=0, deepspeed=ds, checkpoint_every=max(r.steps, 1),
+                    lora=replace(p.train.lora, enabled=r.lora))
     return replace(p, model=replace(p.model, spec=r.model, base=""), returns=returns, train=train)
 
 

@@ -111,7 +111,8 @@ def plot_sim(s: dict, out: Path) -> list[str]:
             for j, d in enumerate(ds):
                 ax = axes[i][j]
                 for policy in policies:
-                    xs = [(n, cells[(d, n, policy, w)][metric]) for n in ns if cells.get((d, n, policy, w), {}).get(metric)]
+                    xs = [(n, cells[(d, n, policy, w)][metric]) for n in ns
+                          if cells.get((d, n, policy, w), {}).get(metric)]
                     if xs:
                         ax.errorbar([n for n, _ in xs], [x["mean"] for _, x in xs], fmt="o-", ms=3, capsize=2,
                                     yerr=[[max(x["mean"] - x["lo"], 0) if x["lo"] == x["lo"] else 0 for _, x in xs],

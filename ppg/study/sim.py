@@ -257,7 +257,8 @@ def run_cell(p, c: dict, root: Path) -> dict:
         train(cp, c["policy"], progress=False)
         m = evaluate(cp, c["policy"])
     rollouts = read_dialogues(Path(cp.eval.out) / name / "dialogues.jsonl")
-    result = {**c, "seconds": time.perf_counter() - t0, "mlflow_run_id": m.get("mlflow_run_id") if name != "base" else None,
+    result = {**c, "seconds": time.perf_counter() - t0,
+              "mlflow_run_id": m.get("mlflow_run_id") if name != "base" else None,
               "online": {k: v for k, v in m["online"].items() if k != "drift"}, "drift": m["online"]["drift"],
               "decisions": decisions(rollouts)}
     with atomic_open(here / "metrics.json") as f:

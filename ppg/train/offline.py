@@ -101,7 +101,8 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
         if not resume:
             tracking.log_metrics(c, run_id, {"sequences": wstats["sequences"], "turns": wstats["turns"],
                                              "nan_weight_turns": wstats["nan_weight_turns"],
-                                             "weight_mean": wstats["weight_mean"], "weight_std": wstats["weight_std"]}, 0)
+                                             "weight_mean": wstats["weight_mean"],
+                                             "weight_std": wstats["weight_std"]}, 0)
             for t, m in enumerate(wstats["weight_mean_by_turn"]):
                 tracking.log_metrics(c, run_id, {"weight_mean_by_turn": m}, t)
         state["mlflow_run_id"] = run_id
@@ -166,7 +167,8 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     if bar:
         bar.close()
     result = {"policy": policy, "fold": fold, "steps": state["step"], "tokens": state["tokens"],
-              "mlflow_run_id": run_id, "fingerprint": fp, "workdir": str(workdir), "model_spec": p.model.spec, "loss_history": state["history"],
+              "mlflow_run_id": run_id, "fingerprint": fp, "workdir": str(workdir), "model_spec": p.model.spec,
+              "loss_history": state["history"],
               "tokenizer_hash": tokenizer_hash(model_dir), "final": last, "weights": wstats}
     if rank0:
         eng.write_output(engine, tok, Path(cfg.out) / name, result)

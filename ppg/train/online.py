@@ -47,7 +47,8 @@ def start_policy(p, model_dir):
     elif (init / "adapter_config.json").exists():
         from peft import PeftModel
 
-        start = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(model_dir)), str(init)).merge_and_unload()
+        base = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        start = PeftModel.from_pretrained(base, str(init)).merge_and_unload()
     else:
         start = AutoModelForCausalLM.from_pretrained(str(init))
     return with_lora(start, p.train.lora)
@@ -128,7 +129,8 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         adv = shape_weights(w, mask, "group_loo", p.returns.standardize, groups, clip=p.returns.clip)
         b = collate([Example(*rollout_arrays(ro), adv[i].numpy()) for i, ro in enumerate(rollouts)], tok.pad_token_id)
         b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
-        logp = token_logprobs(engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["input_ids"])
+        logits = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        logp = token_logprobs(logits, b["input_ids"])
         ref_logp = reference_logprobs(engine, ref, lora, b)
         out = online_ppg_loss(logp, ref_logp, b["turn_index"], b["weights"], oc.kl_coef, oc.kl_estimator,
                               cfg.reduction)
