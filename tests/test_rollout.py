@@ -76,13 +76,16 @@ def test_a_policy_plays_any_partner_to_the_length_it_chooses(tiny_model):
     assert r[0, 1:].tolist() == [0.0, 0.0]  # padding is 0, and masked
 
 
-def test_rewards_tensor_keeps_unknown_verdicts_unknown():
-    d = Dialogue.model_validate({
+def two_turns(first: float | None, second: float | None) -> Dialogue:
+    return Dialogue.model_validate({
         "dialogue_id": "x", "domain": "t", "source": "test", "personas": {"bot": "A pilot.", "user": ""},
         "evaluated_speakers": ["bot"],
-        "lines": [{"speaker": "user", "text": "hi"}, {"speaker": "bot", "text": "hello", "reward": 1.0},
-                  {"speaker": "user", "text": "job?"}, {"speaker": "bot", "text": "pilot", "reward": None}]})
-    r, mask = rewards_tensor([d])
+        "lines": [{"speaker": "user", "text": "hi"}, {"speaker": "bot", "text": "hello", "reward": first},
+                  {"speaker": "user", "text": "job?"}, {"speaker": "bot", "text": "pilot", "reward": second}]})
+
+
+def test_rewards_tensor_keeps_unknown_verdicts_unknown():
+    r, mask = rewards_tensor([two_turns(1.0, None)])
     assert r[0, 0].item() == 1.0 and math.isnan(r[0, 1].item()) and mask.tolist() == [[True, True]]
 
 
@@ -109,11 +112,7 @@ def test_verdict_rates_count_only_turns_with_a_verdict():
 
 
 def test_the_label_judge_keeps_logged_verdicts_and_counts_the_missing_ones():
-    d = Dialogue.model_validate({
-        "dialogue_id": "x", "domain": "t", "source": "test", "personas": {"bot": "A pilot.", "user": ""},
-        "evaluated_speakers": ["bot"],
-        "lines": [{"speaker": "user", "text": "hi"}, {"speaker": "bot", "text": "hello", "reward": 0.0},
-                  {"speaker": "user", "text": "job?"}, {"speaker": "bot", "text": "pilot", "reward": None}]})
+    d = two_turns(0.0, None)
     judge = LabelJudge()
     out = judge.judge([d])
     assert [ln.reward for ln in out[0].turns("bot")] == [0.0, None] and out[0] is not d
