@@ -161,7 +161,7 @@ def _stages(p, c, parent: str, log) -> dict:
         c.set_tag(parent, "ppg.skipped", "dvc status clean")
         trained, result["skipped"] = {}, True
     else:
-        for stage in ("prepare-model", "import", "validate", "build"):
+        for stage in ("prepare-model", "import", "judge", "validate", "build"):
             repro(stage, parent)
         trained = {pol: repro(f"train@{pol}", parent) for pol in p.returns.policies}
         for pol in p.returns.policies:  # evaluation may call a remote judge: retry once

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ppg.config_ops import MlflowConfig, PipelineConfig, RegistryConfig, StudyConfig  # noqa: F401
+from ppg.config_ops import JudgeConfig, MlflowConfig, PipelineConfig, RegistryConfig, StudyConfig  # noqa: F401
 from ppg.returns import BASELINES, parse_policy_id
 
 
@@ -305,9 +305,9 @@ class EvalConfig:
     held-out personas of seed (validation) or seed + 1 (test)."""
     min_contradictions: int = 10
     """Fewer contradicting turns than this: AUC is reported as refused, not scored."""
-    llm_judge: dict | None = None
-    """Also judge the online rollouts with an OpenAI-compatible LLM judge (ppg.judges.llm.LLMJudgeConfig
-    keys: base_url, model, api_key_env, timeout_s, retries, ...): online.llm holds its
+    llm_judge: bool = False
+    """Also judge the online rollouts with the LLM endpoint of the judge section (judge.base_url,
+    judge.model, judge.api_key_env, ...; whatever judge.kind is): online.llm holds its
     prompt-to-line + line-to-line consistency and the share of turns it left without a verdict.
     An endpoint that stays down fails the evaluation (nothing written, nothing logged)."""
     primary: str = "online.reward"
@@ -320,13 +320,9 @@ class EvalConfig:
             raise ValueError(f"eval.mode: expected online, offline or both, got {self.mode!r}")
         if self.personas < 1:
             raise ValueError(f"eval.personas: must be >= 1, got {self.personas}")
-        if self.llm_judge is not None:
-            from ppg.judges.llm import LLMJudgeConfig
-
-            known = {f.name for f in dataclasses.fields(LLMJudgeConfig)}
-            if not isinstance(self.llm_judge, dict) or set(self.llm_judge) - known:
-                raise ValueError(f"eval.llm_judge: expected a mapping with keys from {sorted(known)}, "
-                                 f"got {self.llm_judge!r}")
+        if not isinstance(self.llm_judge, bool):
+            raise ValueError(f"eval.llm_judge: expected true or false (the endpoint is configured in the "
+                             f"judge section), got {self.llm_judge!r}")
         if self.split not in ("validation", "test"):
             raise ValueError(f"eval.split: expected validation or test, got {self.split!r}")
 
@@ -344,6 +340,8 @@ class Params:
     """Where data comes from and where imported data goes."""
     sim: SimConfig = field(default_factory=SimConfig)
     """The persona simulator (ppg.sim)."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """Per-turn rewards for dialogues without them, and the LLM endpoint (ppg.judges)."""
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     """Thresholds of the validation gate (ppg.data.validate)."""
     returns: ReturnsConfig = field(default_factory=ReturnsConfig)

@@ -1,7 +1,67 @@
-"""params.yaml sections of the operations around training: tracking, registry and promotion,
-the pipeline, the K study. (Part of the one config tree of ppg.config; split out for length.)"""
+"""params.yaml sections of the operations around training: the judge, tracking, registry and
+promotion, the pipeline, the K study. (Part of the one config tree of ppg.config; split out for
+length.)"""
 
 from dataclasses import dataclass, field
+
+JUDGE_KINDS = ("labels", "llm")
+
+
+@dataclass
+class JudgeConfig:
+    kind: str = "labels"
+    """Who gives the per-turn rewards of the `judge` stage (`ppg judge`): labels = keep the verdicts
+    logged with the data (null stays null); llm = an OpenAI-compatible chat-completions endpoint
+    (vLLM, Ollama, TGI, OpenAI, `ppg serve-judge`) judges the turns whose reward is null."""
+    overwrite: bool = False
+    """Judge every evaluated turn again, logged rewards too (llm); off: a logged reward is kept."""
+    out: str = "data/judged"
+    """The stage's output folder (dialogues.jsonl, summary.json): what validate and build read."""
+    cache: str = ".ppg-work/judge/verdicts.sqlite"
+    """The verdict cache (outside DVC, kept across runs): answers keyed by judge model, answer budget
+    and the exact prompt, so a rerun asks nothing again and a failed run resumes."""
+    redact: dict = field(default_factory=lambda: {
+        "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+        "phone": r"(?<![\w.])\+?\d(?:[ ()-]{0,2}\d){7,14}(?![\w.]\w)"})
+    """Personal data replaced by `[name]` before judging and before anything becomes training data:
+    {name: regular expression} over personas, lines and logged judge texts ({} = none)."""
+    base_url: str = "http://127.0.0.1:8765/v1"
+    """llm: the endpoint's base URL (…/v1)."""
+    model: str = "judge"
+    """llm: the model name sent with each request (also part of every cache key)."""
+    api_key_env: str = "PPG_JUDGE_API_KEY"
+    """llm: the environment variable that holds the API key (never written anywhere)."""
+    timeout_s: float = 60.0
+    """llm: seconds per request."""
+    retries: int = 3
+    """llm: retries of a request that timed out, got HTTP 429/5xx or an answer that is not a chat
+    completion (exponential backoff); then the stage fails and writes nothing."""
+    backoff_s: float = 0.5
+    """llm: the first retry's wait; each next one doubles it."""
+    concurrency: int = 4
+    """llm: requests in flight at once."""
+    max_tokens: int = 96
+    """llm: the answer budget (reasoning sentence + verdict)."""
+    require: str = "both"
+    """Which verdicts must hold for reward 1: both, persona (prompt-to-line) or commitment
+    (line-to-line). One known failure gives 0; otherwise an unknown verdict gives a null reward."""
+
+    def __post_init__(self):
+        import re
+
+        if self.kind not in JUDGE_KINDS:
+            raise ValueError(f"judge.kind: expected one of {JUDGE_KINDS}, got {self.kind!r}")
+        if self.require not in ("both", "persona", "commitment"):
+            raise ValueError(f"judge.require: expected both, persona or commitment, got {self.require!r}")
+        if not isinstance(self.redact, dict):
+            raise ValueError(f"judge.redact: expected {{name: regular expression}}, got {self.redact!r}")
+        for name, rx in self.redact.items():
+            try:
+                re.compile(rx)
+            except (re.error, TypeError) as e:
+                raise ValueError(f"judge.redact.{name}: not a regular expression ({e})") from None
+        if self.retries < 0 or self.concurrency < 1 or self.max_tokens < 1:
+            raise ValueError("judge: retries must be >= 0, concurrency and max_tokens >= 1")
 
 
 @dataclass

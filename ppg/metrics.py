@@ -43,7 +43,7 @@ def check_produced(name: str, eval_cfg, key: str, removable: bool = False) -> No
         raise ValueError(f"{key}: {name!r} is not a metric the evaluation produces; known: {sorted(METRICS)}")
     if name not in produced(eval_cfg):
         why = {"online": f"eval.mode is {eval_cfg.mode!r}", "offline": f"eval.mode is {eval_cfg.mode!r}",
-               "qa": "eval.qa is off", "llm": "eval.llm_judge is not set"}[METRICS[name][1]]
+               "qa": "eval.qa is off", "llm": "eval.llm_judge is off"}[METRICS[name][1]]
         hint = f"; a --params overlay removes it with `{key}: {{{name}: null}}`" if removable else ""
         raise ValueError(f"{key}: {name} is never measured ({why}), so this can never pass; this "
                          f"evaluation produces {produced(eval_cfg)}{hint}")

@@ -5,13 +5,14 @@ import json
 
 
 class FlakyJudge:
-    """An OpenAI-compatible judge that answers `healthy` requests, then fails every one (500)."""
+    """An OpenAI-compatible judge that answers `healthy` requests (reporting token usage), then
+    fails every one (500); it keeps every request body and Authorization header."""
 
     def __init__(self, healthy: int):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        state = {"n": 0, "auth": []}
+        state = {"n": 0, "auth": [], "bodies": []}
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *a):
@@ -21,12 +22,14 @@ class FlakyJudge:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
                 state["n"] += 1
                 state["auth"].append(self.headers.get("Authorization"))
+                state["bodies"].append(body)
                 if state["n"] > healthy:
                     self.send_response(500)
                     self.end_headers()
                     return
                 text = "Reasoning. []" if "Python list" in body else "It fits. NO"
-                out = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]})
+                out = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+                                  "usage": {"prompt_tokens": len(body) // 4, "completion_tokens": 3}})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()

@@ -53,7 +53,8 @@ def test_dvc_repro_push_pull_from_a_fresh_repo(tmp_path):
     sh("dvc", "init", "-q", cwd=repo, env=env)
     shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")  # the project's default local remote
     out = sh("dvc", "repro", cwd=repo, env=env)
-    for stage in ("prepare-model", "import", "validate", "build", "train@greedy", "train@k2", "evaluate@greedy",
+    for stage in ("prepare-model", "import", "judge", "validate", "build", "train@greedy", "train@k2",
+                  "evaluate@greedy",
                   "evaluate@k2"):
         assert f"Running stage '{stage}'" in out
     assert (repo / "data/built/train.parquet").exists() and (repo / "data/validation/report.md").exists()
@@ -67,7 +68,8 @@ def test_dvc_repro_push_pull_from_a_fresh_repo(tmp_path):
     assert "Running stage 'build'" in out and "Running stage 'import'" not in out
     assert "Running stage 'train@k2'" in out  # the folds column changed the built data
     # push to the default local remote, lose outputs and cache, pull them back unchanged
-    outs = ["models/base", "data/imported", "data/validation", "data/built", "models/greedy", "models/k2",
+    outs = ["models/base", "data/imported", "data/judged", "data/validation", "data/built", "models/greedy",
+            "models/k2",
             "eval/greedy", "eval/k2"]
     before = {d: digest(repo / d) for d in outs}
     sh("dvc", "push", cwd=repo, env=env)

@@ -143,9 +143,11 @@ def test_llm_judge_in_evaluation_and_a_judge_that_dies_mid_run(trained, monkeypa
     p, tmp = trained
     monkeypatch.setenv("PPG_JUDGE_API_KEY", SECRET)
     up = FlakyJudge(healthy=10 ** 6)
-    cfg = dict(base_url=up.url, model="judge", retries=1, backoff_s=0.01, timeout_s=5)
+    cfg = dict(base_url=up.url, model="judge", retries=1, backoff_s=0.01, timeout_s=5,
+               cache=str(tmp_path / "verdicts.sqlite"))
     good = dataclasses.replace(p, eval=dataclasses.replace(p.eval, mode="online", split="validation",
-                                                           out=str(tmp_path / "ok"), llm_judge=cfg))
+                                                           out=str(tmp_path / "ok"), llm_judge=True),
+                               judge=dataclasses.replace(p.judge, **cfg))
     m = evaluate(good, "k2")
     llm = m["online"]["llm"]
     assert llm["consistency"]["mean"] == 1.0 and llm["unknown_share"]["mean"] == 0.0  # every answer was NO / []
@@ -156,8 +158,8 @@ def test_llm_judge_in_evaluation_and_a_judge_that_dies_mid_run(trained, monkeypa
     # the endpoint dies mid-evaluation: retried, then the evaluation fails with nothing written
     # and nothing logged for that split
     down = FlakyJudge(healthy=3)
-    bad = dataclasses.replace(p, eval=dataclasses.replace(good.eval, split="test", out=str(tmp_path / "down"),
-                                                          llm_judge={**cfg, "base_url": down.url}))
+    bad = dataclasses.replace(good, eval=dataclasses.replace(good.eval, split="test", out=str(tmp_path / "down")),
+                              judge=dataclasses.replace(good.judge, base_url=down.url))
     before = c.get_run(run_id).data.metrics
     with pytest.raises(JudgeError, match="attempts"):
         evaluate(bad, "k2")

@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ppg.data.schema import Dialogue
-from ppg.judges.llm import JudgeError, LLMJudge, LLMJudgeConfig
+from ppg.config import JudgeConfig
+from ppg.judges.llm import JudgeError, LLMJudge
 
 SECRET = "sk-test-DO-NOT-LEAK-1234567890"
 
@@ -71,7 +72,7 @@ def scripted(monkeypatch):
 
 
 def config(server, **kw):
-    return LLMJudgeConfig(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", timeout_s=1.0,
+    return JudgeConfig(kind="llm", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", timeout_s=1.0,
                           retries=2, backoff_s=0.01, concurrency=1, **kw)
 
 
@@ -146,7 +147,7 @@ def test_against_ppg_serve_judge_over_real_http(tiny_model, monkeypatch):
     server = make_server(tiny_model, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        judge = LLMJudge(LLMJudgeConfig(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+        judge = LLMJudge(JudgeConfig(kind="llm", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
                                         max_tokens=8, timeout_s=60))
         [d] = judge.judge([dialogue()])
         # a random tiny model rarely says YES/NO: whatever it says is parsed by the strict rule

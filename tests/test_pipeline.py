@@ -83,8 +83,8 @@ def ws(tmp_path_factory, env, judge) -> Path:
                train={"max_steps": 20, "batch_size": 8, "checkpoint_every": 10},
                eval={"personas": 4, "turns": 4, "generation": {"max_new_tokens": 8, "temperature": 0.0,
                                                                "top_p": 1.0, "batch_size": 4},
-                     "llm_judge": {"base_url": judge.url, "model": "judge", "retries": 1, "backoff_s": 0.01,
-                                   "timeout_s": 10}},
+                     "llm_judge": True},
+               judge={"base_url": judge.url, "model": "judge", "retries": 1, "backoff_s": 0.01, "timeout_s": 10},
                registry={"thresholds": {"online.reward": 0.0}, "margin": 0.0, "personas": 6, "min_pairs": 6})
     write_incoming(ws, "batch-000.jsonl", seed=0)
     return ws

@@ -119,9 +119,36 @@ def _write_import(out: Path, dialogues, summary):
 
 
 @app.command()
-def validate(
+def judge(
     data: Path = typer.Argument(None, help="Imported folder (with dialogues.jsonl) or a .jsonl file "
                                 "(default: data.imported in params.yaml)."),
+    out: Path = typer.Option(None, help="Output folder (default: judge.out in params.yaml)."),
+    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Per-turn rewards for the turns that arrive without them (judge section of params.yaml):
+    personal data redacted, then judge.kind scores the evaluated speakers' null-reward turns
+    through the verdict cache; OUT/dialogues.jsonl and OUT/summary.json, an MLflow run. A judge
+    that fails after its retries writes nothing (what it answered stays cached)."""
+    from ppg.data.schema import DataError
+    from ppg.judges.llm import JudgeError
+    from ppg.judges.stage import judge_dataset
+
+    p = read_params(params)
+    out = out_folder(Path(out or p.judge.out))
+    try:
+        summary = judge_dataset(p, Path(data or p.data.imported), out, progress)
+    except (DataError, JudgeError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(json.dumps({k: summary[k] for k in ("dialogues", "turns", "null_rewards", "redacted", "counts",
+                                                   "wall_s")}))
+    typer.echo(f"wrote {out / 'dialogues.jsonl'} (judge: {json.dumps(summary['judge'])})")
+
+
+@app.command()
+def validate(
+    data: Path = typer.Argument(None, help="Judged folder (with dialogues.jsonl) or a .jsonl file "
+                                "(default: judge.out in params.yaml)."),
     out: Path = typer.Option(Path("data/validation"), help="Where report.md and gx_result.json go."),
     params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
 ):
@@ -131,7 +158,7 @@ def validate(
 
     p = read_params(params)
     try:
-        ok = validate_dataset(Path(data or p.data.imported), out_folder(out), p.validate)
+        ok = validate_dataset(Path(data or p.judge.out), out_folder(out), p.validate)
     except DataError as e:
         fail(str(e))
     typer.echo((out / "report.md").read_text())
@@ -142,7 +169,7 @@ def validate(
 
 @app.command()
 def build(
-    data: Path = typer.Argument(None, help="Imported folder or .jsonl (default: data.imported)."),
+    data: Path = typer.Argument(None, help="Judged folder or .jsonl (default: judge.out)."),
     out: Path = typer.Option(None, help="Output folder (default: build.out)."),
     model: str = typer.Option(None, help="Model spec whose tokenizer to use (default: model.spec)."),
     params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
@@ -156,7 +183,7 @@ def build(
     p = read_params(params)
     spec = model or p.model.spec
     try:
-        stats = build_dataset(Path(data or p.data.imported), out_folder(Path(out or p.build.out)),
+        stats = build_dataset(Path(data or p.judge.out), out_folder(Path(out or p.build.out)),
                               resolve_model(model) if model else base_model(p),
                               spec, p.returns.policies, p.returns.segments, p.build, p.returns.gamma)
     except (DataError, FileNotFoundError) as e:

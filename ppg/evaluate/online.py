@@ -7,7 +7,8 @@ import torch
 
 from ppg.evaluate.stats import mean_ci, wilson
 from ppg.judges.base import both_hold, verdict_rates
-from ppg.judges.llm import LLMJudge, LLMJudgeConfig
+from ppg.judges.cache import VerdictCache
+from ppg.judges.llm import LLMJudge
 from ppg.rollout import GenerationConfig
 from ppg.sim.world import ASK, mentions
 
@@ -65,12 +66,12 @@ def backstory_qa(model, tok, dialogues, gen) -> list[list[bool]]:
     return results
 
 
-def llm_metrics(dialogues, judge_cfg: dict) -> dict:
+def llm_metrics(dialogues, judge_cfg) -> dict:
     """The rollouts judged again by an LLM judge: per-dialogue share of consistent turns among
-    those with a verdict (prompt-to-line and line-to-line, as LLMJudgeConfig.require says), and
+    those with a verdict (prompt-to-line and line-to-line, as judge.require says), and
     the per-dialogue share of turns left without one (never counted as 0 or 1). Raises
     JudgeError when the endpoint stays down."""
-    lj = LLMJudge(LLMJudgeConfig(**judge_cfg))
+    lj = LLMJudge(judge_cfg, cache=VerdictCache(judge_cfg.cache))  # a rerun after a failure resumes
     judged = lj.judge(dialogues)
     rewards = [[ln.reward for ln in d.turns(d.evaluated_speakers[0])] for d in judged]
     known = [[r for r in rs if r is not None] for rs in rewards]

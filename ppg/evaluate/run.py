@@ -58,7 +58,7 @@ def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False
         qa = backstory_qa(model, tok, dialogues, gen) if cfg.qa else None
         metrics["online"] = {"domain": domain, "seed": seed, **online_metrics(dialogues, qa)}
         if cfg.llm_judge:
-            metrics["online"]["llm"] = llm_metrics(dialogues, cfg.llm_judge)
+            metrics["online"]["llm"] = llm_metrics(dialogues, p.judge)
     if cfg.mode in ("offline", "both"):
         path = Path(p.train.data) / (f"{p.train.split}.parquet" if fold is not None else f"{split}.parquet")
         table_ = pq.read_table(path)

@@ -7,14 +7,16 @@ lines of the same speaker does it contradict? The last bracketed list of integer
 without a verdict is null and counted, never read as 0 or 1. Transport faults (timeouts,
 connection errors, HTTP 429/5xx, a body that is not a chat completion) are retried with
 exponential backoff, then raise JudgeError. The API key is read from the environment variable
-named in the config and appears in no message, log line or result.
+named in the config and appears in no message, log line or result. With a VerdictCache, an answer
+already given for the same model, budget and prompt is reused, and every new one is stored as it
+arrives. The config is the judge section of params.yaml (ppg.config_ops.JudgeConfig).
 """
 
 import asyncio
 import hashlib
 import os
 import random
-from dataclasses import dataclass
+import sys
 
 from ppg.data.importers import conflict_list, prompt_verdict
 from ppg.data.schema import Dialogue
@@ -44,24 +46,17 @@ class JudgeError(RuntimeError):
     """The endpoint failed after every retry."""
 
 
-@dataclass
-class LLMJudgeConfig:
-    base_url: str = "http://127.0.0.1:8765/v1"
-    model: str = "judge"
-    api_key_env: str = "PPG_JUDGE_API_KEY"
-    timeout_s: float = 60.0
-    retries: int = 3
-    backoff_s: float = 0.5
-    concurrency: int = 4
-    max_tokens: int = 96
-    require: str = "both"  # both | persona | commitment
-
-
 class LLMJudge:
-    def __init__(self, cfg: LLMJudgeConfig, transport=None):
-        self.cfg = cfg
+    """cfg: ppg.config_ops.JudgeConfig (its endpoint fields). keep_logged: leave a line whose
+    reward is already known as it is (the judge stage, unless judge.overwrite); the line still
+    counts as history for the line-to-line question of later lines."""
+
+    def __init__(self, cfg, transport=None, cache=None, keep_logged: bool = False, progress: bool = False):
+        self.cfg, self.cache, self.keep_logged, self.progress = cfg, cache, keep_logged, progress
         self._transport = transport  # tests may pass an httpx transport
-        self.counts = {"requests": 0, "retries": 0, "null_prompt_to_line": 0, "null_line_to_line": 0}
+        self._bar = None
+        self.counts = {"requests": 0, "retries": 0, "cache_hits": 0, "judged_turns": 0, "kept_turns": 0,
+                       "null_prompt_to_line": 0, "null_line_to_line": 0, "tokens_in": 0, "tokens_out": 0}
 
     def __repr__(self):  # never show the key
         return f"LLMJudge(base_url={self.cfg.base_url!r}, model={self.cfg.model!r})"
@@ -71,6 +66,22 @@ class LLMJudge:
         return {"kind": "llm", "model": self.cfg.model, "prompts": prompts, "require": self.cfg.require}
 
     async def _complete(self, client, sem, prompt: str) -> str:
+        cache = self.cache
+        key = cache.key(self.cfg.model, self.cfg.max_tokens, prompt) if cache is not None else None
+        answer = cache.get(key) if cache is not None else None
+        if answer is not None:
+            self.counts["cache_hits"] += 1
+        else:
+            answer, usage = await self._ask(client, sem, prompt)
+            self.counts["tokens_in"] += usage.get("prompt_tokens") or 0
+            self.counts["tokens_out"] += usage.get("completion_tokens") or 0
+            if cache is not None:
+                cache.put(key, self.cfg.model, answer, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        if self._bar is not None:
+            self._bar.update(1)
+        return answer
+
+    async def _ask(self, client, sem, prompt: str) -> tuple[str, dict]:
         import httpx
 
         key = os.environ.get(self.cfg.api_key_env, "")
@@ -96,10 +107,12 @@ class LLMJudge:
                 raise JudgeError(f"judge endpoint {self.cfg.base_url}: HTTP {r.status_code} "
                                  f"(check the model name and the key in ${self.cfg.api_key_env})")
             try:
-                content = r.json()["choices"][0]["message"]["content"]
+                body = r.json()
+                content = body["choices"][0]["message"]["content"]
                 if not isinstance(content, str):
                     raise TypeError("content is not a string")
-                return content
+                usage = body.get("usage")
+                return content, usage if isinstance(usage, dict) else {}
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 last = f"not a chat completion ({type(e).__name__})"
         raise JudgeError(f"judge endpoint {self.cfg.base_url}: failed after {self.cfg.retries + 1} "
@@ -119,12 +132,27 @@ class LLMJudge:
                     for i, ln in enumerate(d.lines):
                         if ln.speaker != s:
                             continue
+                        if self.keep_logged and ln.reward is not None:
+                            self.counts["kept_turns"] += 1
+                            history.append(f"[{i}] {ln.text}")
+                            continue
                         p2l = PROMPT_TO_LINE.format(role=s, backstory=d.personas[s], line=ln.text)
                         l2l = LINE_TO_LINE.format(role=s, history="\n".join(history), line=ln.text) if history else None
                         jobs.append((ln, self._complete(client, sem, p2l),
                                      self._complete(client, sem, l2l) if l2l else None))
                         history.append(f"[{i}] {ln.text}")
-            answers = await asyncio.gather(*(asyncio.gather(a, b) if b else a for _, a, b in jobs))
+            if self.progress and jobs:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=sum(1 + (b is not None) for _, _, b in jobs), desc="judge",
+                                 unit="prompt", file=sys.stderr)
+            try:
+                answers = await asyncio.gather(*(asyncio.gather(a, b) if b else a for _, a, b in jobs))
+            finally:
+                if self._bar is not None:
+                    self._bar.close()
+                    self._bar = None
+        who = self.identity()
         for (ln, _, has_l2l), ans in zip(jobs, answers):
             p_text, l_text = (ans if has_l2l else (ans, None))
             verdict = prompt_verdict(p_text)
@@ -133,8 +161,9 @@ class LLMJudge:
             self.counts["null_line_to_line"] += conflicts is None
             ln.judge = {"prompt_to_line": p_text, "line_to_line": conflicts, "line_to_line_text": l_text,
                         "persona": None if verdict is None else int(verdict),
-                        "commitment": None if conflicts is None else int(not conflicts)}
+                        "commitment": None if conflicts is None else int(not conflicts), "by": who}
             ln.reward = self.reward(verdict, conflicts)
+            self.counts["judged_turns"] += 1
         return out
 
     def reward(self, verdict: float | None, conflicts: list | None) -> float | None:

@@ -120,7 +120,7 @@ def study_params(p, *, distances, data: Path, here: Path, model: str, policies, 
     # move the argmax. Validation personas of the seed; no training data uses them.
     ev = replace(p.eval, out=str(here / "eval"), mode="online", domain=SETTING, personas=cfg.personas,
                  turns=cfg.turns, split="validation", seed=1000 + 10 * seed, qa=False, primary="online.reward",
-                 llm_judge=None, generation={"max_new_tokens": 24, "temperature": cfg.temperature, "top_p": 1.0,
+                 llm_judge=False, generation={"max_new_tokens": 24, "temperature": cfg.temperature, "top_p": 1.0,
                                              "batch_size": cfg.personas})
     # the study gates nothing: registry metrics of the pipeline's config (maybe offline) do not apply
     registry = replace(p.registry, thresholds={}, non_inferiority={}, seed=None)
