@@ -87,7 +87,7 @@ def paired_t_interval(d, confidence: float = 0.95) -> tuple[float | None, float 
 
 
 def _offline_stat(name: str, turns: list[dict]) -> float:
-    from ppg.evaluate.stats import auc
+    from ppg.stats import auc
 
     if name == "offline.auc":
         known = [t for t in turns if t["reward"] == t["reward"]]

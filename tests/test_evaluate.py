@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from ppg.config import SimConfig
-from ppg.evaluate.stats import auc, wilson
+from ppg.stats import auc, wilson
 from ppg.evaluate.offline import offline_metrics
 from ppg.evaluate.online import online_metrics
 from ppg.sim.simulate import simulate
@@ -118,7 +118,7 @@ def test_evaluate_a_fold_uses_the_model_trained_without_it(trained):
 
 
 def test_mean_ci_is_student_t_and_rates_stay_in_bounds():
-    from ppg.evaluate.stats import mean_ci
+    from ppg.stats import mean_ci
 
     x = [1.0, 1.0, 1.0, 0.5]  # mean 0.875, sd 0.25, n 4: t(0.975, 3) = 3.182446
     ci = mean_ci(x)

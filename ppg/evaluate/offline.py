@@ -3,13 +3,12 @@ score log pi_theta(a_t|x_t) - log pi_ref(a_t|x_t) per turn should rank consisten
 contradicting ones (AUC, bootstrap CI over persona groups), plus the held-out weighted NLL (the
 offline PPG objective). Too few contradicting turns -> "refused", not scored."""
 
-import random
 from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from ppg.evaluate.stats import auc, mean_ci
+from ppg.stats import grouped_auc, mean_ci
 from ppg.losses import token_logprobs, turn_logprobs
 from ppg.train.batching import Example, collate
 
@@ -17,27 +16,9 @@ from ppg.train.batching import Example, collate
 def offline_metrics(turns: list[dict], min_contradictions: int, seed: int = 0, boots: int = 200) -> dict:
     """turns: {group, reward (0/1/NaN), score (LR), nll_term (-w log pi or NaN)} per judged turn."""
     known = [t for t in turns if t["reward"] == t["reward"]]
-    n_bad = sum(t["reward"] < 0.5 for t in known)
-    out = {"turns": len(known), "contradictions": n_bad}
     w = [t["nll_term"] for t in turns if t["nll_term"] == t["nll_term"]]
-    out["weighted_nll"] = mean_ci(w)
-    if n_bad < min_contradictions or n_bad == len(known):
-        out["auc"] = {"refused": True,
-                      "reason": f"refused (n = {n_bad} contradicting turns, need {min_contradictions})"}
-        return out
-    a = auc([t["score"] for t in known], [t["reward"] >= 0.5 for t in known])
-    groups = sorted({t["group"] for t in known})
-    by = {g: [t for t in known if t["group"] == g] for g in groups}
-    rng = random.Random(seed)
-    reps = []
-    for _ in range(boots):  # resample persona groups: turns of one persona are not independent
-        sample = [t for g in (rng.choice(groups) for _ in groups) for t in by[g]]
-        x = auc([t["score"] for t in sample], [t["reward"] >= 0.5 for t in sample])
-        if x == x:
-            reps.append(x)
-    lo, hi = (np.percentile(reps, [2.5, 97.5]).tolist() if reps else [float("nan")] * 2)
-    out["auc"] = {"mean": a, "lo": lo, "hi": hi, "n": len(known), "groups": len(groups)}
-    return out
+    return {"turns": len(known), "contradictions": sum(t["reward"] < 0.5 for t in known), "weighted_nll": mean_ci(w),
+            "auc": grouped_auc(turns, min_contradictions, seed, boots)}
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ rollouts judged again by an LLM judge when one is configured."""
 
 import torch
 
-from ppg.evaluate.stats import mean_ci, wilson
+from ppg.stats import mean_ci, wilson
 from ppg.judges.base import both_hold, verdict_rates
 from ppg.judges.cache import VerdictCache
 from ppg.judges.llm import LLMJudge

@@ -161,7 +161,7 @@ def run_real_cell(p, c: dict, root: Path, data: Path) -> dict:
 def real_summary(p, root: Path, results: list[dict]) -> dict:
     """Pool each (domain, policy, weighting)'s folds: AUC (or refused, with the count), weighted
     NLL and its change from the untrained model, each with an interval."""
-    from ppg.evaluate.stats import mean_ci
+    from ppg.stats import mean_ci
     from ppg.evaluate.offline import offline_metrics
 
     groups: dict[tuple, list[dict]] = {}

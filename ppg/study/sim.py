@@ -277,7 +277,7 @@ def summary(results: list[dict]) -> dict:
     the policy with the highest mean reward."""
     import numpy as np
 
-    from ppg.evaluate.stats import mean_ci
+    from ppg.stats import mean_ci
 
     groups: dict[tuple, list[dict]] = {}
     for r in results:

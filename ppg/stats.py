@@ -1,6 +1,9 @@
-"""The statistics of evaluation: intervals of means and proportions, and the ranking AUC."""
+"""The statistics that evaluation, the promotion gate and the reward model's training share:
+intervals of means and proportions, the ranking AUC, and its persona-group bootstrap. (A leaf
+module: every layer above may use it.)"""
 
 import math
+import random
 
 import numpy as np
 
@@ -48,3 +51,25 @@ def auc(scores, labels) -> float:
         return float("nan")
     ranks = rankdata(s)
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def grouped_auc(turns: list[dict], min_contradictions: int, seed: int = 0, boots: int = 200) -> dict:
+    """AUC of turn scores against verdicts (reward >= 0.5 = consistent) with a percentile bootstrap
+    interval that resamples persona groups (turns of one persona are not independent); refused,
+    with the reason, when fewer than min_contradictions turns contradict or none is consistent.
+    turns: {group, reward (0/1; NaN = unknown, left out), score}."""
+    known = [t for t in turns if t["reward"] == t["reward"]]
+    n_bad = sum(t["reward"] < 0.5 for t in known)
+    if n_bad < min_contradictions or n_bad == len(known):
+        return {"refused": True, "reason": f"refused (n = {n_bad} contradicting turns, need {min_contradictions})"}
+    a = auc([t["score"] for t in known], [t["reward"] >= 0.5 for t in known])
+    groups = sorted({t["group"] for t in known})
+    by = {g: [t for t in known if t["group"] == g] for g in groups}
+    rng, reps = random.Random(seed), []
+    for _ in range(boots):
+        sample = [t for g in (rng.choice(groups) for _ in groups) for t in by[g]]
+        x = auc([t["score"] for t in sample], [t["reward"] >= 0.5 for t in sample])
+        if x == x:
+            reps.append(x)
+    lo, hi = (np.percentile(reps, [2.5, 97.5]).tolist() if reps else [float("nan")] * 2)
+    return {"mean": a, "lo": lo, "hi": hi, "n": len(known), "groups": len(groups)}
