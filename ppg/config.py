@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from ppg.config_ops import JudgeConfig, MlflowConfig, PipelineConfig, RegistryConfig, StudyConfig  # noqa: F401
+from ppg.config_ops import (JudgeConfig, MlflowConfig, MonitorConfig, PipelineConfig, RegistryConfig,  # noqa: F401
+                            StudyConfig)
 from ppg.returns import BASELINES, parse_policy_id
 
 
@@ -287,6 +288,11 @@ class EvalConfig:
     """online (simulator personas, exact judge), offline (logged verdicts: AUC, weighted NLL) or both."""
     domain: str | None = None
     """Simulator setting for online evaluation (default: sim.domain)."""
+    partner: str = "simulator"
+    """Who plays the other side online: simulator (closed-vocabulary personas, exact judge) or llm
+    (personas of the held-out split of judge.out against partner_model, judged by judge.kind)."""
+    partner_model: str = ""
+    """llm partner: a model spec (tiny, smollm2-135m, a folder; "" = model.spec)."""
     personas: int = 16
     """Held-out personas (one dialogue each) for online evaluation."""
     turns: int = 0
@@ -316,6 +322,8 @@ class EvalConfig:
     dodging every question cannot win), online.consistency, offline.auc."""
 
     def __post_init__(self):
+        if self.partner not in ("simulator", "llm"):
+            raise ValueError(f"eval.partner: expected simulator or llm, got {self.partner!r}")
         if self.mode not in ("online", "offline", "both"):
             raise ValueError(f"eval.mode: expected online, offline or both, got {self.mode!r}")
         if self.personas < 1:
@@ -356,6 +364,8 @@ class Params:
     """Tracking (ppg.tracking)."""
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     """Registration and the promotion gate (ppg.registry)."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """Watching the deployed champion's logs and the drift rule (ppg.monitor)."""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """The Prefect pipeline (flows/pipeline.py): lock and schedule."""
     study: StudyConfig = field(default_factory=StudyConfig)

@@ -4,7 +4,33 @@ length.)"""
 
 from dataclasses import dataclass, field
 
-JUDGE_KINDS = ("labels", "llm")
+JUDGE_KINDS = ("labels", "llm", "reward-model")
+
+
+@dataclass
+class RewardModelConfig:
+    path: str = "models/judge"
+    """Where `ppg train-judge` writes the per-turn reward model and where judge.kind reward-model
+    reads it (a sequence-classification model folder + judge.json)."""
+    base: str = ""
+    """The model it starts from ("" = model.spec): its backbone stays frozen, only the score head
+    on the last token's state trains, so a step costs a forward pass."""
+    max_length: int = 384
+    """Tokens per judged line (the earlier lines, persona, the line, the question); a longer text
+    loses its oldest history first."""
+    history: int = 4
+    """Earlier lines of the dialogue shown before the persona and the line."""
+    validation: float = 0.2
+    """Share of each domain's persona groups held out: the AUC and calibration are measured on
+    them only."""
+    steps: int = 200
+    """Optimizer steps of `ppg train-judge`."""
+    lr: float = 1.0e-3
+    """Learning rate of the head (AdamW)."""
+    batch_size: int = 16
+    """Lines per step."""
+    seed: int = 0
+    """Split, initialisation and batch order."""
 
 
 @dataclass
@@ -12,7 +38,9 @@ class JudgeConfig:
     kind: str = "labels"
     """Who gives the per-turn rewards of the `judge` stage (`ppg judge`): labels = keep the verdicts
     logged with the data (null stays null); llm = an OpenAI-compatible chat-completions endpoint
-    (vLLM, Ollama, TGI, OpenAI, `ppg serve-judge`) judges the turns whose reward is null."""
+    (vLLM, Ollama, TGI, OpenAI, `ppg serve-judge`) judges the turns whose reward is null;
+    reward-model = the per-turn reward model of `ppg train-judge` (judge.reward_model) scores
+    them in process (reward = its P(consistent))."""
     overwrite: bool = False
     """Judge every evaluated turn again, logged rewards too (llm); off: a logged reward is kept."""
     out: str = "data/judged"
@@ -42,6 +70,8 @@ class JudgeConfig:
     """llm: requests in flight at once."""
     max_tokens: int = 96
     """llm: the answer budget (reasoning sentence + verdict)."""
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """The per-turn reward model: how `ppg train-judge` trains it, where it lives."""
     require: str = "both"
     """Which verdicts must hold for reward 1: both, persona (prompt-to-line) or commitment
     (line-to-line). One known failure gives 0; otherwise an unknown verdict gives a null reward."""
@@ -62,6 +92,37 @@ class JudgeConfig:
                 raise ValueError(f"judge.redact.{name}: not a regular expression ({e})") from None
         if self.retries < 0 or self.concurrency < 1 or self.max_tokens < 1:
             raise ValueError("judge: retries must be >= 0, concurrency and max_tokens >= 1")
+
+
+@dataclass
+class MonitorConfig:
+    format: str = "jsonl"
+    """The importer format of the champion's logs (`ppg monitor --logs DIR`); every dialogue names
+    its model in meta.model_version as NAME/VERSION."""
+    metric: str = "reward"
+    """What is watched per dialogue: reward (any judge has it) or consistency (judges with
+    prompt-to-line and line-to-line verdicts)."""
+    min_consistency: float = 0.5
+    """The rule fires when the interval's UPPER bound of the metric is below this."""
+    max_drop: float = 0.1
+    """... or when the upper bound is more than this below the version's baseline mean (its first
+    monitored batch under the same judge)."""
+    min_turns: int = 40
+    """Judged turns a version needs in a check before the rule decides."""
+    incoming: str = "data/incoming"
+    """Where drifted, judged logs go to become training data: data.source must read it."""
+    state: str = ".ppg-work/monitor"
+    """Seen-file hashes, baselines and the kept judged batches."""
+    keep_batches: int = 10
+    """Retention: the newest judged batches kept under state/batches (older ones are deleted)."""
+    schedule: str = "0 * * * *"
+    """Cron of the ppg-monitor deployment (`ppg monitor --serve`)."""
+
+    def __post_init__(self):
+        if self.metric not in ("reward", "consistency"):
+            raise ValueError(f"monitor.metric: expected reward or consistency, got {self.metric!r}")
+        if self.keep_batches < 0 or self.min_turns < 1:
+            raise ValueError("monitor: keep_batches must be >= 0 and min_turns >= 1")
 
 
 @dataclass

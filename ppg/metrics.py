@@ -13,8 +13,8 @@ METRICS = {
     "online.consistency": (HIGHER, "online"),  # prompt-to-line and line-to-line both hold
     "online.persona": (HIGHER, "online"),  # prompt-to-line
     "online.commitment": (HIGHER, "online"),  # line-to-line
-    "online.coverage": (HIGHER, "online"),  # asked facts the reply states
-    "online.qa": (HIGHER, "qa"),  # backstory Q&A after the dialogue (eval.qa)
+    "online.coverage": (HIGHER, "sim"),  # asked facts the reply states (the simulator knows what it asked)
+    "online.qa": (HIGHER, "qa"),  # backstory Q&A after a simulator dialogue (eval.qa)
     "online.llm.consistency": (HIGHER, "llm"),  # the LLM judge's verdicts (eval.llm_judge)
     "online.llm.unknown_share": (LOWER, "llm"),  # turns the LLM judge left without a verdict
     "offline.auc": (HIGHER, "offline"),  # likelihood-ratio AUC on logged verdicts
@@ -32,7 +32,8 @@ def direction(name: str) -> int:
 def produced(eval_cfg) -> list[str]:
     """The metrics an evaluation with these settings (ppg.config.EvalConfig) writes."""
     online = eval_cfg.mode in ("online", "both")
-    have = {"online": online, "qa": online and eval_cfg.qa, "llm": online and bool(eval_cfg.llm_judge),
+    sim = online and eval_cfg.partner == "simulator"
+    have = {"online": online, "sim": sim, "qa": sim and eval_cfg.qa, "llm": online and bool(eval_cfg.llm_judge),
             "offline": eval_cfg.mode in ("offline", "both")}
     return [m for m, (_, needs) in METRICS.items() if have[needs]]
 
@@ -43,7 +44,9 @@ def check_produced(name: str, eval_cfg, key: str, removable: bool = False) -> No
         raise ValueError(f"{key}: {name!r} is not a metric the evaluation produces; known: {sorted(METRICS)}")
     if name not in produced(eval_cfg):
         why = {"online": f"eval.mode is {eval_cfg.mode!r}", "offline": f"eval.mode is {eval_cfg.mode!r}",
-               "qa": "eval.qa is off", "llm": "eval.llm_judge is off"}[METRICS[name][1]]
+               "sim": f"eval.partner is {eval_cfg.partner!r}",
+               "qa": "eval.qa is off or the partner is not the simulator",
+               "llm": "eval.llm_judge is off"}[METRICS[name][1]]
         hint = f"; a --params overlay removes it with `{key}: {{{name}: null}}`" if removable else ""
         raise ValueError(f"{key}: {name} is never measured ({why}), so this can never pass; this "
                          f"evaluation produces {produced(eval_cfg)}{hint}")
@@ -55,6 +58,9 @@ def refuse_impossible(p) -> None:
     register nothing; bc with a baseline trains nothing; a gate seed equal to the validation seed
     would test on the personas the best policy was picked on. p: ppg.config.Params."""
     check_produced(p.eval.primary, p.eval, "eval.primary")
+    if p.eval.partner == "llm" and p.eval.mode != "offline" and p.judge.kind == "labels":
+        raise ValueError("eval.partner: llm rollouts are new text, and judge.kind labels only keeps logged "
+                         "verdicts; set judge.kind to llm or reward-model")
     for key in ("thresholds", "non_inferiority"):
         for name in getattr(p.registry, key):
             check_produced(name, p.eval, f"registry.{key}", removable=True)

@@ -271,3 +271,24 @@ def gate(p, name: str, version: str, policy: str, parent_run_id: str | None = No
                   ("promoted v" if d["promoted"] else "blocked v") + f"{version}: {d['reason']}")
     say(("PROMOTED " if d["promoted"] else "NOT PROMOTED ") + f"{name} v{version}: {d['reason']}")
     return decision
+
+
+def register_judge(p, folder: Path, run_id: str, name: str = "ppg-judge") -> dict:
+    """A `ppg train-judge` output as a version of its own registered model, tagged with its
+    held-out AUC and its training run."""
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    from ppg.models import load_tokenizer
+
+    model, tok = AutoModelForSequenceClassification.from_pretrained(str(folder)), load_tokenizer(folder)
+    with fluent(p) as mlflow, mlflow.start_run(run_id=run_id):
+        info = mlflow.transformers.log_model({"model": model, "tokenizer": tok}, name="judge",
+                                             task="text-classification", registered_model_name=name,
+                                             pip_requirements=[f"transformers=={transformers.__version__}"])
+    version = str(info.registered_model_version)
+    c = tracking.client(p.mlflow)
+    auc = json.loads((Path(folder) / "judge.json").read_text())["validation"]["auc"].get("mean")
+    c.set_model_version_tag(name, version, "ppg.validation_auc", str(auc))
+    c.set_model_version_tag(name, version, "ppg.run_id", run_id)
+    return {"model": name, "version": version}

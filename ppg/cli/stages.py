@@ -145,6 +145,37 @@ def judge(
     typer.echo(f"wrote {out / 'dialogues.jsonl'} (judge: {json.dumps(summary['judge'])})")
 
 
+@app.command("train-judge")
+def train_judge(
+    data: Path = typer.Argument(..., help="Dialogues with logged verdicts: a folder with dialogues.jsonl or a .jsonl "
+                                "(e.g. `ppg import -f consistent-llms` output)."),
+    out: Path = typer.Option(None, help="Output folder (default: judge.reward_model.path)."),
+    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    register: bool = typer.Option(True, help="Register it in MLflow as ppg-judge."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """A per-turn reward model from logged verdicts (judge.reward_model): a score head on the frozen
+    base model, persona groups held out for its AUC and calibration; judge.kind reward-model uses it."""
+    from ppg.data.schema import DataError
+    from ppg.train.judge import train_judge as run
+
+    p = read_params(params)
+    out = out_folder(Path(out or p.judge.reward_model.path))
+    try:
+        card = run(p, data, out, progress)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    if register:
+        from ppg.registry import register_judge
+
+        card["registered"] = register_judge(p, out, card["mlflow_run_id"])
+    v = card["validation"]
+    typer.echo(json.dumps({"validation_auc": v["auc"], "ece": round(v["ece"], 4), "lines": v["lines"],
+                           "by_domain": {k: x["auc"] for k, x in v["by_domain"].items()},
+                           "registered": card.get("registered")}, default=str))
+    typer.echo(f"wrote {out}")
+
+
 @app.command()
 def validate(
     data: Path = typer.Argument(None, help="Judged folder (with dialogues.jsonl) or a .jsonl file "

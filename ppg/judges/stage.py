@@ -5,7 +5,8 @@ Personal data is redacted first (judge.redact: e-mail addresses, phone numbers, 
 before any judge sees a line and before anything becomes training data. Then the configured judge
 scores the evaluated speakers' turns: `labels` keeps the logged verdicts (null stays null), `llm`
 asks an OpenAI-compatible endpoint for the turns whose reward is null (all of them with
-judge.overwrite) through the verdict cache. A judge that fails after its retries raises and
+judge.overwrite) through the verdict cache, `reward-model` scores them with the per-turn reward
+model of `ppg train-judge` in process. A judge that fails after its retries raises and
 nothing is written; what it answered stays in the cache for the next run.
 """
 
@@ -47,6 +48,10 @@ def stage_judge(cfg, progress: bool = False) -> Judge:
     """The judge judge.kind names (cfg: the judge section)."""
     if cfg.kind == "labels":
         return LabelJudge()
+    if cfg.kind == "reward-model":
+        from ppg.judges.reward_model import RewardModelJudge
+
+        return RewardModelJudge(cfg, keep_logged=not cfg.overwrite)
     from ppg.judges.cache import VerdictCache
     from ppg.judges.llm import LLMJudge
 
