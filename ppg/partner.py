@@ -1,0 +1,86 @@
+"""Real personas against a model partner: the rollouts of online evaluation (eval.partner: llm).
+
+The policy plays a persona of the held-out split of the judged data (never one it trained on: the
+split is `ppg build`'s, persona groups whole); a partner model plays the other role (therapist,
+teacher, chat partner) from the project's prompt for the domain, with a brevity reminder, and
+opens the dialogue. Any Judge with verdicts for new text scores the turns (judge.kind llm or
+reward-model; logged labels cannot judge a rollout).
+"""
+
+from ppg.data.build import assign_splits
+from ppg.data.turns import persona_groups
+from ppg.rollout import Episode
+
+ROLES = {  # domain -> (partner's role name, what the partner is asked to do)
+    "therapy": ("therapist", "You are a therapist in a one-on-one online session. Help the patient reflect on "
+                             "their feelings and the patterns in their life; ask about what they tell you."),
+    "education": ("teacher", "You are a teacher guiding one student through a topic at their level. Explain, "
+                             "then ask the student questions and build on their answers."),
+    "chatting": ("partner", "You are chatting online with someone you have just met. Take turns asking about "
+                            "their life, work and interests, and share a little about yourself."),
+}
+REMINDER = "Answer in two sentences or fewer, and do not repeat what was already said."
+OPENING = "(The conversation starts now. Say your first line.)"
+
+
+def partner_prompt(domain: str) -> tuple[str, str]:
+    """(role name, system prompt) of the partner in a domain; an unknown domain chats."""
+    role, task = ROLES.get(domain, ROLES["chatting"])
+    return role, f"{task} {REMINDER}"
+
+
+def real_episodes(dialogues, build_cfg, split: str, limit: int) -> list[Episode]:
+    """Episodes for up to `limit` distinct personas of `split` (validation or test), assigned as
+    `ppg build` assigns them: persona groups whole, build.splits, build.folds, build.seed."""
+    dialogues = [d for d in dialogues if d.evaluated_speakers]
+    splits, _ = assign_splits(persona_groups(dialogues), build_cfg.splits, build_cfg.folds, build_cfg.seed)
+    out, seen = [], set()
+    for d, sp in zip(dialogues, splits):
+        for s in d.evaluated_speakers:
+            persona = d.personas[s]
+            if sp != split or persona in seen or len(out) >= limit:
+                continue
+            seen.add(persona)
+            role, _ = partner_prompt(d.domain)
+            out.append(Episode(f"real-{split}-{len(out):05d}", len(out), s, persona, role, d.domain,
+                               meta={"persona_of": d.dialogue_id}))
+    return out
+
+
+class LLMPartner:
+    """A causal LM that plays the partner: it sees its own lines as assistant turns and the
+    persona's as user turns, and speaks `turns` times per dialogue (then the dialogue ends)."""
+
+    def __init__(self, model, tok, turns: int, gen):
+        self.model, self.tok, self.turns, self.gen = model, tok, turns, gen
+
+    def messages(self, e: Episode) -> list[dict]:
+        _, system = partner_prompt(e.domain)
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": OPENING}]
+        for ln in e.lines:  # the partner opens after the cue; then the two alternate
+            msgs.append({"role": "assistant" if ln["speaker"] == e.partner else "user", "content": ln["text"]})
+        return msgs
+
+    def reply(self, episodes: list[Episode]) -> list[str | None]:
+        import torch
+
+        from ppg.data.schema import as_text
+
+        live = [i for i, e in enumerate(episodes) if len(e.partner_lines()) < self.turns]
+        out: list[str | None] = [None] * len(episodes)
+        if not live:
+            return out
+        device = next(self.model.parameters()).device
+        prompts = [self.tok.apply_chat_template(self.messages(episodes[i]), add_generation_prompt=True,
+                                                tokenize=False) for i in live]
+        enc = self.tok(prompts, return_tensors="pt", padding=True, padding_side="left",
+                       add_special_tokens=False).to(device)
+        sample = self.gen.temperature > 0
+        with torch.no_grad():
+            ids = self.model.generate(**enc, max_new_tokens=self.gen.max_new_tokens, do_sample=sample,
+                                      temperature=self.gen.temperature if sample else None,
+                                      top_p=self.gen.top_p if sample else None, pad_token_id=self.tok.pad_token_id)
+        for i, row in zip(live, ids[:, enc["input_ids"].shape[1]:]):
+            text = as_text(self.tok.decode(row, skip_special_tokens=True).strip())
+            out[i] = text or "..."  # a line is never empty (the schema refuses one)
+        return out

@@ -1,0 +1,73 @@
+"""Online evaluation on real personas: the policy plays personas of the held-out split of the
+judged data against a partner model, a judge of new text scores every turn, and the metrics name
+the partner and the judge."""
+
+import dataclasses
+
+import pytest
+from judge_server import FlakyJudge
+
+from ppg.config import BuildConfig, JudgeConfig, MlflowConfig, ModelConfig, Params
+from ppg.data.schema import Dialogue, write_dialogues
+
+
+def patients(n: int) -> list[Dialogue]:
+    return [Dialogue.model_validate({
+        "dialogue_id": f"t-{i}", "domain": "therapy", "source": "fixture",
+        "personas": {"patient": f"I am patient {i}. I work night shifts and sleep badly.", "therapist": ""},
+        "evaluated_speakers": ["patient"],
+        "lines": [{"speaker": "therapist", "text": "How are you this week?"},
+                  {"speaker": "patient", "text": "Tired, the night shifts again.", "reward": 1.0}]})
+        for i in range(n)]
+
+
+@pytest.fixture
+def real(tmp_path, monkeypatch):
+    monkeypatch.setenv("PPG_JUDGE_API_KEY", "sk-test-real-eval")
+    write_dialogues(tmp_path / "judged" / "dialogues.jsonl", patients(30))
+    judge = FlakyJudge(healthy=10 ** 6)
+    p = Params(model=ModelConfig(spec="tiny", base=""), build=BuildConfig(seed=0),
+               judge=JudgeConfig(kind="llm", base_url=judge.url, out=str(tmp_path / "judged"),
+                                 cache=str(tmp_path / "cache.sqlite"), retries=1, backoff_s=0.01, timeout_s=10),
+               mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "a")))
+    ev = dataclasses.replace(p.eval, mode="online", partner="llm", partner_model="tiny", personas=2, turns=3,
+                             qa=False, primary="online.consistency",
+                             generation={"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "batch_size": 2})
+    reg = dataclasses.replace(p.registry, non_inferiority={})
+    return dataclasses.replace(p, eval=ev, registry=reg), judge
+
+
+def test_a_policy_plays_held_out_real_personas_against_a_partner_model(real, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from ppg.data.build import assign_splits
+    from ppg.data.turns import persona_groups
+    from ppg.evaluate.run import measure
+    from ppg.models import load_tokenizer
+
+    p, judge = real
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model), load_tokenizer(tiny_model)
+    metrics, dialogues, _ = measure(p, model, tok, "validation", "k2")
+    online = metrics["online"]
+    assert online["partner"] == "llm" and online["judge"]["kind"] == "llm" and online["domain"] == "therapy"
+    assert online["dialogues"] == 2 and [x["turn"] for x in online["drift"]] == [0, 1, 2]
+    for name in ("consistency", "persona", "reward"):
+        assert online[name]["n"] == 2 and online[name]["mean"] == 1.0  # the judge answered NO / [] throughout
+    assert online["coverage"]["n"] == 0  # no judge of free text knows what was asked: unknown, not 0
+    assert judge.state["n"] == 2 * (3 + 2)  # per dialogue: 3 prompt-to-line, 2 line-to-line questions
+    # every persona played is a validation persona, as ppg build split them
+    ds = patients(30)
+    splits, _ = assign_splits(persona_groups(ds), p.build.splits, p.build.folds, p.build.seed)
+    allowed = {d.personas["patient"] for d, sp in zip(ds, splits) if sp == "validation"}
+    for d in dialogues:
+        assert [ln.speaker for ln in d.lines] == ["therapist", "patient"] * 3
+        assert d.personas["patient"] in allowed and d.source == "rollout"
+
+
+def test_real_persona_rollouts_need_a_judge_of_new_text(real):
+    p, _ = real
+    with pytest.raises(ValueError, match="judge.kind labels only keeps logged verdicts"):
+        Params(eval=p.eval, judge=JudgeConfig(), registry=p.registry)
+    gate = dataclasses.replace(p.registry, non_inferiority={"online.coverage": 0.1})  # params.yaml's gate
+    with pytest.raises(ValueError, match="online.coverage is never measured .eval.partner is 'llm'"):
+        Params(eval=p.eval, judge=p.judge, registry=gate)  # only the simulator knows what it asked
