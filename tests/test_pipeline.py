@@ -243,6 +243,55 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
     assert c.search_runs([c.get_experiment_by_name("ppg").experiment_id], "attributes.status = 'RUNNING'") == []
 
 
+def served_logs(folder: Path, name: str, seed: int, contradict: float, version: str = "ppg-chatting/1"):
+    """Simulated chatting dialogues as a deployed model's logs: meta.model_version names it;
+    contradict = the share of its turns whose logged verdict says it contradicted its persona."""
+    import random
+
+    from ppg.config import SimConfig
+    from ppg.data.schema import write_dialogues
+    from ppg.sim.simulate import simulate
+
+    rng, ds = random.Random(seed), simulate("chatting", 40, 4, seed, SimConfig())
+    for d in ds:
+        d.meta["model_version"] = version
+        d.dialogue_id = d.dialogue_id.replace("sim-", "served-")
+        for ln in d.turns("persona"):
+            ln.reward = 0.0 if rng.random() < contradict else 1.0
+    write_dialogues(folder / name, ds)
+
+
+@pytest.mark.slow
+def test_the_monitor_stays_quiet_on_good_logs_and_retrains_on_drifted_ones(ws, env):
+    """ppg monitor on the pipeline's workspace: consistent logs -> within bounds, nothing runs;
+    logs with injected contradictions -> the rule fires, they become training data, and the
+    pipeline retrains and gates a new challenger."""
+    bad = ws / "data/incoming/batch-002.jsonl"
+    if bad.exists():  # the lifecycle's bad batch would stop any later run at validation
+        bad.unlink()
+    logs = ws.parent / "served-logs"
+    served_logs(logs, "monday.jsonl", seed=21, contradict=0.02)
+    c, before, _ = registry_state(ws)
+    cmd = [str(BIN / "ppg"), "monitor", "--logs", str(logs), "--workspace", str(ws)]
+    quiet = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert "ppg-chatting/1: reward" in quiet.stdout and "within bounds" in quiet.stdout
+    assert not list((ws / "data/incoming").glob("monitor-*")) and registry_state(ws)[1] == before
+    served_logs(logs, "tuesday.jsonl", seed=22, contradict=0.3)
+    drift = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=900)
+    assert drift.returncode == 0, drift.stderr[-3000:]
+    assert "below the baseline" in drift.stdout and "DRIFT: retrained" in drift.stdout
+    [moved] = (ws / "data/incoming").glob("monitor-*.jsonl")
+    from ppg.data.schema import read_dialogues
+
+    served = read_dialogues(logs / "tuesday.jsonl")
+    assert {d.dialogue_id for d in read_dialogues(moved)} == {d.dialogue_id for d in served}
+    c, after, aliases = registry_state(ws)
+    assert after == before + [max(before, default=0) + 1]  # retrained on the new data and registered
+    assert aliases["challenger"] == str(after[-1])
+    assert c.get_model_version("ppg-chatting", str(after[-1])).tags["ppg.gate"]  # and the gate decided
+
+
 def test_workspace_lock_waits_times_out_and_is_released_by_a_dead_holder(tmp_path):
     from ppg.lock import LockTimeout, workspace_lock
 

@@ -77,6 +77,40 @@ def serve(
                        parameters={"workspace": str(workspace.resolve())})
 
 
+@app.command()
+def monitor(
+    logs: Path = typer.Option(..., help="Folder (or file) of the champion's logged dialogues; each names its "
+                              "model in meta.model_version as NAME/VERSION."),
+    workspace: Path = typer.Option(Path("."), help="The git + DVC workspace."),
+    retraining: bool = typer.Option(True, "--retrain/--no-retrain", help="Run the pipeline when the rule fires."),
+    serve: bool = typer.Option(False, help="Serve ppg-monitor on monitor.schedule instead of checking once."),
+):
+    """One monitoring check (flow ppg-monitor): judge the logs that arrived since the last check,
+    score each model version against its own baseline under the same judge, and when the drift
+    rule fires put them into the training data and retrain."""
+    if not logs.exists():
+        fail(f"--logs: {logs}: no such file or folder")
+    p = read_params(workspace / "params.yaml")
+    _prefect_env()
+    from flows.monitor import ppg_monitor
+
+    args = {"logs": str(logs.resolve()), "workspace": str(workspace.resolve()), "retraining": retraining}
+    if serve:
+        typer.echo(f"serving ppg-monitor/{p.pipeline.deployment} on cron {p.monitor.schedule!r}")
+        ppg_monitor.serve(name=p.pipeline.deployment, cron=p.monitor.schedule, parameters=args)
+        return
+    from ppg.data.schema import DataError
+
+    try:
+        report = ppg_monitor(**args)
+    except (DataError, ValueError) as e:
+        fail(str(e))
+    for version, r in report["versions"].items():
+        typer.echo(f"{version}: {r['why']}")
+    typer.echo("DRIFT: retrained" if report["fired"] and retraining else "DRIFT" if report["fired"]
+               else "within bounds" if report["versions"] else "no new logs")
+
+
 def _registry_op(params, model, op):
     from mlflow.exceptions import MlflowException
 

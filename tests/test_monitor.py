@@ -1,0 +1,93 @@
+"""ppg monitor: each model version scored against its own baseline under the same judge, a rule
+that fires on an interval bound, drifted logs handed to training, bad logs refused, retention."""
+
+import dataclasses
+import random
+
+import pytest
+
+from ppg.config import DataConfig, JudgeConfig, MlflowConfig, MonitorConfig, Params
+from ppg.data.schema import DataError, Dialogue, read_dialogues, write_dialogues
+
+
+def served(n: int, seed: int, version: str = "ppg-chatting/1", bad_share: float = 0.0) -> list[Dialogue]:
+    """Logged dialogues of a deployed model, with verdicts; bad_share of the turns contradict."""
+    rng = random.Random(seed)
+    return [Dialogue.model_validate({
+        "dialogue_id": f"served-{seed}-{i}", "domain": "chatting", "source": "served",
+        "meta": {"model_version": version},
+        "personas": {"bot": f"I am bot {seed}-{i}, a baker from Leeds.", "user": ""}, "evaluated_speakers": ["bot"],
+        "lines": [x for t in range(4) for x in (
+            {"speaker": "user", "text": f"question {t} for {i}"},
+            {"speaker": "bot", "text": f"answer {t} from {i}", "reward": 0.0 if rng.random() < bad_share else 1.0})]})
+        for i in range(n)]
+
+
+@pytest.fixture
+def p(tmp_path):
+    incoming = tmp_path / "incoming"
+    return Params(data=DataConfig(source=f"jsonl:{incoming}"), judge=JudgeConfig(),
+                  monitor=MonitorConfig(incoming=str(incoming), state=str(tmp_path / "state"), min_turns=40,
+                                        keep_batches=1),
+                  mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "a")))
+
+
+def test_good_logs_set_the_baseline_and_drifted_ones_fire_and_become_training_data(p, tmp_path):
+    from mlflow import MlflowClient
+
+    from ppg.monitor import check
+
+    logs = tmp_path / "logs"
+    write_dialogues(logs / "a.jsonl", served(20, 0, bad_share=0.05))
+    r = check(p, logs)
+    v = r["versions"]["ppg-chatting/1"]
+    assert v["fires"] is False and v["baseline"] is None and v["score"]["turns"] == 80 and not r["fired"]
+    assert not (tmp_path / "incoming").exists()
+    assert check(p, logs)["files"] == []  # nothing new: nothing judged again
+    # a second version starts its own baseline; version 1's new logs drift below its baseline
+    write_dialogues(logs / "b.jsonl", served(20, 1, bad_share=0.5) + served(20, 2, "ppg-chatting/2", 0.05))
+    r = check(p, logs)
+    one, two = r["versions"]["ppg-chatting/1"], r["versions"]["ppg-chatting/2"]
+    assert one["fires"] and "below the baseline" in one["why"] and one["baseline"]["mean"] > 0.9
+    assert two["fires"] is False and two["baseline"] is None
+    moved = read_dialogues(r["incoming"])  # the judged logs are training data now
+    assert len(moved) == 40 and r["incoming"].startswith(str(tmp_path / "incoming"))
+    assert len(list((tmp_path / "state" / "batches").glob("*.jsonl"))) == 1  # retention: keep_batches = 1
+    c = MlflowClient(p.mlflow.tracking_uri)
+    runs = c.search_runs([c.get_experiment_by_name("ppg").experiment_id], "tags.`ppg.stage` = 'monitor'")
+    assert sorted((x.data.tags["ppg.version"], x.data.metrics["monitor.fired"]) for x in runs) == [
+        ("1", 0.0), ("1", 1.0), ("2", 0.0)]
+
+
+def test_the_rule_waits_for_enough_turns_and_fires_on_the_bound_not_the_mean(p, tmp_path):
+    from ppg.monitor import decide
+
+    cfg = dataclasses.replace(p.monitor, min_consistency=0.5, max_drop=0.1)
+    s = {"mean": 0.45, "lo": 0.30, "hi": 0.60, "n": 30, "turns": 120}  # mean below, interval not
+    assert decide(s, None, cfg)[0] is False
+    assert decide({**s, "hi": 0.49}, None, cfg)[0] is True
+    assert decide({**s, "turns": 39}, None, cfg)[0] is None
+    assert decide({**s, "mean": 0.8, "hi": 0.85}, {"mean": 0.97}, cfg)[0] is True  # 0.97 - 0.85 > 0.1
+    assert decide({**s, "mean": 0.8, "hi": 0.9}, {"mean": 0.97}, cfg)[0] is False
+
+
+def test_bad_logs_stop_the_monitor_and_nothing_moves(p, tmp_path):
+    from ppg.monitor import check
+
+    logs = tmp_path / "logs"
+    unnamed = [d.model_copy(update={"meta": {}}) for d in served(3, 0)]
+    write_dialogues(logs / "a.jsonl", unnamed)
+    with pytest.raises(DataError, match="meta.model_version"):
+        check(p, logs)
+    (logs / "a.jsonl").write_text('{"dialogue_id": 1}\n')
+    with pytest.raises(DataError, match="a.jsonl"):
+        check(p, logs)
+    assert not (tmp_path / "incoming").exists() and not (tmp_path / "state" / "state.json").exists()
+
+
+def test_the_monitor_refuses_an_incoming_folder_training_never_reads(p, tmp_path):
+    from ppg.monitor import check
+
+    elsewhere = dataclasses.replace(p, data=DataConfig(source="simulator"))
+    with pytest.raises(ValueError, match="does not read"):
+        check(elsewhere, tmp_path)
