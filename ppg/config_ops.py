@@ -1,6 +1,6 @@
-"""params.yaml sections of the operations around training: the judge, tracking, registry and
-promotion, the pipeline, the K study. (Part of the one config tree of ppg.config; split out for
-length.)"""
+"""params.yaml sections of the operations around training: evaluation, the judge, monitoring,
+tracking, registry and promotion, the pipeline, the K study. (Part of the one config tree of
+ppg.config; split out for length.)"""
 
 from dataclasses import dataclass, field
 
@@ -92,6 +92,64 @@ class JudgeConfig:
                 raise ValueError(f"judge.redact.{name}: not a regular expression ({e})") from None
         if self.retries < 0 or self.concurrency < 1 or self.max_tokens < 1:
             raise ValueError("judge: retries must be >= 0, concurrency and max_tokens >= 1")
+
+
+@dataclass
+class EvalConfig:
+    out: str = "eval"
+    """Results go to OUT/<policy>/: metrics.json, table.md, drift.png (and the judged dialogues)."""
+    mode: str = "online"
+    """online (simulator personas, exact judge), offline (logged verdicts: AUC, weighted NLL) or both."""
+    domain: str | None = None
+    """Simulator setting for online evaluation (default: sim.domain)."""
+    partner: str = "simulator"
+    """Who plays the other side online: simulator (closed-vocabulary personas, exact judge) or llm
+    (personas of the held-out split of judge.out against partner_model, judged by judge.kind)."""
+    partner_model: str = ""
+    """llm partner: a model spec (tiny, smollm2-135m, a folder; "" = model.spec)."""
+    personas: int = 16
+    """Held-out personas (one dialogue each) for online evaluation."""
+    turns: int = 0
+    """Persona turns per dialogue (0 = sim.turns)."""
+    seed: int = 1000
+    """Seed of the held-out personas: training data generated with sim.seed never meets them
+    (rollout scenes are keyed by seed, domain and index)."""
+    qa: bool = True
+    """After each dialogue, ask the backstory's facts (Q&A consistency)."""
+    generation: dict = field(default_factory=lambda: {"max_new_tokens": 32, "temperature": 0.7, "top_p": 0.9,
+                                                      "batch_size": 8})
+    """Sampling for rollouts (~7-13 new tokens/s for SmolLM2 on a 2-core CPU)."""
+    split: str = "validation"
+    """validation (the evaluate stage; the best policy is chosen on it) or test (the promotion gate).
+    Offline: the Parquet split of that name (with --fold F: fold F of train.split). Online: the
+    held-out personas of seed (validation) or seed + 1 (test)."""
+    min_contradictions: int = 10
+    """Fewer contradicting turns than this: AUC is reported as refused, not scored."""
+    llm_judge: bool = False
+    """Also judge the online rollouts with the LLM endpoint of the judge section (judge.base_url,
+    judge.model, judge.api_key_env, ...; whatever judge.kind is): online.llm holds its
+    prompt-to-line + line-to-line consistency and the share of turns it left without a verdict.
+    An endpoint that stays down fails the evaluation (nothing written, nothing logged)."""
+    primary: str = "online.reward"
+    """The metric that picks the best policy (validation) and that the gate compares (test): a dotted
+    path into metrics.json, e.g. online.reward (the judge's reward: consistent AND answering, so
+    dodging every question cannot win), online.consistency, offline.auc."""
+
+    def __post_init__(self):
+        if self.partner not in ("simulator", "llm"):
+            raise ValueError(f"eval.partner: expected simulator or llm, got {self.partner!r}")
+        if self.mode not in ("online", "offline", "both"):
+            raise ValueError(f"eval.mode: expected online, offline or both, got {self.mode!r}")
+        if self.personas < 1:
+            raise ValueError(f"eval.personas: must be >= 1, got {self.personas}")
+        if not isinstance(self.llm_judge, bool):
+            raise ValueError(f"eval.llm_judge: expected true or false (the endpoint is configured in the "
+                             f"judge section), got {self.llm_judge!r}")
+        if self.split not in ("validation", "test"):
+            raise ValueError(f"eval.split: expected validation or test, got {self.split!r}")
+
+    def persona_seed(self, split: str) -> int:
+        return self.seed + (split == "test")
 
 
 @dataclass

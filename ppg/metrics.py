@@ -58,9 +58,11 @@ def refuse_impossible(p) -> None:
     register nothing; bc with a baseline trains nothing; a gate seed equal to the validation seed
     would test on the personas the best policy was picked on. p: ppg.config.Params."""
     check_produced(p.eval.primary, p.eval, "eval.primary")
-    if p.eval.partner == "llm" and p.eval.mode != "offline" and p.judge.kind == "labels":
-        raise ValueError("eval.partner: llm rollouts are new text, and judge.kind labels only keeps logged "
-                         "verdicts; set judge.kind to llm or reward-model")
+    for key, on in (("eval.partner", p.eval.partner == "llm" and p.eval.mode != "offline"),
+                    ("online.partner", p.online.partner == "llm")):
+        if on and p.judge.kind == "labels":
+            raise ValueError(f"{key}: llm rollouts are new text, and judge.kind labels only keeps logged "
+                             f"verdicts; set judge.kind to llm or reward-model")
     for key in ("thresholds", "non_inferiority"):
         for name in getattr(p.registry, key):
             check_produced(name, p.eval, f"registry.{key}", removable=True)

@@ -1,4 +1,5 @@
-"""Real personas against a model partner: the rollouts of online evaluation (eval.partner: llm).
+"""Who the policy plays against: the simulator, or real personas against a model partner (the
+rollouts of online evaluation with eval.partner llm, and of online PPG with online.partner llm).
 
 The policy plays a persona of the held-out split of the judged data (never one it trained on: the
 split is `ppg build`'s, persona groups whole); a partner model plays the other role (therapist,
@@ -6,6 +7,10 @@ teacher, chat partner) from the project's prompt for the domain, with a brevity 
 opens the dialogue. Any Judge with verdicts for new text scores the turns (judge.kind llm or
 reward-model; logged labels cannot judge a rollout).
 """
+
+import random
+from dataclasses import replace
+from pathlib import Path
 
 from ppg.data.build import assign_splits
 from ppg.data.turns import persona_groups
@@ -84,3 +89,35 @@ class LLMPartner:
             text = as_text(self.tok.decode(row, skip_special_tokens=True).strip())
             out[i] = text or "..."  # a line is never empty (the schema refuses one)
         return out
+
+
+def rollout_world(p, partner: str, split: str, seed: int, gen, personas: int, group: int,
+                  domain: str | None = None, turns: int = 0):
+    """(episodes, partner, judge, domain): `personas` personas, each played `group` times (one
+    group each), as `partner` says. simulator: scenes of the seed with the exact judge. llm: a seeded
+    draw of the personas of `split` of judge.out against eval.partner_model, judged by judge.kind.
+    turns: partner lines per dialogue (0 = sim.turns)."""
+    turns = turns or p.sim.turns
+    if partner == "simulator":
+        from ppg.sim.partner import sim_world
+
+        domain = domain or p.sim.domain
+        if domain not in p.sim.domains:
+            raise ValueError(f"domain: {domain!r} is not one of {sorted(p.sim.domains)} (sim.domains)")
+        return (*sim_world(p.sim, domain, personas, group, turns, seed), domain)
+    from transformers import AutoModelForCausalLM
+
+    from ppg.data.schema import read_dialogues
+    from ppg.judges.stage import stage_judge
+    from ppg.models import base_model, eval_device, load_tokenizer, resolve_model
+
+    src = Path(p.judge.out) / "dialogues.jsonl"
+    pool = real_episodes(read_dialogues(src), p.build, split, 10 ** 9)
+    if not pool:
+        raise ValueError(f"partner llm: {src} has no persona in the {split} split")
+    drawn = sorted(random.Random(seed).sample(pool, min(personas, len(pool))), key=lambda e: e.group)
+    eps = [e if group == 1 else replace(e, dialogue_id=f"{e.dialogue_id}-{g}", group=i)
+           for i, e in enumerate(drawn) for g in range(group)]
+    folder = resolve_model(p.eval.partner_model) if p.eval.partner_model else base_model(p)
+    model = AutoModelForCausalLM.from_pretrained(str(folder)).to(eval_device()).eval()
+    return eps, LLMPartner(model, load_tokenizer(folder), turns, gen), stage_judge(p.judge), drawn[0].domain

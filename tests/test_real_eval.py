@@ -3,12 +3,15 @@ judged data against a partner model, a judge of new text scores every turn, and 
 the partner and the judge."""
 
 import dataclasses
+import json
 
 import pytest
 from judge_server import FlakyJudge
 
 from ppg.config import BuildConfig, JudgeConfig, MlflowConfig, ModelConfig, Params
+from ppg.data.build import assign_splits
 from ppg.data.schema import Dialogue, write_dialogues
+from ppg.data.turns import persona_groups
 
 
 def patients(n: int) -> list[Dialogue]:
@@ -40,8 +43,6 @@ def real(tmp_path, monkeypatch):
 def test_a_policy_plays_held_out_real_personas_against_a_partner_model(real, tiny_model):
     from transformers import AutoModelForCausalLM
 
-    from ppg.data.build import assign_splits
-    from ppg.data.turns import persona_groups
     from ppg.evaluate.run import measure
     from ppg.models import load_tokenizer
 
@@ -68,6 +69,36 @@ def test_real_persona_rollouts_need_a_judge_of_new_text(real):
     p, _ = real
     with pytest.raises(ValueError, match="judge.kind labels only keeps logged verdicts"):
         Params(eval=p.eval, judge=JudgeConfig(), registry=p.registry)
+    from ppg.config import OnlineConfig
+
+    with pytest.raises(ValueError, match="online.partner: llm rollouts are new text"):
+        Params(online=OnlineConfig(partner="llm"), judge=JudgeConfig())
     gate = dataclasses.replace(p.registry, non_inferiority={"online.coverage": 0.1})  # params.yaml's gate
     with pytest.raises(ValueError, match="online.coverage is never measured .eval.partner is 'llm'"):
         Params(eval=p.eval, judge=p.judge, registry=gate)  # only the simulator knows what it asked
+
+
+def test_online_ppg_plays_training_personas_against_the_partner_model(real, tmp_path, tiny_model):
+    """online.partner llm: the same rollouts on the TRAIN split's personas, each played `group`
+    times (one leave-one-out group), every turn judged by the LLM judge."""
+    from ppg.config import LoraConfig, OnlineConfig, TrainConfig
+    from ppg.train.online import train_online
+
+    p, judge = real
+    p = dataclasses.replace(
+        p, train=TrainConfig(out=str(tmp_path / "models"), workdir=str(tmp_path / "work"), checkpoint_every=2,
+                             lora=LoraConfig(enabled=True, r=4)),
+        online=OnlineConfig(partner="llm", personas_per_step=2, group=2, turns=2, steps=2,
+                            generation={"max_new_tokens": 5, "temperature": 1.0, "top_p": 1.0, "batch_size": 4}))
+    r = train_online(p, "k2", progress=False)
+    assert r["steps"] == 2 and all(h["reward"] == 1.0 for h in r["history"])  # every verdict: consistent
+    assert r["history"][0]["kl"] == pytest.approx(0.0, abs=1e-7)
+    rollouts = [json.loads(x) for f in sorted((tmp_path / "work").rglob("rollouts/*.jsonl"))
+                for x in f.read_text().splitlines()]
+    assert len(rollouts) == 2 * 4 and judge.state["n"] == 2 * 4 * (2 + 1)  # per dialogue: 2 + 1 questions
+    ds = patients(30)
+    splits, _ = assign_splits(persona_groups(ds), p.build.splits, p.build.folds, p.build.seed)
+    train_personas = {d.personas["patient"] for d, sp in zip(ds, splits) if sp == "train"}
+    assert all(d["personas"]["patient"] in train_personas for d in rollouts)
+    first_step = rollouts[:4]
+    assert len({d["personas"]["patient"] for d in first_step}) == 2  # 2 personas x 2 rollouts each

@@ -17,7 +17,7 @@ from ppg.evaluate.report import log_evaluation, plot_drift, table
 from ppg.io import atomic_open
 from ppg.models import base_model, eval_device, load_tokenizer
 from ppg.rollout import GenerationConfig, play
-from ppg.sim.partner import sim_world
+from ppg.partner import rollout_world
 from ppg.train.offline import run_name
 
 
@@ -41,34 +41,6 @@ def load_trained(p, name: str):
     return model, ref, tok, False
 
 
-def rollout_setup(p, split: str, seed: int, gen):
-    """(episodes, partner, judge, domain) of online evaluation on a split, as eval.partner says:
-    simulator scenes of the seed with the exact judge, or personas of the split of judge.out (a
-    seeded draw of eval.personas of them) against the partner model, judged by judge.kind."""
-    cfg, turns = p.eval, p.eval.turns or p.sim.turns
-    if cfg.partner == "simulator":
-        domain = cfg.domain or p.sim.domain
-        return (*sim_world(p.sim, domain, cfg.personas, 1, turns, seed), domain)
-    import random
-
-    from transformers import AutoModelForCausalLM
-
-    from ppg.data.schema import read_dialogues
-    from ppg.judges.stage import stage_judge
-    from ppg.models import resolve_model
-    from ppg.partner import LLMPartner, real_episodes
-
-    src = Path(p.judge.out) / "dialogues.jsonl"
-    eps = real_episodes(read_dialogues(src), p.build, split, 10 ** 9)
-    if not eps:
-        raise ValueError(f"eval.partner: {src} has no persona in the {split} split")
-    eps = sorted(random.Random(seed).sample(eps, min(cfg.personas, len(eps))), key=lambda e: e.group)
-    folder = resolve_model(cfg.partner_model) if cfg.partner_model else base_model(p)
-    partner = LLMPartner(AutoModelForCausalLM.from_pretrained(str(folder)).to(eval_device()).eval(),
-                         load_tokenizer(folder), turns, gen)
-    return eps, partner, stage_judge(p.judge), eps[0].domain
-
-
 def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False, fold: int | None = None,
             seed: int | None = None):
     """Metrics of a loaded model on a split, as p.eval says: (metrics, judged dialogues or None,
@@ -80,7 +52,8 @@ def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False
     if cfg.mode in ("online", "both"):
         gen = GenerationConfig(**cfg.generation)
         seed = cfg.persona_seed(split) if seed is None else seed
-        eps, partner, judge, domain = rollout_setup(p, split, seed, gen)
+        eps, partner, judge, domain = rollout_world(p, cfg.partner, split, seed, gen, cfg.personas, 1,
+                                                    cfg.domain, cfg.turns)
         dialogues = play(model, tok, eps, partner, judge, gen, seed)
         qa = backstory_qa(model, tok, dialogues, gen) if cfg.qa and cfg.partner == "simulator" else None
         metrics["online"] = {"domain": domain, "seed": seed, "partner": cfg.partner, "judge": judge.identity(),

@@ -31,7 +31,7 @@ from ppg.losses import online_ppg_loss, token_logprobs
 from ppg.models import base_model, load_tokenizer, tokenizer_hash, with_lora
 from ppg.returns import parse_policy_id, partial_returns, shape_weights
 from ppg.rollout import GenerationConfig, play, rewards_tensor, rollout_arrays
-from ppg.sim.partner import sim_world
+from ppg.partner import rollout_world
 from ppg.train import checkpoint, engine as eng
 from ppg.train.batching import Example, collate
 
@@ -68,7 +68,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     cfg, oc = p.train, p.online
     name = f"{policy}-online"
     domain = oc.domain or p.sim.domain
-    if domain not in p.sim.domains:
+    if oc.partner == "simulator" and domain not in p.sim.domains:
         raise ValueError(f"online.domain: {domain!r} is not one of {sorted(p.sim.domains)}")
     model_dir = base_model(p)
     config = eng.ds_config(dict(cfg.deepspeed, gradient_accumulation_steps=1), oc.personas_per_step * oc.group,
@@ -84,6 +84,9 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
              "online": asdict(oc), "sim": asdict(p.sim), "lora": asdict(cfg.lora), "deepspeed": cfg.deepspeed,
              "seed": cfg.seed, "reduction": cfg.reduction,
              "returns": {k2: getattr(p.returns, k2) for k2 in ("segments", "standardize", "clip", "gamma")}}
+    if oc.partner == "llm":  # real personas: who plays them, who judges, and the personas' content
+        ident.update(partner_model=p.eval.partner_model or p.model.spec, judge=asdict(p.judge), build=asdict(p.build),
+                     personas=content_hash(Path(p.judge.out) / "dialogues.jsonl"))
     fp = checkpoint.fingerprint(ident)
     workdir = checkpoint.workdir_for(Path(cfg.workdir) / name, fp, ident)
     resume = checkpoint.find_resume(workdir, fp, ident)
@@ -113,8 +116,8 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     while state["step"] < oc.steps:
         t0 = time.perf_counter()
         step_seed = cfg.seed * 100_003 + state["step"]
-        eps, partner, judge = sim_world(p.sim, domain, oc.personas_per_step, oc.group, oc.turns or p.sim.turns,
-                                        step_seed)
+        eps, partner, judge, _ = rollout_world(p, oc.partner, p.train.split, step_seed, gen, oc.personas_per_step,
+                                               oc.group, domain, oc.turns)
         dialogues, rollouts = play(engine.module, tok, eps, partner, judge, gen, step_seed, with_tokens=True)
         r, mask = rewards_tensor(dialogues)
         if kind == "segment" and not segments:  # {from: meta.segment_starts}: the probe windows
