@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from ppg.config_ops import (EvalConfig, JudgeConfig, MlflowConfig, MonitorConfig, PipelineConfig,  # noqa: F401
-                            RegistryConfig, StudyConfig)
+                            RegistryConfig, StudyConfig, one_of)
 from ppg.returns import BASELINES, parse_policy_id
 
 
@@ -193,8 +193,7 @@ class TrainConfig:
     train_micro_batch_size_per_gpu and train_batch_size are filled in from batch_size."""
 
     def __post_init__(self):
-        if self.reduction not in ("sum", "mean"):
-            raise ValueError(f"train.reduction: expected sum or mean, got {self.reduction!r}")
+        one_of("train.reduction", self.reduction, ("sum", "mean"))
         for name in ("batch_size", "bucket_batches", "checkpoint_every", "keep_checkpoints", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
@@ -275,10 +274,8 @@ class OnlineConfig:
     """Rollout sampling (temperature 1: the policy's own distribution, as REINFORCE assumes)."""
 
     def __post_init__(self):
-        if self.partner not in ("simulator", "llm"):
-            raise ValueError(f"online.partner: expected simulator or llm, got {self.partner!r}")
-        if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"online.kl_estimator: expected k1, k2 or k3, got {self.kl_estimator!r}")
+        one_of("online.partner", self.partner, ("simulator", "llm"))
+        one_of("online.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
         if self.group < 2:
             raise ValueError(f"online.group: the leave-one-out baseline needs >= 2 rollouts, got {self.group}")
         if min(self.personas_per_step, self.steps) < 1:

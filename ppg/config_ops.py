@@ -7,6 +7,14 @@ from dataclasses import dataclass, field
 JUDGE_KINDS = ("labels", "llm", "reward-model")
 
 
+def one_of(key: str, value, options) -> None:
+    """Refuse a value outside its options, naming the key: `key: expected a, b or c, got 'x'`."""
+    if value not in options:
+        names = [str(o) for o in options]
+        listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+        raise ValueError(f"{key}: expected {listed}, got {value!r}")
+
+
 @dataclass
 class RewardModelConfig:
     path: str = "models/judge"
@@ -79,10 +87,8 @@ class JudgeConfig:
     def __post_init__(self):
         import re
 
-        if self.kind not in JUDGE_KINDS:
-            raise ValueError(f"judge.kind: expected one of {JUDGE_KINDS}, got {self.kind!r}")
-        if self.require not in ("both", "persona", "commitment"):
-            raise ValueError(f"judge.require: expected both, persona or commitment, got {self.require!r}")
+        one_of("judge.kind", self.kind, JUDGE_KINDS)
+        one_of("judge.require", self.require, ("both", "persona", "commitment"))
         if not isinstance(self.redact, dict):
             raise ValueError(f"judge.redact: expected {{name: regular expression}}, got {self.redact!r}")
         for name, rx in self.redact.items():
@@ -136,17 +142,14 @@ class EvalConfig:
     dodging every question cannot win), online.consistency, offline.auc."""
 
     def __post_init__(self):
-        if self.partner not in ("simulator", "llm"):
-            raise ValueError(f"eval.partner: expected simulator or llm, got {self.partner!r}")
-        if self.mode not in ("online", "offline", "both"):
-            raise ValueError(f"eval.mode: expected online, offline or both, got {self.mode!r}")
+        one_of("eval.partner", self.partner, ("simulator", "llm"))
+        one_of("eval.mode", self.mode, ("online", "offline", "both"))
         if self.personas < 1:
             raise ValueError(f"eval.personas: must be >= 1, got {self.personas}")
         if not isinstance(self.llm_judge, bool):
             raise ValueError(f"eval.llm_judge: expected true or false (the endpoint is configured in the "
                              f"judge section), got {self.llm_judge!r}")
-        if self.split not in ("validation", "test"):
-            raise ValueError(f"eval.split: expected validation or test, got {self.split!r}")
+        one_of("eval.split", self.split, ("validation", "test"))
 
     def persona_seed(self, split: str) -> int:
         return self.seed + (split == "test")
@@ -177,8 +180,7 @@ class MonitorConfig:
     """Cron of the ppg-monitor deployment (`ppg monitor --serve`)."""
 
     def __post_init__(self):
-        if self.metric not in ("reward", "consistency"):
-            raise ValueError(f"monitor.metric: expected reward or consistency, got {self.metric!r}")
+        one_of("monitor.metric", self.metric, ("reward", "consistency"))
         if self.keep_batches < 0 or self.min_turns < 1:
             raise ValueError("monitor: keep_batches must be >= 0 and min_turns >= 1")
 
@@ -239,8 +241,7 @@ class RegistryConfig:
             raise ValueError(f"registry.non_inferiority: allowed losses must be >= 0, got {self.non_inferiority}")
         if not 0.5 <= self.confidence < 1:
             raise ValueError(f"registry.confidence: expected a level in [0.5, 1), got {self.confidence}")
-        if self.method not in ("sign_flip", "paired_t"):
-            raise ValueError(f"registry.method: expected sign_flip or paired_t, got {self.method!r}")
+        one_of("registry.method", self.method, ("sign_flip", "paired_t"))
         if self.min_pairs < 2 or self.boots < 100 or self.personas < 0:
             raise ValueError("registry.min_pairs must be >= 2, registry.boots >= 100, registry.personas >= 0")
 
