@@ -6,9 +6,10 @@ import json
 
 class FlakyJudge:
     """An OpenAI-compatible judge that answers `healthy` requests (reporting token usage), then
-    fails every one (500); it keeps every request body and Authorization header."""
+    fails every one (500); it keeps every request body and Authorization header. A prompt-to-line
+    question whose line holds `contradicts` is answered YES (contradicts), every other NO."""
 
-    def __init__(self, healthy: int):
+    def __init__(self, healthy: int, contradicts: str | None = None):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -27,7 +28,13 @@ class FlakyJudge:
                     self.send_response(500)
                     self.end_headers()
                     return
-                text = "Reasoning. []" if "Python list" in body else "It fits. NO"
+                line = body.split("Line spoken by", 1)[-1]  # the judged line, not the backstory
+                if "Python list" in body:
+                    text = "Reasoning. []"
+                elif contradicts and contradicts in line:
+                    text = "It contradicts the background. YES"
+                else:
+                    text = "It fits. NO"
                 out = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
                                   "usage": {"prompt_tokens": len(body) // 4, "completion_tokens": 3}})
                 self.send_response(200)

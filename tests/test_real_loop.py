@@ -1,16 +1,21 @@
 """The loop on real data, end to end: logged dialogues WITHOUT rewards go through `ppg run`: the
 judge stage (an LLM judge over real HTTP) gives every turn a reward, then validate, build, train
 per policy, online evaluation of real held-out personas against a partner model, registration and
-the gate. The tiny model throughout: this checks the machinery, not a result."""
+the gate. Then a reward model trained on those verdicts becomes the judge of the next run, whose
+challenger the gate compares with the champion on the same test personas. The tiny model
+throughout: this checks the machinery, not a result."""
 
 import random
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 from judge_server import FlakyJudge
-from test_pipeline import ROOT, SECRET, env, registry_state, set_params  # noqa: F401  (env is a fixture)
+from test_pipeline import BIN, ROOT, SECRET, env, registry_state, set_params  # noqa: F401  (env is a fixture)
+
+from ppg.data.schema import read_dialogues
 
 JOBS = ["nurse", "baker", "pilot", "teacher", "welder", "chemist", "farmer", "courier"]
 WORRIES = ["sleep", "money", "my sister", "work", "moving house", "my health", "exams", "loneliness"]
@@ -35,13 +40,14 @@ def unlabeled_logs(n: int, seed: int = 0) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_unlabeled_logs_through_the_whole_pipeline_with_an_llm_judge(tmp_path, env, prefect_api):  # noqa: F811
+def test_unlabeled_logs_through_the_pipeline_with_an_llm_judge_then_a_reward_model(tmp_path, env,  # noqa: F811
+                                                                                   prefect_api):
     import json
 
     from flows.pipeline import ppg_pipeline
     from ppg.overlay import apply_overlay
 
-    judge = FlakyJudge(healthy=10 ** 9)
+    judge = FlakyJudge(healthy=10 ** 9, contradicts="money")  # money worries contradict the persona
     ws = tmp_path / "ws"
     for rel in ("dvc.yaml", "params.yaml", "params.tiny.yaml", ".dvcignore", "ppg"):
         src, dst = ROOT / rel, ws / rel
@@ -70,12 +76,37 @@ def test_unlabeled_logs_through_the_whole_pipeline_with_an_llm_judge(tmp_path, e
     # the judge stage gave every turn a reward, recorded which judge, and asked each prompt once
     summary = json.loads((ws / "data/judged/summary.json").read_text())
     assert summary["turns"] == 180 and summary["null_rewards"] == 0 and summary["judge"]["kind"] == "llm"
+    judged = [ln.reward for d in read_dialogues(ws / "data/judged/dialogues.jsonl") for ln in d.turns("patient")]
+    assert 0 < judged.count(0.0) < len(judged) and set(judged) == {0.0, 1.0}
     assert summary["counts"]["requests"] == 60 * (3 + 2) and summary["counts"]["cache_hits"] == 0
     # online evaluation played real validation personas against the partner model, judged by the LLM
     m = json.loads((ws / "eval/k2/metrics.json").read_text())["online"]
     assert m["partner"] == "llm" and m["judge"]["kind"] == "llm" and m["dialogues"] == 3
-    assert m["consistency"]["mean"] == 1.0 and len(m["drift"]) == 2  # this judge says NO / [] to everything
+    assert m["consistency"]["n"] == 3 and len(m["drift"]) == 2
     # registered and gated (no champion yet: the thresholds decide)
     assert r["gate"]["promoted"] and r["gate"]["model"] == "ppg-therapy"
     assert registry_state(ws, "ppg-therapy")[2] == {"champion": "1", "challenger": "1"}
     assert set(judge.state["auth"]) == {f"Bearer {SECRET}"}
+
+    # 2. a reward model trained on the verdicts the LLM judge gave becomes the judge: the judge
+    #    section changed, so DVC reruns the judge stage and everything after it
+    set_params(ws, judge={"kind": "reward-model", "reward_model": {"path": "models/judge", "steps": 60,
+                                                                   "batch_size": 16, "lr": 0.01, "max_length": 96}})
+    out = subprocess.run([str(BIN / "ppg"), "train-judge", "data/judged", "--no-progress"], cwd=ws, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    asked = judge.state["n"]
+    r = ppg_pipeline(workspace=str(ws))
+    assert not r["skipped"] and r["trained"] == {"greedy": True, "k2": True} and judge.state["n"] == asked
+    summary = json.loads((ws / "data/judged/summary.json").read_text())
+    assert summary["judge"]["kind"] == "reward-model" and summary["counts"]["judged_turns"] == 180
+    m = json.loads((ws / "eval/k2/metrics.json").read_text())["online"]
+    assert m["judge"]["kind"] == "reward-model" and m["reward"]["n"] == 3
+    assert m["consistency"]["n"] == 0  # it gives no line-to-line verdict: consistency is unknown, not 0
+    g = r["gate"]
+    assert g["model"] == "ppg-therapy" and g["challenger"] == "2"
+    c, versions, _ = registry_state(ws, "ppg-therapy")
+    assert versions == [1, 2] and c.get_model_version("ppg-therapy", "2").tags["ppg.gate"]
+    gate_json = json.loads(Path(c.download_artifacts(r["parent_run_id"], "gate.json", str(tmp_path))).read_text())
+    diff = gate_json["decision"]["difference"]  # challenger and champion on the same 3 test personas
+    assert diff is not None and diff["n"] == 3

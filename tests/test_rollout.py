@@ -103,7 +103,8 @@ def test_verdict_rates_count_only_turns_with_a_verdict():
     rates = verdict_rates(lines)
     assert rates["turns"] == 4
     assert rates["persona"] == pytest.approx(2 / 3) and rates["commitment"] == 1.0
-    assert rates["consistency"] == pytest.approx(2 / 3)  # turn 2 fails on persona alone; turn 3 is unknown
+    assert rates["consistency"] == 1.0  # over the turns with both verdicts (1 and 4): a rate that counted
+    # turn 2's lone known failure but not turn 3's lone known success would be biased down
     assert rates["reward"] == pytest.approx(1.5 / 3)
     assert rates["coverage"] == pytest.approx(1 / 2)  # of the two asked turns
     assert verdict_rates([line(None)])["persona"] is None  # unknown, never 0

@@ -6,7 +6,7 @@ rollouts judged again by an LLM judge when one is configured."""
 import torch
 
 from ppg.stats import mean_ci, wilson
-from ppg.judges.base import both_hold, verdict_rates
+from ppg.judges.base import consistent, verdict_rates
 from ppg.judges.cache import VerdictCache
 from ppg.judges.llm import LLMJudge
 from ppg.rollout import GenerationConfig
@@ -29,7 +29,7 @@ def online_metrics(dialogues, qa: list[list[bool]] | None = None) -> dict:
                 per[k].append(rates[k])
                 units[k].append(d.dialogue_id)
         for t, ln in enumerate(lines):
-            ok = both_hold((ln.judge or {}).get("persona"), (ln.judge or {}).get("commitment"))
+            ok = consistent(ln.judge)
             if ok is not None:
                 by_turn.setdefault(t, []).append(ok)
     out = {k: mean_ci(per[k], (0.0, 1.0), units[k]) for k in keys}

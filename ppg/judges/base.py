@@ -55,18 +55,28 @@ def both_hold(persona, commitment) -> int | None:
     return None if None in (persona, commitment) else 1
 
 
+def consistent(judge: dict | None) -> int | None:
+    """A turn as a unit of the consistency RATE: 1 or 0 when both verdicts are known, else None.
+    (A reward may be 0 on one known failure (both_hold), but a rate that counted the turns whose
+    only known verdict failed, and skipped those whose only known verdict held, would be biased
+    down.)"""
+    j = judge or {}
+    p, c = j.get("persona"), j.get("commitment")
+    return None if p is None or c is None else int(bool(p) and bool(c))
+
+
 def verdict_rates(lines: list[Line]) -> dict:
     """What judged lines of one speaker add up to: the shares of turns whose persona verdict,
     commitment verdict and both (consistency) hold, the mean reward, and coverage (asked turns
     that were answered; only a judge that knows what was asked has it). Each share is over the
-    turns with a verdict, None when no turn has one."""
+    turns with the verdicts it needs (consistency: both), None when no turn has them."""
     def share(values):
         known = [v for v in values if v is not None]
         return sum(known) / len(known) if known else None
 
     j = [ln.judge or {} for ln in lines]
     asked = [x for x in j if x.get("asked")]
-    return {"turns": len(lines), "consistency": share([both_hold(x.get("persona"), x.get("commitment")) for x in j]),
+    return {"turns": len(lines), "consistency": share([consistent(x) for x in j]),
             "persona": share([x.get("persona") for x in j]), "commitment": share([x.get("commitment") for x in j]),
             "reward": share([ln.reward for ln in lines]),
             "coverage": share([x.get("answered") for x in asked]) if any("asked" in x for x in j) else None}
