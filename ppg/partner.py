@@ -1,11 +1,12 @@
 """Who the policy plays against: the simulator, or real personas against a model partner (the
 rollouts of online evaluation with eval.partner llm, and of online PPG with online.partner llm).
 
-The policy plays a persona of the held-out split of the judged data (never one it trained on: the
-split is `ppg build`'s, persona groups whole); a partner model plays the other role (therapist,
-teacher, chat partner) from the project's prompt for the domain, with a brevity reminder, and
-opens the dialogue. Any Judge with verdicts for new text scores the turns (judge.kind llm or
-reward-model; logged labels cannot judge a rollout).
+The policy plays a persona of a split of the judged data (evaluation: a held-out split, never a
+persona it trained on; online PPG: the train split; the split is `ppg build`'s, persona groups
+whole); a partner model plays the other role (therapist, teacher, chat partner) from the
+project's prompt for the domain, with a brevity reminder, and opens the dialogue. Any Judge with
+verdicts for new text scores the turns (judge.kind llm or reward-model; logged labels cannot judge
+a rollout).
 """
 
 import random
@@ -34,8 +35,8 @@ def partner_prompt(domain: str) -> tuple[str, str]:
     return role, f"{task} {REMINDER}"
 
 
-def real_episodes(dialogues, build_cfg, split: str, limit: int) -> list[Episode]:
-    """Episodes for up to `limit` distinct personas of `split` (validation or test), assigned as
+def real_episodes(dialogues, build_cfg, split: str) -> list[Episode]:
+    """Episodes for the distinct personas of `split` (train, validation or test), assigned as
     `ppg build` assigns them: persona groups whole, build.splits, build.folds, build.seed."""
     dialogues = [d for d in dialogues if d.evaluated_speakers]
     splits, _ = assign_splits(persona_groups(dialogues), build_cfg.splits, build_cfg.folds, build_cfg.seed)
@@ -43,7 +44,7 @@ def real_episodes(dialogues, build_cfg, split: str, limit: int) -> list[Episode]
     for d, sp in zip(dialogues, splits):
         for s in d.evaluated_speakers:
             persona = d.personas[s]
-            if sp != split or persona in seen or len(out) >= limit:
+            if sp != split or persona in seen:
                 continue
             seen.add(persona)
             role, _ = partner_prompt(d.domain)
@@ -91,33 +92,42 @@ class LLMPartner:
         return out
 
 
-def rollout_world(p, partner: str, split: str, seed: int, gen, personas: int, group: int,
-                  domain: str | None = None, turns: int = 0):
-    """(episodes, partner, judge, domain): `personas` personas, each played `group` times (one
-    group each), as `partner` says. simulator: scenes of the seed with the exact judge. llm: a seeded
-    draw of the personas of `split` of judge.out against eval.partner_model, judged by judge.kind.
-    turns: partner lines per dialogue (0 = sim.turns)."""
-    turns = turns or p.sim.turns
-    if partner == "simulator":
-        from ppg.sim.partner import sim_world
+class RolloutWorld:
+    """Who the policy plays against, set up once (the partner model loaded, the judge built, the
+    split's personas read): draw() gives each batch of episodes. simulator: scenes of the draw's
+    seed with the exact judge. llm: a seeded draw of the personas of `split` of judge.out against
+    eval.partner_model, judged by judge.kind. turns: partner lines per dialogue (0 = sim.turns)."""
 
-        domain = domain or p.sim.domain
-        if domain not in p.sim.domains:
-            raise ValueError(f"domain: {domain!r} is not one of {sorted(p.sim.domains)} (sim.domains)")
-        return (*sim_world(p.sim, domain, personas, group, turns, seed), domain)
-    from transformers import AutoModelForCausalLM
+    def __init__(self, p, partner: str, split: str, gen, domain: str | None = None, turns: int = 0):
+        self.p, self.partner_kind, self.turns = p, partner, turns or p.sim.turns
+        if partner == "simulator":
+            self.domain = domain or p.sim.domain
+            if self.domain not in p.sim.domains:
+                raise ValueError(f"domain: {self.domain!r} is not one of {sorted(p.sim.domains)} (sim.domains)")
+            return
+        from transformers import AutoModelForCausalLM
 
-    from ppg.data.schema import read_dialogues
-    from ppg.judges.stage import stage_judge
-    from ppg.models import base_model, eval_device, load_tokenizer, resolve_model
+        from ppg.data.schema import read_dialogues
+        from ppg.judges.stage import stage_judge
+        from ppg.models import base_model, eval_device, load_tokenizer, resolve_model
 
-    src = Path(p.judge.out) / "dialogues.jsonl"
-    pool = real_episodes(read_dialogues(src), p.build, split, 10 ** 9)
-    if not pool:
-        raise ValueError(f"partner llm: {src} has no persona in the {split} split")
-    drawn = sorted(random.Random(seed).sample(pool, min(personas, len(pool))), key=lambda e: e.group)
-    eps = [e if group == 1 else replace(e, dialogue_id=f"{e.dialogue_id}-{g}", group=i)
-           for i, e in enumerate(drawn) for g in range(group)]
-    folder = resolve_model(p.eval.partner_model) if p.eval.partner_model else base_model(p)
-    model = AutoModelForCausalLM.from_pretrained(str(folder)).to(eval_device()).eval()
-    return eps, LLMPartner(model, load_tokenizer(folder), turns, gen), stage_judge(p.judge), drawn[0].domain
+        src = Path(p.judge.out) / "dialogues.jsonl"
+        self.pool = real_episodes(read_dialogues(src), p.build, split)
+        if not self.pool:
+            raise ValueError(f"partner llm: {src} has no persona in the {split} split")
+        folder = resolve_model(p.eval.partner_model) if p.eval.partner_model else base_model(p)
+        model = AutoModelForCausalLM.from_pretrained(str(folder)).to(eval_device()).eval()
+        self.partner = LLMPartner(model, load_tokenizer(folder), self.turns, gen)
+        self.judge = stage_judge(p.judge)
+
+    def draw(self, seed: int, personas: int, group: int):
+        """(episodes, partner, judge): `personas` personas, each played `group` times (one group
+        each); the episodes' domain is the one they were drawn from."""
+        if self.partner_kind == "simulator":
+            from ppg.sim.partner import sim_world
+
+            return sim_world(self.p.sim, self.domain, personas, group, self.turns, seed)
+        drawn = sorted(random.Random(seed).sample(self.pool, min(personas, len(self.pool))), key=lambda e: e.group)
+        eps = [e if group == 1 else replace(e, dialogue_id=f"{e.dialogue_id}-{g}", group=i)
+               for i, e in enumerate(drawn) for g in range(group)]
+        return eps, self.partner, self.judge

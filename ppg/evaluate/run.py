@@ -17,7 +17,7 @@ from ppg.evaluate.report import log_evaluation, plot_drift, table
 from ppg.io import atomic_open
 from ppg.models import base_model, eval_device, load_tokenizer
 from ppg.rollout import GenerationConfig, play
-from ppg.partner import rollout_world
+from ppg.partner import RolloutWorld
 from ppg.train.offline import run_name
 
 
@@ -52,8 +52,9 @@ def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False
     if cfg.mode in ("online", "both"):
         gen = GenerationConfig(**cfg.generation)
         seed = cfg.persona_seed(split) if seed is None else seed
-        eps, partner, judge, domain = rollout_world(p, cfg.partner, split, seed, gen, cfg.personas, 1,
-                                                    cfg.domain, cfg.turns)
+        world = RolloutWorld(p, cfg.partner, split, gen, cfg.domain, cfg.turns)
+        eps, partner, judge = world.draw(seed, cfg.personas, 1)
+        domain = eps[0].domain
         dialogues = play(model, tok, eps, partner, judge, gen, seed)
         qa = backstory_qa(model, tok, dialogues, gen) if cfg.qa and cfg.partner == "simulator" else None
         metrics["online"] = {"domain": domain, "seed": seed, "partner": cfg.partner, "judge": judge.identity(),

@@ -1,6 +1,7 @@
-"""Online PPG: the policy plays personas against a partner (today the simulator's, with its exact
-judge: ppg.sim.partner), every turn is judged, and REINFORCE with partial-return advantages and a
-KL penalty to the frozen starting policy updates it.
+"""Online PPG: the policy plays personas against a partner (online.partner: the simulator with its
+exact judge, or real training personas against a partner model judged by judge.kind;
+ppg.partner.RolloutWorld), every turn is judged, and REINFORCE with partial-return advantages and
+a KL penalty to the frozen starting policy updates it.
 
     A_t = w_t - b_t     w_t = partial return of the policy class over the judged rollout
                         b_t = mean w_t of the OTHER rollouts of the same persona (group LOO)
@@ -31,7 +32,7 @@ from ppg.losses import online_ppg_loss, token_logprobs
 from ppg.models import base_model, load_tokenizer, tokenizer_hash, with_lora
 from ppg.returns import parse_policy_id, partial_returns, shape_weights
 from ppg.rollout import GenerationConfig, play, rewards_tensor, rollout_arrays
-from ppg.partner import rollout_world
+from ppg.partner import RolloutWorld
 from ppg.train import checkpoint, engine as eng
 from ppg.train.batching import Example, collate
 
@@ -112,12 +113,12 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
                 **{f"online.{k2}": v for k2, v in asdict(oc).items()}})
     state["mlflow_run_id"] = run_id
     bar = eng.progress_bar(progress, oc.steps, state["step"], f"online {policy}")
+    world = RolloutWorld(p, oc.partner, p.train.split, gen, domain, oc.turns)  # partner and judge loaded once
     segments = p.returns.segments.get("length") or None
     while state["step"] < oc.steps:
         t0 = time.perf_counter()
         step_seed = cfg.seed * 100_003 + state["step"]
-        eps, partner, judge, _ = rollout_world(p, oc.partner, p.train.split, step_seed, gen, oc.personas_per_step,
-                                               oc.group, domain, oc.turns)
+        eps, partner, judge = world.draw(step_seed, oc.personas_per_step, oc.group)
         dialogues, rollouts = play(engine.module, tok, eps, partner, judge, gen, step_seed, with_tokens=True)
         r, mask = rewards_tensor(dialogues)
         if kind == "segment" and not segments:  # {from: meta.segment_starts}: the probe windows
