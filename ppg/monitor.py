@@ -15,13 +15,13 @@ and the caller retrains. Only hashes, baselines and the last `monitor.keep_batch
 batches are kept.
 """
 
-import hashlib
 import json
 import time
 from pathlib import Path
 
 from ppg.data.schema import DataError, write_dialogues
-from ppg.io import atomic_open
+from ppg.io import atomic_open, content_hash
+from ppg.train.checkpoint import fingerprint
 
 
 def source_folder_reads(source: str, folder: Path) -> bool:
@@ -33,15 +33,11 @@ def source_folder_reads(source: str, folder: Path) -> bool:
 
 
 def new_files(logs: Path, fmt: str, seen: dict) -> dict:
-    """{path: sha256} of the log files not seen with this content."""
+    """{path: content hash} of the log files not seen with this content."""
     from ppg.data.importers import source_files
 
-    out = {}
-    for f in source_files(fmt, [logs]):
-        digest = hashlib.sha256(f.read_bytes()).hexdigest()
-        if seen.get(str(f)) != digest:
-            out[str(f)] = digest
-    return out
+    hashes = {str(f): content_hash(f) for f in source_files(fmt, [logs])}
+    return {f: h for f, h in hashes.items() if seen.get(f) != h}
 
 
 def by_version(dialogues) -> dict:
@@ -100,7 +96,7 @@ def check(p, logs: Path) -> dict:
         groups = by_version(dialogues)
         judge = stage_judge(p.judge)
         ident = judge.identity()
-        key_judge = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+        key_judge = fingerprint(ident)  # a baseline belongs to the judge that scored it
         judged_all = []
         c = tracking.client(p.mlflow)
         for version, ds in sorted(groups.items()):
