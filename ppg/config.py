@@ -320,6 +320,12 @@ class Params:
 
         refuse_impossible(self)
 
+    def eval_judge(self) -> JudgeConfig:
+        """The judge that grades online evaluation's rollouts (the judge section + eval.judge)."""
+        from ppg.config_ops import judge_with
+
+        return judge_with(self.judge, self.eval.judge, "eval.judge")
+
     @staticmethod
     def from_dict(data: dict, where: str) -> "Params":
         """The tree from parsed YAML; errors name `where` and the key."""

@@ -2,7 +2,7 @@
 tracking, registry and promotion, the pipeline, the K study. (Part of the one config tree of
 ppg.config; split out for length.)"""
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 JUDGE_KINDS = ("labels", "llm", "reward-model")
 
@@ -100,6 +100,32 @@ class JudgeConfig:
             raise ValueError("judge: retries must be >= 0, concurrency and max_tokens >= 1")
 
 
+def judge_with(base: JudgeConfig, overrides: dict, key: str) -> JudgeConfig:
+    """The judge section with some keys replaced (reward_model's keys one by one); errors name key."""
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{key}: expected a mapping of judge keys, got {overrides!r}")
+    data = asdict(base)
+    unknown = sorted(set(overrides) - set(data))
+    if unknown:
+        raise ValueError(f"{key}: unknown key(s) {unknown}; known: {sorted(data)}")
+    for k, v in overrides.items():
+        data[k] = {**data[k], **v} if k == "reward_model" and isinstance(v, dict) else v
+    try:
+        return JudgeConfig(**{**data, "reward_model": RewardModelConfig(**data["reward_model"])})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{key}: {str(e).removeprefix('judge.')}") from None
+
+
+def same_judge(a: JudgeConfig, b: JudgeConfig) -> bool:
+    """Do two judge sections name the same judge (kind, and the endpoint's model or the reward
+    model's folder)?"""
+    if a.kind != b.kind:
+        return False
+    if a.kind == "llm":
+        return (a.base_url.rstrip("/"), a.model) == (b.base_url.rstrip("/"), b.model)
+    return a.kind == "labels" or a.reward_model.path == b.reward_model.path
+
+
 @dataclass
 class EvalConfig:
     out: str = "eval"
@@ -121,7 +147,13 @@ class EvalConfig:
     """Seed of the held-out personas: training data generated with sim.seed never meets them
     (rollout scenes are keyed by seed, domain and index)."""
     qa: bool = True
-    """After each dialogue, ask the backstory's facts (Q&A consistency)."""
+    """Q&A consistency after each dialogue: simulator = ask every fact the backstory states (the
+    answer must state it); llm partner = the partner asks its domain's questions about the
+    backstory (ppg.partner.QUESTIONS or qa_questions) and the grading judge checks each answer
+    against the backstory."""
+    qa_questions: str = ""
+    """llm partner: a JSON file {domain: [question, ...]} replacing the project's questions of
+    the domains it names ("" = the project's)."""
     generation: dict = field(default_factory=lambda: {"max_new_tokens": 32, "temperature": 0.7, "top_p": 0.9,
                                                       "batch_size": 8})
     """Sampling for rollouts (~7-13 new tokens/s for SmolLM2 on a 2-core CPU)."""
@@ -129,8 +161,18 @@ class EvalConfig:
     """validation (the evaluate stage; the best policy is chosen on it) or test (the promotion gate).
     Offline: the Parquet split of that name (with --fold F: fold F of train.split). Online: the
     held-out personas of seed (validation) or seed + 1 (test)."""
+    engagement_words: int = 12
+    """online.engagement: a reply of this many words or more counts as fully engaged, a shorter one
+    in proportion (the gate's non-inferiority floor against bland, evasive replies; two sentences
+    of a brief reply are ~12-20 words)."""
     min_contradictions: int = 10
     """Fewer contradicting turns than this: AUC is reported as refused, not scored."""
+    judge: dict = field(default_factory=dict)
+    """Who grades the rollouts of online evaluation and the gate with the llm partner: the judge
+    section with these keys replaced, e.g. {kind: llm, model: grader} or {kind: reward-model,
+    reward_model: {path: models/judge-eval}} ({} = the judge section itself). A policy trained
+    against a judge is graded by another: the judge that gave the training rewards is refused
+    (ppg.judges.independent), and metrics.json names the grader (online.judge)."""
     llm_judge: bool = False
     """Also judge the online rollouts with the LLM endpoint of the judge section (judge.base_url,
     judge.model, judge.api_key_env, ...; whatever judge.kind is): online.llm holds its
@@ -150,6 +192,8 @@ class EvalConfig:
             raise ValueError(f"eval.llm_judge: expected true or false (the endpoint is configured in the "
                              f"judge section), got {self.llm_judge!r}")
         one_of("eval.split", self.split, ("validation", "test"))
+        if not isinstance(self.engagement_words, int) or self.engagement_words < 1:
+            raise ValueError(f"eval.engagement_words: expected a whole number >= 1, got {self.engagement_words!r}")
 
     def persona_seed(self, split: str) -> int:
         return self.seed + (split == "test")

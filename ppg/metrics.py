@@ -13,8 +13,9 @@ METRICS = {
     "online.consistency": (HIGHER, "online"),  # prompt-to-line and line-to-line both hold
     "online.persona": (HIGHER, "online"),  # prompt-to-line
     "online.commitment": (HIGHER, "online"),  # line-to-line
+    "online.engagement": (HIGHER, "online"),  # replies' length against eval.engagement_words (evasion is short)
     "online.coverage": (HIGHER, "sim"),  # asked facts the reply states (the simulator knows what it asked)
-    "online.qa": (HIGHER, "qa"),  # backstory Q&A after a simulator dialogue (eval.qa)
+    "online.qa": (HIGHER, "qa"),  # backstory Q&A after the dialogue (eval.qa)
     "online.llm.consistency": (HIGHER, "llm"),  # the LLM judge's verdicts (eval.llm_judge)
     "online.llm.unknown_share": (LOWER, "llm"),  # turns the LLM judge left without a verdict
     "offline.auc": (HIGHER, "offline"),  # likelihood-ratio AUC on logged verdicts
@@ -33,7 +34,7 @@ def produced(eval_cfg) -> list[str]:
     """The metrics an evaluation with these settings (ppg.config.EvalConfig) writes."""
     online = eval_cfg.mode in ("online", "both")
     sim = online and eval_cfg.partner == "simulator"
-    have = {"online": online, "sim": sim, "qa": sim and eval_cfg.qa, "llm": online and bool(eval_cfg.llm_judge),
+    have = {"online": online, "sim": sim, "qa": online and eval_cfg.qa, "llm": online and bool(eval_cfg.llm_judge),
             "offline": eval_cfg.mode in ("offline", "both")}
     return [m for m, (_, needs) in METRICS.items() if have[needs]]
 
@@ -45,7 +46,7 @@ def check_produced(name: str, eval_cfg, key: str, removable: bool = False) -> No
     if name not in produced(eval_cfg):
         why = {"online": f"eval.mode is {eval_cfg.mode!r}", "offline": f"eval.mode is {eval_cfg.mode!r}",
                "sim": f"eval.partner is {eval_cfg.partner!r}",
-               "qa": "eval.qa is off or the partner is not the simulator",
+               "qa": "eval.qa is off",
                "llm": "eval.llm_judge is off"}[METRICS[name][1]]
         hint = f"; a --params overlay removes it with `{key}: {{{name}: null}}`" if removable else ""
         raise ValueError(f"{key}: {name} is never measured ({why}), so this can never pass; this "
@@ -58,11 +59,21 @@ def refuse_impossible(p) -> None:
     register nothing; bc with a baseline trains nothing; a gate seed equal to the validation seed
     would test on the personas the best policy was picked on. p: ppg.config.Params."""
     check_produced(p.eval.primary, p.eval, "eval.primary")
-    for key, on in (("eval.partner", p.eval.partner == "llm" and p.eval.mode != "offline"),
-                    ("online.partner", p.online.partner == "llm")):
-        if on and p.judge.kind == "labels":
-            raise ValueError(f"{key}: llm rollouts are new text, and judge.kind labels only keeps logged "
-                             f"verdicts; set judge.kind to llm or reward-model")
+    from ppg.config_ops import same_judge
+
+    grader = p.eval_judge()
+    if p.eval.partner == "llm" and p.eval.mode != "offline":
+        if grader.kind == "labels":
+            raise ValueError("eval.judge: llm rollouts are new text, and kind labels only keeps logged verdicts; "
+                             "set eval.judge (or judge.kind) to llm or reward-model")
+        if p.judge.kind != "labels" and same_judge(p.judge, grader):
+            raise ValueError(f"eval.judge: the rollouts would be graded by the judge that gives the training rewards "
+                             f"(judge.kind {p.judge.kind}); a policy trained against a judge must be graded by "
+                             f"another: e.g. eval.judge {{kind: llm, model: <another model>}} or {{kind: reward-model, "
+                             f"reward_model: {{path: <a reward model trained on other personas>}}}}")
+    if p.online.partner == "llm" and p.judge.kind == "labels":
+        raise ValueError("online.partner: llm rollouts are new text, and judge.kind labels only keeps logged "
+                         "verdicts; set judge.kind to llm or reward-model")
     for key in ("thresholds", "non_inferiority"):
         for name in getattr(p.registry, key):
             check_produced(name, p.eval, f"registry.{key}", removable=True)

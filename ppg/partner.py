@@ -25,6 +25,15 @@ ROLES = {  # domain -> (partner's role name, what the partner is asked to do)
     "chatting": ("partner", "You are chatting online with someone you have just met. Take turns asking about "
                             "their life, work and interests, and share a little about yourself."),
 }
+# Q&A consistency after a real-persona dialogue: what the partner asks about the backstory (eval.qa;
+# eval.qa_questions replaces them per domain, e.g. with questions written for each persona pool).
+QUESTIONS = {
+    "therapy": ["What brought you to these sessions?", "How would you describe your family?",
+                "What is your daily life like, at work or at home?"],
+    "education": ["What grade or level of school are you in?", "How do you like to learn something new?",
+                  "What do you find hardest when you study?"],
+    "chatting": ["Where do you live?", "What do you do for a living?", "What do you like to do in your free time?"],
+}
 REMINDER = "Answer in two sentences or fewer, and do not repeat what was already said."
 OPENING = "(The conversation starts now. Say your first line.)"
 
@@ -33,6 +42,24 @@ def partner_prompt(domain: str) -> tuple[str, str]:
     """(role name, system prompt) of the partner in a domain; an unknown domain chats."""
     role, task = ROLES.get(domain, ROLES["chatting"])
     return role, f"{task} {REMINDER}"
+
+
+def qa_questions(path: str) -> dict[str, list[str]]:
+    """The Q&A questions per domain: the project's (QUESTIONS), with those of a JSON file
+    {domain: [question, ...]} in place of a domain's when path is set."""
+    import json
+
+    out = dict(QUESTIONS)
+    if path:
+        data = json.loads(Path(path).read_text())
+        bad = [k for k, v in data.items() if not (isinstance(v, list) and v and all(isinstance(q, str) and q.strip()
+                                                                                   for q in v))] \
+            if isinstance(data, dict) else ["(the file)"]
+        if bad:
+            raise ValueError(f"{path}: eval.qa_questions needs {{domain: [question, ...]}} with non-empty questions; "
+                             f"bad: {bad}")
+        out.update(data)
+    return out
 
 
 def real_episodes(dialogues, build_cfg, split: str) -> list[Episode]:
@@ -96,9 +123,11 @@ class RolloutWorld:
     """Who the policy plays against, set up once (the partner model loaded, the judge built, the
     split's personas read): draw() gives each batch of episodes. simulator: scenes of the draw's
     seed with the exact judge. llm: a seeded draw of the personas of `split` of judge.out against
-    eval.partner_model, judged by judge.kind. turns: partner lines per dialogue (0 = sim.turns)."""
+    eval.partner_model, judged by judge_cfg (default: the judge section; evaluation passes
+    p.eval_judge()). turns: partner lines per dialogue (0 = sim.turns)."""
 
-    def __init__(self, p, partner: str, split: str, gen, domain: str | None = None, turns: int = 0):
+    def __init__(self, p, partner: str, split: str, gen, domain: str | None = None, turns: int = 0,
+                 judge_cfg=None):
         self.p, self.partner_kind, self.turns = p, partner, turns or p.sim.turns
         if partner == "simulator":
             self.domain = domain or p.sim.domain
@@ -108,17 +137,20 @@ class RolloutWorld:
         from transformers import AutoModelForCausalLM
 
         from ppg.data.schema import read_dialogues
+        from ppg.judges.independent import reward_judges
         from ppg.judges.stage import stage_judge
         from ppg.models import base_model, eval_device, load_tokenizer, resolve_model
 
         src = Path(p.judge.out) / "dialogues.jsonl"
-        self.pool = real_episodes(read_dialogues(src), p.build, split)
+        dialogues = read_dialogues(src)
+        self.pool = real_episodes(dialogues, p.build, split)
+        self.rewards_by = reward_judges(dialogues)  # who judged the data a policy trains on
         if not self.pool:
             raise ValueError(f"partner llm: {src} has no persona in the {split} split")
         folder = resolve_model(p.eval.partner_model) if p.eval.partner_model else base_model(p)
         model = AutoModelForCausalLM.from_pretrained(str(folder)).to(eval_device()).eval()
         self.partner = LLMPartner(model, load_tokenizer(folder), self.turns, gen)
-        self.judge = stage_judge(p.judge)
+        self.judge = stage_judge(judge_cfg or p.judge)
 
     def draw(self, seed: int, personas: int, group: int):
         """(episodes, partner, judge): `personas` personas, each played `group` times (one group

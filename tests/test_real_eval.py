@@ -30,11 +30,12 @@ def real(tmp_path, monkeypatch):
     write_dialogues(tmp_path / "judged" / "dialogues.jsonl", patients(30))
     judge = FlakyJudge(healthy=10 ** 6)
     p = Params(model=ModelConfig(spec="tiny", base=""), build=BuildConfig(seed=0),
-               judge=JudgeConfig(kind="llm", base_url=judge.url, out=str(tmp_path / "judged"),
+               judge=JudgeConfig(kind="labels", base_url=judge.url, out=str(tmp_path / "judged"),
                                  cache=str(tmp_path / "cache.sqlite"), retries=1, backoff_s=0.01, timeout_s=10),
                mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "a")))
+    # the data's rewards are logged labels; an LLM judge grades the new text of the rollouts
     ev = dataclasses.replace(p.eval, mode="online", partner="llm", partner_model="tiny", personas=2, turns=3,
-                             qa=False, primary="online.consistency",
+                             qa=False, primary="online.consistency", judge={"kind": "llm"},
                              generation={"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "batch_size": 2})
     reg = dataclasses.replace(p.registry, non_inferiority={})
     return dataclasses.replace(p, eval=ev, registry=reg), judge
@@ -48,6 +49,7 @@ def test_a_policy_plays_held_out_real_personas_against_a_partner_model(real, tin
 
     p, judge = real
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_model), load_tokenizer(tiny_model)
+    p = dataclasses.replace(p, eval=dataclasses.replace(p.eval, qa=True))
     metrics, dialogues, _ = measure(p, model, tok, "validation", "k2")
     online = metrics["online"]
     assert online["partner"] == "llm" and online["judge"]["kind"] == "llm" and online["domain"] == "therapy"
@@ -55,7 +57,13 @@ def test_a_policy_plays_held_out_real_personas_against_a_partner_model(real, tin
     for name in ("consistency", "persona", "reward"):
         assert online[name]["n"] == 2 and online[name]["mean"] == 1.0  # the judge answered NO / [] throughout
     assert online["coverage"]["n"] == 0  # no judge of free text knows what was asked: unknown, not 0
-    assert judge.state["n"] == 2 * (3 + 2)  # per dialogue: 3 prompt-to-line, 2 line-to-line questions
+    # Q&A: the partner asked the 3 therapy questions after each dialogue; the judge checked every answer
+    assert online["qa"]["n"] == 2 and online["qa"]["mean"] == 1.0 and online["qa_unknown"] == 0
+    assert 0 < online["engagement"]["mean"] <= 6 / 12 and online["engagement"]["n"] == 2  # 6 new tokens a reply
+    assert online["rewards_by"] == [] and online["judge"]["model"] == "judge"  # logged labels: no judge named
+    # per dialogue: 3 prompt-to-line, 2 line-to-line questions; then per answer (at most) 2 new ones,
+    # the dialogue's own lines are cached
+    assert 2 * (3 + 2) < judge.state["n"] <= 2 * (3 + 2) + 2 * 3 * 2
     # every persona played is a validation persona, as ppg build split them
     ds = patients(30)
     splits, _ = assign_splits(persona_groups(ds), p.build.splits, p.build.folds, p.build.seed)
@@ -67,8 +75,8 @@ def test_a_policy_plays_held_out_real_personas_against_a_partner_model(real, tin
 
 def test_real_persona_rollouts_need_a_judge_of_new_text(real):
     p, _ = real
-    with pytest.raises(ValueError, match="judge.kind labels only keeps logged verdicts"):
-        Params(eval=p.eval, judge=JudgeConfig(), registry=p.registry)
+    with pytest.raises(ValueError, match="eval.judge: llm rollouts are new text, and kind labels only keeps"):
+        Params(eval=dataclasses.replace(p.eval, judge={}), judge=JudgeConfig(), registry=p.registry)
     from ppg.config import OnlineConfig
 
     with pytest.raises(ValueError, match="online.partner: llm rollouts are new text"):
@@ -85,14 +93,16 @@ def test_online_ppg_plays_training_personas_against_the_partner_model(real, tmp_
     from ppg.train.online import train_online
 
     p, judge = real
-    p = dataclasses.replace(
-        p, train=TrainConfig(out=str(tmp_path / "models"), workdir=str(tmp_path / "work"), checkpoint_every=2,
+    p = dataclasses.replace(  # it trains against the LLM judge, so another model would grade it
+        p, judge=dataclasses.replace(p.judge, kind="llm"), eval=dataclasses.replace(p.eval, judge={"model": "grader"}),
+        train=TrainConfig(out=str(tmp_path / "models"), workdir=str(tmp_path / "work"), checkpoint_every=2,
                              lora=LoraConfig(enabled=True, r=4)),
         online=OnlineConfig(partner="llm", personas_per_step=2, group=2, turns=2, steps=2,
                             generation={"max_new_tokens": 5, "temperature": 1.0, "top_p": 1.0, "batch_size": 4}))
     r = train_online(p, "k2", progress=False)
     assert r["steps"] == 2 and all(h["reward"] == 1.0 for h in r["history"])  # every verdict: consistent
     assert r["history"][0]["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert r["reward_judge"]["kind"] == "llm" and r["reward_judge"]["model"] == "judge"  # what evaluation avoids
     rollouts = [json.loads(x) for f in sorted((tmp_path / "work").rglob("rollouts/*.jsonl"))
                 for x in f.read_text().splitlines()]
     assert len(rollouts) == 2 * 4 and judge.state["n"] == 2 * 4 * (2 + 1)  # per dialogue: 2 + 1 questions

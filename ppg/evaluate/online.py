@@ -9,21 +9,31 @@ from ppg.stats import mean_ci, wilson
 from ppg.judges.base import consistent, verdict_rates
 from ppg.judges.cache import VerdictCache
 from ppg.judges.llm import LLMJudge
-from ppg.rollout import GenerationConfig
 from ppg.sim.world import ASK, mentions
 
 
-def online_metrics(dialogues, qa: list[list[bool]] | None = None) -> dict:
+def engagement(lines, words: int) -> float | None:
+    """How fully a speaker takes part: the mean over its replies of min(1, words in the reply /
+    `words`). A consistency-only reward favours bland or evasive replies ("I'd rather not say"),
+    which are short; a reply of `words` words or more counts fully. A floor the gate holds, not a
+    quality score: a long reply that contradicts the persona still counts as engaged."""
+    if not lines:
+        return None
+    return sum(min(1.0, len(ln.text.split()) / words) for ln in lines) / len(lines)
+
+
+def online_metrics(dialogues, qa: list[list[bool]] | None = None, engagement_words: int = 12) -> dict:
     """Per-dialogue rates of judged rollouts (ppg.judges.base.verdict_rates: what any judge's
-    verdicts add up to), averaged over dialogues with 95% intervals, and the per-turn consistency
-    curve (drift). A dialogue without a verdict for a rate is not a unit of it."""
-    keys = ("consistency", "persona", "commitment", "reward", "coverage")
+    verdicts add up to) and engagement (of the text, whoever judges), averaged over dialogues
+    with 95% intervals, and the per-turn consistency curve (drift). A dialogue without a verdict
+    for a rate is not a unit of it."""
+    keys = ("consistency", "persona", "commitment", "reward", "coverage", "engagement")
     per: dict[str, list] = {k: [] for k in keys}
     units: dict[str, list] = {k: [] for k in keys}
     by_turn: dict[int, list[int]] = {}
     for d in dialogues:
         lines = d.turns(d.evaluated_speakers[0])
-        rates = verdict_rates(lines)
+        rates = {**verdict_rates(lines), "engagement": engagement(lines, engagement_words)}
         for k in keys:
             if rates[k] is not None:
                 per[k].append(rates[k])
@@ -43,27 +53,63 @@ def online_metrics(dialogues, qa: list[list[bool]] | None = None) -> dict:
 
 
 @torch.no_grad()
-def backstory_qa(model, tok, dialogues, gen) -> list[list[bool]]:
-    """After each dialogue, ask every fact its backstory states; correct = the answer states it."""
-    gen = GenerationConfig(max_new_tokens=gen.max_new_tokens, temperature=0.0, batch_size=gen.batch_size)
+def answers_after(model, tok, asks: list[tuple], gen) -> list[str]:
+    """Greedy answers to questions asked after dialogues: asks = (dialogue, question). The speaker
+    sees its persona and the whole dialogue, as in the rollout, then the question."""
     device = next(model.parameters()).device
-    items = []
-    for i, d in enumerate(dialogues):
-        p = d.meta["sim"]["persona"]
-        speaker = d.evaluated_speakers[0]
-        history = [{"role": "system", "content": d.personas[speaker]}] + [
-            {"role": "assistant" if ln.speaker == speaker else "user", "content": ln.text} for ln in d.lines]
-        items += [(i, a, p["facts"][a], history + [{"role": "user", "content": ASK[a]}]) for a in p["known"]]
-    results = [[] for _ in dialogues]
-    for s in range(0, len(items), gen.batch_size):
-        chunk = items[s:s + gen.batch_size]
-        prompts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for *_, m in chunk]
+    out_texts = []
+    for s in range(0, len(asks), gen.batch_size):
+        prompts = []
+        for d, question in asks[s:s + gen.batch_size]:
+            speaker = d.evaluated_speakers[0]
+            msgs = [{"role": "system", "content": d.personas[speaker]}] + [
+                {"role": "assistant" if ln.speaker == speaker else "user", "content": ln.text} for ln in d.lines]
+            prompts.append(tok.apply_chat_template(msgs + [{"role": "user", "content": question}],
+                                                   add_generation_prompt=True, tokenize=False))
         enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(device)
         out = model.generate(**enc, max_new_tokens=gen.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        for j, (i, a, truth, _) in enumerate(chunk):
-            answer = tok.decode(out[j, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            results[i].append((a, truth) in mentions(answer))
+        out_texts += [tok.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in out]
+    return out_texts
+
+
+def backstory_qa(model, tok, dialogues, gen) -> list[list[bool]]:
+    """Simulator: after each dialogue, ask every fact its backstory states; correct = the answer
+    states it (the simulator knows the facts)."""
+    items = [(i, a, d.meta["sim"]["persona"]["facts"][a]) for i, d in enumerate(dialogues)
+             for a in d.meta["sim"]["persona"]["known"]]
+    answers = answers_after(model, tok, [(dialogues[i], ASK[a]) for i, a, _ in items], gen)
+    results = [[] for _ in dialogues]
+    for (i, a, truth), answer in zip(items, answers):
+        results[i].append((a, truth) in mentions(answer))
     return results
+
+
+def persona_qa(model, tok, dialogues, judge, gen, questions: dict[str, list[str]]) -> tuple[list[list[int]], int]:
+    """Real personas: after each dialogue the partner asks the questions of its domain about the
+    backstory, the speaker answers, and the judge gives each answer its prompt-to-line verdict
+    (does it fit the backstory?) as a new line of the dialogue. (per-dialogue known verdicts,
+    answers left without one): an unknown verdict is counted, not scored."""
+    from ppg.data.schema import Dialogue
+
+    asks = [(i, d, q) for i, d in enumerate(dialogues) for q in questions.get(d.domain, [])]
+    answers = answers_after(model, tok, [(d, q) for _, d, q in asks], gen)
+    probes = []
+    for (i, d, q), answer in zip(asks, answers):
+        speaker = d.evaluated_speakers[0]
+        partner = next(s for s in d.personas if s != speaker)
+        data = d.model_dump()
+        data["dialogue_id"] = f"{d.dialogue_id}-qa{len(probes)}"
+        data["lines"] = [{"speaker": ln.speaker, "text": ln.text} for ln in d.lines] + [
+            {"speaker": partner, "text": q}, {"speaker": speaker, "text": answer or "..."}]
+        probes.append(Dialogue.model_validate(data))
+    results, unknown = [[] for _ in dialogues], 0
+    for (i, _, _), judged in zip(asks, judge.judge(probes)):
+        verdict = (judged.lines[-1].judge or {}).get("persona")
+        if verdict is None:
+            unknown += 1
+        else:
+            results[i].append(int(verdict))
+    return results, unknown
 
 
 def llm_metrics(dialogues, judge_cfg) -> dict:

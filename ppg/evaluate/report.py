@@ -33,8 +33,8 @@ def table(metrics: dict) -> str:
         return f"{x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
 
     cols = [("online", "reward"), ("online", "consistency"), ("online", "persona"), ("online", "commitment"),
-            ("online", "coverage"),
-            ("online", "qa"), ("offline", "auc"), ("offline", "weighted_nll")]
+            ("online", "engagement"), ("online", "coverage"), ("online", "qa"), ("offline", "auc"),
+            ("offline", "weighted_nll")]
     head = "| policy | " + " | ".join(f"{a}.{b}" for a, b in cols) + " |"
     rows = [f"| {name} | " + " | ".join(cell(m.get(a, {}).get(b)) for a, b in cols) + " |"
             for name, m in metrics.items()]

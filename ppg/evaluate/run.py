@@ -12,12 +12,13 @@ from pathlib import Path
 
 from ppg.data.schema import write_dialogues
 from ppg.evaluate.offline import offline_metrics, offline_turns
-from ppg.evaluate.online import backstory_qa, llm_metrics, online_metrics
+from ppg.evaluate.online import backstory_qa, llm_metrics, online_metrics, persona_qa
 from ppg.evaluate.report import log_evaluation, plot_drift, table
 from ppg.io import atomic_open
+from ppg.judges.independent import check_independent, reward_model_folders
 from ppg.models import base_model, eval_device, load_tokenizer
 from ppg.rollout import GenerationConfig, play
-from ppg.partner import RolloutWorld
+from ppg.partner import RolloutWorld, qa_questions
 from ppg.train.offline import run_name
 
 
@@ -42,23 +43,35 @@ def load_trained(p, name: str):
 
 
 def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False, fold: int | None = None,
-            seed: int | None = None):
+            seed: int | None = None, trained_by: list[dict] = ()):
     """Metrics of a loaded model on a split, as p.eval says: (metrics, judged dialogues or None,
     scored logged turns or None). The evaluate stage and the promotion gate both measure through
-    here; seed overrides the split's persona seed (the gate draws fresh test personas)."""
+    here; seed overrides the split's persona seed (the gate draws fresh test personas).
+    trained_by: identities of judges the model trained against beyond its data's (online PPG):
+    real-persona rollouts are graded by none of them (ppg.judges.independent)."""
     import pyarrow.parquet as pq
 
     cfg, metrics, dialogues, turns = p.eval, {"split": split}, None, None
     if cfg.mode in ("online", "both"):
         gen = GenerationConfig(**cfg.generation)
         seed = cfg.persona_seed(split) if seed is None else seed
-        world = RolloutWorld(p, cfg.partner, split, gen, cfg.domain, cfg.turns)
+        world = RolloutWorld(p, cfg.partner, split, gen, cfg.domain, cfg.turns, judge_cfg=p.eval_judge())
         eps, partner, judge = world.draw(seed, cfg.personas, 1)
+        if cfg.partner == "llm":
+            trained_by = [*world.rewards_by, *trained_by]
+            check_independent(judge.identity(), trained_by, reward_model_folders(p.judge, p.eval_judge()))
         domain = eps[0].domain
         dialogues = play(model, tok, eps, partner, judge, gen, seed)
-        qa = backstory_qa(model, tok, dialogues, gen) if cfg.qa and cfg.partner == "simulator" else None
+        qa, qa_unknown = None, None
+        if cfg.qa and cfg.partner == "simulator":
+            qa = backstory_qa(model, tok, dialogues, gen)
+        elif cfg.qa:
+            qa, qa_unknown = persona_qa(model, tok, dialogues, judge, gen, qa_questions(cfg.qa_questions))
         metrics["online"] = {"domain": domain, "seed": seed, "partner": cfg.partner, "judge": judge.identity(),
-                             **online_metrics(dialogues, qa)}
+                             "rewards_by": list(trained_by) if cfg.partner == "llm" else None,
+                             **online_metrics(dialogues, qa, cfg.engagement_words)}
+        if qa_unknown is not None:
+            metrics["online"]["qa_unknown"] = qa_unknown  # answers the judge gave no verdict (not scored)
         if cfg.llm_judge:
             metrics["online"]["llm"] = llm_metrics(dialogues, p.judge)
     if cfg.mode in ("offline", "both"):
@@ -81,7 +94,8 @@ def evaluate(p, policy: str, fold: int | None = None, run: str | None = None, lo
     name = run or run_name(policy, fold)
     model, ref, tok, lora = load_trained(p, name)
     trained = json.loads((Path(p.train.out) / name / "run.json").read_text())
-    m, dialogues, _ = measure(p, model, tok, cfg.split, policy, ref, lora, fold)
+    m, dialogues, _ = measure(p, model, tok, cfg.split, policy, ref, lora, fold,
+                              trained_by=[trained["reward_judge"]] if trained.get("reward_judge") else [])
     metrics = {"policy": policy, "fold": fold, "model": p.model.spec, "mlflow_run_id": trained.get("mlflow_run_id"),
                "primary": cfg.primary, **m}
     out = Path(cfg.out) / name

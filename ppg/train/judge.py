@@ -19,19 +19,23 @@ from pathlib import Path
 
 from ppg.data.schema import read_dialogues
 from ppg.data.turns import persona_groups
+from ppg.judges.independent import persona_key
 from ppg.judges.reward_model import score_texts, turn_texts
 from ppg.stats import grouped_auc
 from ppg.train import engine as eng
 
 
 def judge_examples(dialogues, history: int) -> list[dict]:
-    """One example per evaluated turn with a known reward: text, label, persona group, domain."""
+    """One example per evaluated turn with a known reward: text, label, persona group, domain and
+    the persona's key (ppg.judges.independent.persona_key)."""
     out = []
     for d, g in zip(dialogues, persona_groups(dialogues)):
         for s in d.evaluated_speakers:
+            key = persona_key(d.domain, d.personas[s])
             for ln, text in zip(d.turns(s), turn_texts(d, s, history)):
                 if ln.reward is not None:
-                    out.append({"text": text, "label": float(ln.reward >= 0.5), "group": g, "domain": d.domain})
+                    out.append({"text": text, "label": float(ln.reward >= 0.5), "group": g, "domain": d.domain,
+                                "persona": key})
     return out
 
 
@@ -152,6 +156,7 @@ def train_judge(p, data: Path, out: Path, progress: bool = True) -> dict:
     held = held_out_scores(val, p_val, p.eval.min_contradictions, rm.seed)
     card = {"base": str(p.judge.reward_model.base or p.model.spec), "data": str(src), "data_hash": content_hash(src),
             "train_lines": len(train), "steps": rm.steps, "loss_history": history, "validation": held,
+            "train_personas": sorted({e["persona"] for e in train}),  # what another judge must not share
             "scored_lines_per_s": lines_per_s, "config": vars(rm), "wall_s": time.perf_counter() - t0}
 
     def build(tmp):

@@ -162,7 +162,8 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     result = {"policy": policy, "mode": "online", "steps": state["step"], "mlflow_run_id": run_id,
               "fingerprint": fp, "workdir": str(workdir), "model_spec": p.model.spec,
               "tokenizer_hash": tokenizer_hash(model_dir),
-              "history": state["history"], "init": p.online.init}
+              "history": state["history"], "init": p.online.init,
+              "reward_judge": world.judge.identity() if oc.partner == "llm" else None}  # evaluation grades apart
     eng.write_output(engine, tok, Path(cfg.out) / name, result)
     c.set_terminated(run_id, "FINISHED")
     engine.destroy()
