@@ -249,7 +249,8 @@ class SimConfig:
 @dataclass
 class OnlineConfig:
     domain: str | None = None
-    """Simulator setting the policy plays (default: sim.domain)."""
+    """Simulator setting the policy plays (default: sim.domain); with the llm partner, only
+    training personas of this domain (null = every domain)."""
     partner: str = "simulator"
     """simulator, or llm: personas of the train split of judge.out against eval.partner_model,
     every turn judged by judge.kind (as eval.partner llm, on the training personas)."""

@@ -133,7 +133,8 @@ class EvalConfig:
     mode: str = "online"
     """online (simulator personas, exact judge), offline (logged verdicts: AUC, weighted NLL) or both."""
     domain: str | None = None
-    """Simulator setting for online evaluation (default: sim.domain)."""
+    """Online evaluation's domain: the simulator setting (default: sim.domain); with the llm
+    partner, only personas of this domain (null = every domain of the split or persona file)."""
     partner: str = "simulator"
     """Who plays the other side online: simulator (closed-vocabulary personas, exact judge) or llm
     (personas of the held-out split of judge.out against partner_model, judged by judge.kind)."""
@@ -141,6 +142,10 @@ class EvalConfig:
     """llm partner: a model spec (tiny, smollm2-135m, a folder; "" = model.spec)."""
     personas: int = 16
     """Held-out personas (one dialogue each) for online evaluation."""
+    personas_file: str = ""
+    """llm partner: a persona list (`ppg import-personas` writes one from the Consistent-LLMs
+    persona pools) to draw from instead of the split's personas; a persona of the train split is
+    refused. "" = the validation / test split's personas of judge.out."""
     turns: int = 0
     """Persona turns per dialogue (0 = sim.turns)."""
     seed: int = 1000

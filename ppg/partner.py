@@ -80,6 +80,23 @@ def real_episodes(dialogues, build_cfg, split: str) -> list[Episode]:
     return out
 
 
+def file_episodes(personas: list[dict], train: list[Episode], where: str) -> list[Episode]:
+    """Episodes for a persona file (ppg.data.personas), refusing any persona of the training split:
+    evaluation never meets a persona the policy trained on."""
+    from ppg.judges.independent import persona_key
+
+    seen = {persona_key(e.domain, e.persona) for e in train}
+    out = []
+    for i, x in enumerate(personas):
+        if persona_key(x["domain"], x["persona"]) in seen:
+            raise ValueError(f"{where}: persona {i + 1} ({x['persona'][:40]!r}...) is one of the train split's "
+                             f"personas; evaluation must not meet a persona the policy trained on")
+        role, _ = partner_prompt(x["domain"])
+        out.append(Episode(f"persona-{i:05d}", i, x["speaker"], x["persona"], role, x["domain"],
+                           meta={"persona_file": where, **({"persona_meta": x["meta"]} if x.get("meta") else {})}))
+    return out
+
+
 class LLMPartner:
     """A causal LM that plays the partner: it sees its own lines as assistant turns and the
     persona's as user turns, and speaks `turns` times per dialogue (then the dialogue ends)."""
@@ -124,10 +141,11 @@ class RolloutWorld:
     split's personas read): draw() gives each batch of episodes. simulator: scenes of the draw's
     seed with the exact judge. llm: a seeded draw of the personas of `split` of judge.out against
     eval.partner_model, judged by judge_cfg (default: the judge section; evaluation passes
-    p.eval_judge()). turns: partner lines per dialogue (0 = sim.turns)."""
+    p.eval_judge()); personas_file (evaluation): a persona list in place of the split's personas.
+    turns: partner lines per dialogue (0 = sim.turns)."""
 
     def __init__(self, p, partner: str, split: str, gen, domain: str | None = None, turns: int = 0,
-                 judge_cfg=None):
+                 judge_cfg=None, personas_file: str = ""):
         self.p, self.partner_kind, self.turns = p, partner, turns or p.sim.turns
         if partner == "simulator":
             self.domain = domain or p.sim.domain
@@ -144,9 +162,18 @@ class RolloutWorld:
         src = Path(p.judge.out) / "dialogues.jsonl"
         dialogues = read_dialogues(src)
         self.pool = real_episodes(dialogues, p.build, split)
+        if personas_file:  # a persona list instead of the split's personas, checked against the train split
+            from ppg.data.personas import read_personas
+
+            self.pool = file_episodes(read_personas(Path(personas_file)), real_episodes(dialogues, p.build, "train"),
+                                      personas_file)
+        if domain:
+            self.pool = [e for e in self.pool if e.domain == domain]
         self.rewards_by = reward_judges(dialogues)  # who judged the data a policy trains on
         if not self.pool:
-            raise ValueError(f"partner llm: {src} has no persona in the {split} split")
+            raise ValueError(f"partner llm: {personas_file or src} has no persona"
+                             f"{'' if personas_file else f' in the {split} split'}"
+                             f"{f' of domain {domain!r}' if domain else ''}")
         folder = resolve_model(p.eval.partner_model) if p.eval.partner_model else base_model(p)
         model = AutoModelForCausalLM.from_pretrained(str(folder)).to(eval_device()).eval()
         self.partner = LLMPartner(model, load_tokenizer(folder), self.turns, gen)

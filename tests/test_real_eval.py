@@ -112,3 +112,27 @@ def test_online_ppg_plays_training_personas_against_the_partner_model(real, tmp_
     assert all(d["personas"]["patient"] in train_personas for d in rollouts)
     first_step = rollouts[:4]
     assert len({d["personas"]["patient"] for d in first_step}) == 2  # 2 personas x 2 rollouts each
+
+
+def test_a_persona_file_replaces_the_split_and_refuses_training_personas(real, tmp_path, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from ppg.data.personas import write_personas
+    from ppg.evaluate.run import measure
+    from ppg.models import load_tokenizer
+
+    p, _ = real
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model), load_tokenizer(tiny_model)
+    f = tmp_path / "personas.jsonl"
+    mine = [{"domain": "therapy", "speaker": "patient", "persona": f"I am a new patient {i}.", "meta": {}}
+            for i in range(3)]
+    write_personas(f, mine + [{"domain": "education", "speaker": "student", "persona": "I like maps.", "meta": {}}])
+    ev = dataclasses.replace(p.eval, personas_file=str(f), domain="therapy", personas=3)
+    _, dialogues, _ = measure(dataclasses.replace(p, eval=ev), model, tok, "validation", "k2")
+    assert sorted(d.personas["patient"] for d in dialogues) == [x["persona"] for x in mine]
+    ds = patients(30)
+    splits, _ = assign_splits(persona_groups(ds), p.build.splits, p.build.folds, p.build.seed)
+    trained_on = next(d.personas["patient"] for d, sp in zip(ds, splits) if sp == "train")
+    write_personas(f, mine + [{"domain": "therapy", "speaker": "patient", "persona": trained_on, "meta": {}}])
+    with pytest.raises(ValueError, match="persona 4 .* is one of the train split's personas"):
+        measure(dataclasses.replace(p, eval=ev), model, tok, "validation", "k2")

@@ -55,7 +55,8 @@ def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False
     if cfg.mode in ("online", "both"):
         gen = GenerationConfig(**cfg.generation)
         seed = cfg.persona_seed(split) if seed is None else seed
-        world = RolloutWorld(p, cfg.partner, split, gen, cfg.domain, cfg.turns, judge_cfg=p.eval_judge())
+        world = RolloutWorld(p, cfg.partner, split, gen, cfg.domain, cfg.turns, judge_cfg=p.eval_judge(),
+                             personas_file=cfg.personas_file)
         eps, partner, judge = world.draw(seed, cfg.personas, 1)
         if cfg.partner == "llm":
             trained_by = [*world.rewards_by, *trained_by]

@@ -113,7 +113,8 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
                 **{f"online.{k2}": v for k2, v in asdict(oc).items()}})
     state["mlflow_run_id"] = run_id
     bar = eng.progress_bar(progress, oc.steps, state["step"], f"online {policy}")
-    world = RolloutWorld(p, oc.partner, p.train.split, gen, domain, oc.turns)  # partner and judge loaded once
+    world = RolloutWorld(p, oc.partner, p.train.split, gen,  # partner and judge loaded once
+                         domain if oc.partner == "simulator" else oc.domain, oc.turns)
     segments = p.returns.segments.get("length") or None
     while state["step"] < oc.steps:
         t0 = time.perf_counter()
