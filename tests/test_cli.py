@@ -91,14 +91,14 @@ def test_run_refuses_a_config_that_can_never_promote_before_any_stage(tmp_path):
 
 def test_the_study_runs_under_the_real_data_overlay(tmp_path):
     """The study sets its own online evaluation: the pipeline's offline primary and thresholds
-    (params.real.yaml) must not make its cells' params invalid."""
+    (params.consistent-llms.yaml) must not make its cells' params invalid."""
     import yaml
 
     from ppg.config import Params
     from ppg.overlay import merged_text
     from ppg.study.sim import study_params
 
-    p = Params.from_dict(yaml.safe_load(merged_text(ROOT / "params.yaml", ROOT / "params.real.yaml")), "merged")
+    p = Params.from_dict(yaml.safe_load(merged_text(ROOT / "params.yaml", ROOT / "params.consistent-llms.yaml")), "merged")
     assert p.eval.mode == "offline"
     cp = study_params(p, distances=[2], data=tmp_path, here=tmp_path, model="tiny", policies=["k3"],
                  weights=p.study.weights["shaped"], steps=2, lr=1e-3, batch=2, dialogues=4, seed=0)

@@ -334,7 +334,7 @@ def test_params_overlay_merges_keys_keeps_comments_and_refuses_bad_keys(tmp_path
                                          r"'offline'\).*registry.thresholds: \{online.reward: null\}"):
         apply_overlay(params, overlay)
     assert params.read_text() == before
-    apply_overlay(params, ROOT / "params.real.yaml")
+    apply_overlay(params, ROOT / "params.consistent-llms.yaml")
     p = yaml.safe_load(params.read_text())
     assert p["registry"]["thresholds"] == {"offline.auc": 0.5} and p["registry"]["non_inferiority"] == {}
     assert p["eval"]["mode"] == "offline" and "# The one config tree" in params.read_text()
