@@ -98,7 +98,8 @@ def test_the_study_runs_under_the_real_data_overlay(tmp_path):
     from ppg.overlay import merged_text
     from ppg.study.sim import study_params
 
-    p = Params.from_dict(yaml.safe_load(merged_text(ROOT / "params.yaml", ROOT / "params.consistent-llms.yaml")), "merged")
+    merged = merged_text(ROOT / "params.yaml", ROOT / "params.consistent-llms.yaml")
+    p = Params.from_dict(yaml.safe_load(merged), "merged")
     assert p.eval.mode == "offline"
     cp = study_params(p, distances=[2], data=tmp_path, here=tmp_path, model="tiny", policies=["k3"],
                  weights=p.study.weights["shaped"], steps=2, lr=1e-3, batch=2, dialogues=4, seed=0)

@@ -57,7 +57,8 @@ def answer(p: dict, fact: str, rng, contradict: bool) -> str:
                            f"As a {job} I rarely get a quiet day."])
     if fact == "city":
         city = other(rng, CITIES, p["city"]) if contradict else p["city"]
-        return rng.choice([f"Here in {city} the winters get to me.", f"I walk around {city} after work to clear my head."])
+        return rng.choice([f"Here in {city} the winters get to me.",
+                           f"I walk around {city} after work to clear my head."])
     if fact == "worry":
         if contradict:
             return rng.choice(["Honestly, nothing is bothering me; life has never been easier.",
