@@ -58,6 +58,25 @@ def test_online_metrics_of_the_behaviour_policy():
     assert m["consistency"]["mean"] == pytest.approx(per_turn)  # equal turns per dialogue
 
 
+def test_engagement_and_a_drift_curve_from_a_judge_without_line_to_line_verdicts():
+    from ppg.data.schema import Dialogue
+
+    def d(i, replies):  # the reward model's shape: persona verdicts, commitment unknown
+        lines = []
+        for text, fits in replies:
+            lines += [{"speaker": "partner", "text": "And then?"},
+                      {"speaker": "me", "text": text, "reward": 0.5, "judge": {"persona": fits, "commitment": None}}]
+        return Dialogue.model_validate({"dialogue_id": f"d{i}", "domain": "therapy", "source": "t",
+                                        "personas": {"me": "p", "partner": ""}, "evaluated_speakers": ["me"],
+                                        "lines": lines})
+
+    six = "one two three four five six"
+    m = online_metrics([d(0, [(six, 1), ("no", 0)]), d(1, [(six + " " + six, 1), (six, 1)])], engagement_words=12)
+    assert m["engagement"]["mean"] == pytest.approx(((0.5 + 1 / 12) / 2 + (1.0 + 0.5) / 2) / 2)
+    assert m["consistency"]["n"] == 0 and m["drift_of"] == "persona"  # unknown consistency, not 0
+    assert [(x["turn"], x["mean"], x["n"]) for x in m["drift"]] == [(0, 1.0, 2), (1, 0.5, 2)]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model):
     from ppg.config import BuildConfig, LoraConfig, MlflowConfig, ModelConfig, Params, TrainConfig

@@ -136,3 +136,29 @@ def test_a_persona_file_replaces_the_split_and_refuses_training_personas(real, t
     write_personas(f, mine + [{"domain": "therapy", "speaker": "patient", "persona": trained_on, "meta": {}}])
     with pytest.raises(ValueError, match="persona 4 .* is one of the train split's personas"):
         measure(dataclasses.replace(p, eval=ev), model, tok, "validation", "k2")
+
+
+def test_the_real_persona_recipe_loads_and_its_example_sessions_pass_validation(tmp_path):
+    """params.real.yaml over params.yaml: the llm partner graded by a reward model that is not the
+    training reward (logged labels), and the shipped sessions pass the validation gate as written."""
+    from pathlib import Path
+
+    import yaml
+
+    from ppg.data.importers import import_paths
+    from ppg.data.schema import write_dialogues as write
+    from ppg.data.validate import validate_dataset
+    from ppg.overlay import merged_text
+
+    root = Path(__file__).resolve().parents[1]
+    p = Params.from_dict(yaml.safe_load(merged_text(root / "params.yaml", root / "params.real.yaml")), "merged")
+    assert p.eval.partner == "llm" and p.judge.kind == "labels" and p.eval.qa
+    assert p.eval_judge().kind == "reward-model" and p.eval_judge().reward_model.path == "models/grader"
+    assert "online.engagement" in p.registry.non_inferiority and "online.coverage" not in p.registry.non_inferiority
+    fmt, paths = p.data.source.split(":", 1)
+    dialogues, _ = import_paths(fmt, [root / paths])
+    grader, _ = import_paths("jsonl", [root / "data/examples/grader.jsonl"])
+    assert len(dialogues) == 120 and len(grader) == 120
+    assert not {d.personas["patient"] for d in dialogues} & {d.personas["patient"] for d in grader}
+    write(tmp_path / "in" / "dialogues.jsonl", dialogues)
+    assert validate_dataset(tmp_path / "in", tmp_path / "report", p.validate)

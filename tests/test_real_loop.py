@@ -105,7 +105,7 @@ def test_unlabeled_logs_through_the_pipeline_with_an_llm_judge_then_a_reward_mod
     # the policy trained on the reward model's rewards, so the LLM grader (not the reward model) grades it
     m = json.loads((ws / "eval/k2/metrics.json").read_text())["online"]
     assert m["judge"]["model"] == "grader" and [j["kind"] for j in m["rewards_by"]] == ["reward-model"]
-    assert m["reward"]["n"] == 3 and m["consistency"]["n"] == 3
+    assert m["reward"]["n"] == 3 and m["consistency"]["n"] == 3 and m["drift_of"] == "consistency"
     g = r["gate"]
     assert g["model"] == "ppg-therapy" and g["challenger"] == "2"
     c, versions, _ = registry_state(ws, "ppg-therapy")

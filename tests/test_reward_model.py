@@ -98,3 +98,28 @@ def test_training_needs_both_kinds_of_verdict(trained, tmp_path):
     write_dialogues(tmp_path / "d.jsonl", only_good)
     with pytest.raises(ValueError, match="need consistent and contradicting lines"):
         train_judge(p, tmp_path / "d.jsonl", tmp_path / "judge", progress=False)
+
+
+def test_its_card_lists_the_training_personas_and_online_ppg_trains_against_it(trained, tmp_path):
+    """The card names what another grader must not share; online PPG on real personas takes its
+    rewards from it (P(consistent) per turn) and records which judge that was."""
+    from ppg.config import LoraConfig, OnlineConfig, TrainConfig
+    from ppg.judges.independent import persona_key
+    from ppg.train.online import train_online
+
+    p, tmp, card = trained
+    everyone = {persona_key("chatting", d.personas["me"]) for d in dog_lovers(60, 0)}
+    assert len(card["train_personas"]) == 48 and set(card["train_personas"]) < everyone  # 12 held out
+    write_dialogues(tmp_path / "judged" / "dialogues.jsonl", dog_lovers(20, 5))
+    q = dataclasses.replace(
+        p, judge=dataclasses.replace(p.judge, out=str(tmp_path / "judged")),
+        train=TrainConfig(out=str(tmp_path / "models"), workdir=str(tmp_path / "work"), checkpoint_every=2,
+                          lora=LoraConfig(enabled=True, r=4)),
+        eval=dataclasses.replace(p.eval, partner_model="tiny"),
+        online=OnlineConfig(partner="llm", personas_per_step=2, group=2, turns=2, steps=2,
+                            generation={"max_new_tokens": 5, "temperature": 1.0, "top_p": 1.0, "batch_size": 4}))
+    r = train_online(q, "k2", progress=False)
+    assert r["reward_judge"] == {"kind": "reward-model", "model": card["fingerprint"], "base": "tiny",
+                                 "validation_auc": card["validation"]["auc"]["mean"]}
+    rewards = [h["reward"] for h in r["history"]]
+    assert len(rewards) == 2 and all(0.0 < x < 1.0 for x in rewards)  # probabilities, not verdicts

@@ -31,6 +31,7 @@ def online_metrics(dialogues, qa: list[list[bool]] | None = None, engagement_wor
     per: dict[str, list] = {k: [] for k in keys}
     units: dict[str, list] = {k: [] for k in keys}
     by_turn: dict[int, list[int]] = {}
+    by_turn_persona: dict[int, list[int]] = {}
     for d in dialogues:
         lines = d.turns(d.evaluated_speakers[0])
         rates = {**verdict_rates(lines), "engagement": engagement(lines, engagement_words)}
@@ -39,12 +40,18 @@ def online_metrics(dialogues, qa: list[list[bool]] | None = None, engagement_wor
                 per[k].append(rates[k])
                 units[k].append(d.dialogue_id)
         for t, ln in enumerate(lines):
-            ok = consistent(ln.judge)
+            ok, fits = consistent(ln.judge), (ln.judge or {}).get("persona")
             if ok is not None:
                 by_turn.setdefault(t, []).append(ok)
+            if fits is not None:
+                by_turn_persona.setdefault(t, []).append(int(fits))
     out = {k: mean_ci(per[k], (0.0, 1.0), units[k]) for k in keys}
+    # the drift curve is of consistency; a judge without line-to-line verdicts (the reward model)
+    # gives it of prompt-to-line, and says so
+    out["drift_of"] = "consistency" if by_turn or not by_turn_persona else "persona"
     out["drift"] = [{"turn": t, "mean": sum(x) / len(x), "lo": wilson(sum(x), len(x))[0],
-                     "hi": wilson(sum(x), len(x))[1], "n": len(x)} for t, x in sorted(by_turn.items())]
+                     "hi": wilson(sum(x), len(x))[1], "n": len(x)}
+                    for t, x in sorted((by_turn or by_turn_persona).items())]
     ids = [d.dialogue_id for d in dialogues]
     if qa is not None:
         out["qa"] = mean_ci([sum(q) / len(q) for q in qa if q], (0.0, 1.0), [i for i, q in zip(ids, qa) if q])

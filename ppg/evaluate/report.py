@@ -10,14 +10,18 @@ def plot_drift(metrics: dict, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    of = set()
     for label, m in metrics.items():
         drift = m.get("online", {}).get("drift", [])
         if drift:
+            of.add(m["online"].get("drift_of", "consistency"))
             t = [x["turn"] for x in drift]
             ax.plot(t, [x["mean"] for x in drift], marker="o", label=label)
             ax.fill_between(t, [x["lo"] for x in drift], [x["hi"] for x in drift], alpha=0.2)
+    what = "Consistency" if of <= {"consistency"} else "Prompt-to-line consistency" if of == {"persona"} else \
+        "Consistency (prompt-to-line where no line-to-line verdict)"
     ax.set(xlabel="turn of the persona speaker", ylabel="consistent turns (share)", ylim=(0, 1.02),
-           title="Consistency by turn (95% Wilson intervals)")
+           title=f"{what} by turn (95% Wilson intervals)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -30,6 +34,8 @@ def table(metrics: dict) -> str:
             return "-"
         if x.get("refused"):
             return x["reason"]
+        if x.get("n") == 0:
+            return "no verdicts"  # e.g. commitment from a judge without line-to-line verdicts: unknown, not 0
         return f"{x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
 
     cols = [("online", "reward"), ("online", "consistency"), ("online", "persona"), ("online", "commitment"),
