@@ -35,12 +35,17 @@ QUESTIONS = {
     "chatting": ["Where do you live?", "What do you do for a living?", "What do you like to do in your free time?"],
 }
 REMINDER = "Answer in two sentences or fewer, and do not repeat what was already said."
-OPENING = "(The conversation starts now. Say your first line.)"
+# A chat template needs a user turn before the partner's first line; a bracketed stage direction
+# was echoed back by small models ("(I'm ready to begin.)"), a plain cue is not.
+OPENING = "The {speaker} has just joined. Say your first line to them."
 
 
-def partner_prompt(domain: str) -> tuple[str, str]:
-    """(role name, system prompt) of the partner in a domain; an unknown domain chats."""
+def partner_prompt(domain: str, topic: str | None = None) -> tuple[str, str]:
+    """(role name, system prompt) of the partner in a domain; an unknown domain chats. topic: what
+    the teacher teaches (a persona pool's education entries name one)."""
     role, task = ROLES.get(domain, ROLES["chatting"])
+    if topic and domain == "education":
+        task = task.replace("through a topic", f"through {topic}")
     return role, f"{task} {REMINDER}"
 
 
@@ -105,8 +110,8 @@ class LLMPartner:
         self.model, self.tok, self.turns, self.gen = model, tok, turns, gen
 
     def messages(self, e: Episode) -> list[dict]:
-        _, system = partner_prompt(e.domain)
-        msgs = [{"role": "system", "content": system}, {"role": "user", "content": OPENING}]
+        _, system = partner_prompt(e.domain, (e.meta.get("persona_meta") or {}).get("topic"))
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": OPENING.format(speaker=e.speaker)}]
         for ln in e.lines:  # the partner opens after the cue; then the two alternate
             msgs.append({"role": "assistant" if ln["speaker"] == e.partner else "user", "content": ln["text"]})
         return msgs

@@ -91,3 +91,34 @@ def test_the_monitor_refuses_an_incoming_folder_training_never_reads(p, tmp_path
     elsewhere = dataclasses.replace(p, data=DataConfig(source="simulator"))
     with pytest.raises(ValueError, match="does not read"):
         check(elsewhere, tmp_path)
+
+
+def test_with_a_served_pipeline_deployment_retraining_is_a_flow_run_of_it(p, tmp_path, prefect_api):
+    """The monitor's retraining asks the Prefect server to run the ppg-pipeline deployment (a worker
+    or `ppg serve` then executes it), with the workspace as its parameter; nothing runs in process."""
+    import logging
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from flows.monitor import retrain
+    from flows.pipeline import ppg_pipeline
+
+    import asyncio
+
+    async def runs_then_delete(dep_id):
+        async with get_client() as c:
+            got = await c.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])))
+            for x in got:
+                await c.delete_flow_run(x.id)
+            await c.delete_deployment(dep_id)  # the session's server is shared: later flows run in process
+            return got
+
+    dep_id = ppg_pipeline.to_deployment(name=p.pipeline.deployment).apply()
+    try:
+        r = retrain(p, str(tmp_path / "ws"), logging.getLogger("test"))
+    finally:
+        got = asyncio.run(runs_then_delete(dep_id))
+    assert r["deployment"] == f"ppg-pipeline/{p.pipeline.deployment}" and "pipeline" not in r
+    assert [str(x.id) for x in got] == [r["flow_run_id"]] and got[0].parameters == {"workspace": str(tmp_path / "ws")}
+    assert got[0].state.is_scheduled()  # waiting for a worker: the monitor does not run it itself

@@ -162,3 +162,13 @@ def test_the_real_persona_recipe_loads_and_its_example_sessions_pass_validation(
     assert not {d.personas["patient"] for d in dialogues} & {d.personas["patient"] for d in grader}
     write(tmp_path / "in" / "dialogues.jsonl", dialogues)
     assert validate_dataset(tmp_path / "in", tmp_path / "report", p.validate)
+
+
+def test_the_partner_opens_with_a_plain_cue_and_the_teacher_teaches_the_personas_topic():
+    from ppg.partner import LLMPartner, file_episodes
+
+    e, = file_episodes([{"domain": "education", "speaker": "student", "persona": "I like maps.",
+                         "meta": {"topic": "Fractions"}}], [], "personas.jsonl")
+    system, cue = LLMPartner(None, None, 2, None).messages(e)
+    assert e.partner == "teacher" and "guiding one student through Fractions at their level" in system["content"]
+    assert cue == {"role": "user", "content": "The student has just joined. Say your first line to them."}
