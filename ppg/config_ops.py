@@ -28,6 +28,10 @@ class RewardModelConfig:
     loses its oldest history first."""
     history: int = 4
     """Earlier lines of the dialogue shown before the persona and the line."""
+    lora_r: int = 0
+    """0: the backbone stays frozen and only the score head trains (a forward pass per line).
+    r > 0: LoRA adapters of rank r (alpha 2r) on the attention projections train with the head
+    (a backward pass per line too), merged into the saved weights."""
     validation: float = 0.2
     """Share of each domain's persona groups held out: the AUC and calibration are measured on
     them only."""

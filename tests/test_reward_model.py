@@ -123,3 +123,30 @@ def test_its_card_lists_the_training_personas_and_online_ppg_trains_against_it(t
                                  "validation_auc": card["validation"]["auc"]["mean"]}
     rewards = [h["reward"] for h in r["history"]]
     assert len(rewards) == 2 and all(0.0 < x < 1.0 for x in rewards)  # probabilities, not verdicts
+
+
+def test_with_lora_the_backbone_trains_too_and_the_saved_judge_scores_as_trained(trained, tmp_path):
+    """reward_model.lora_r: adapters on the attention train with the head; the saved folder has
+    them merged, so it loads as a plain classifier and reproduces the held-out AUC it reported."""
+    import torch
+
+    from ppg.judges.reward_model import load_reward_model, score_texts
+    from ppg.stats import grouped_auc
+    from ppg.train.judge import judge_examples, split_groups, train_judge
+
+    p, tmp, frozen = trained
+    rm = dataclasses.replace(p.judge.reward_model, lora_r=4, steps=60, path=str(tmp_path / "lora"))
+    q = dataclasses.replace(p, judge=dataclasses.replace(p.judge, reward_model=rm))
+    card = train_judge(q, tmp / "logged", tmp_path / "lora", progress=False)
+    model, tok, saved = load_reward_model(tmp_path / "lora")
+    assert saved["fingerprint"] == card["fingerprint"] != frozen["fingerprint"]
+    base, _, _ = load_reward_model(tmp / "judge")  # the frozen-backbone judge: same base weights
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(dict(model.named_parameters())[name], dict(base.named_parameters())[name])
+    _, val = split_groups(judge_examples(read_dialogues(tmp / "logged" / "dialogues.jsonl"), rm.history),
+                          rm.validation, rm.seed)
+    scores = score_texts(model, tok, [e["text"] for e in val], rm.max_length)
+    turns = [{"group": e["group"], "reward": e["label"], "score": s} for e, s in zip(val, scores)]
+    again = grouped_auc(turns, q.eval.min_contradictions, rm.seed)
+    assert again["mean"] == pytest.approx(card["validation"]["auc"]["mean"], abs=1e-6)
+    assert card["validation"]["auc"]["mean"] > 0.6

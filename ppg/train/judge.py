@@ -5,7 +5,8 @@ Every evaluated turn with a known reward is an example: the text ppg.judges.rewa
 groups (ppg.data.turns.persona_groups) are held out whole, so the validation AUC measures lines
 of personas the head never saw. The base model's backbone stays frozen and only the
 sequence-classification head on the last token trains (binary cross-entropy): a step costs a
-forward pass, which a CPU can pay for a 135M model. The output folder is the judge
+forward pass, which a CPU can pay for a 135M model; with reward_model.lora_r LoRA adapters on the
+attention train with it (a backward pass too), merged into the saved weights. The output folder is the judge
 (judge.kind reward-model): weights, tokenizer, judge.json (AUC with a persona-group bootstrap
 interval, pooled and per domain, a reliability table, what it was trained on), calibration.png;
 it is logged to MLflow (and `ppg train-judge` registers it as its own model).
@@ -118,8 +119,16 @@ def train_judge(p, data: Path, out: Path, progress: bool = True) -> dict:
     tok.padding_side, tok.truncation_side = "right", "left"
     model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
-    for name, q in model.named_parameters():
-        q.requires_grad = name.startswith("score")  # the frozen backbone needs no backward pass
+    if rm.lora_r:  # PEFT's SEQ_CLS task trains the score head beside the adapters
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        model = get_peft_model(model, PeftLoraConfig(task_type="SEQ_CLS", r=rm.lora_r, lora_alpha=2 * rm.lora_r,
+                                                     lora_dropout=0.0,
+                                                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    else:
+        for name, q in model.named_parameters():
+            q.requires_grad = name.startswith("score")  # the frozen backbone needs no backward pass
     ds = {k: v for k, v in p.train.deepspeed.items() if k != "scheduler"}
     opt = ds.get("optimizer", {"type": "AdamW"})
     ds["optimizer"] = {**opt, "params": {**opt.get("params", {}), "lr": rm.lr}}
@@ -160,7 +169,8 @@ def train_judge(p, data: Path, out: Path, progress: bool = True) -> dict:
             "scored_lines_per_s": lines_per_s, "config": vars(rm), "wall_s": time.perf_counter() - t0}
 
     def build(tmp):
-        engine.module.save_pretrained(tmp)
+        # adapters merged: the judge loads as a plain sequence-classification model either way
+        (engine.module.merge_and_unload() if rm.lora_r else engine.module).save_pretrained(tmp)
         tok.save_pretrained(tmp)
         card["fingerprint"] = content_hash(*sorted(Path(tmp).glob("*.safetensors")))
         (Path(tmp) / "judge.json").write_text(json.dumps(card, indent=1, default=str))
