@@ -186,6 +186,11 @@ class TrainConfig:
     """Save a resumable checkpoint every N optimizer steps (and at the end)."""
     keep_checkpoints: int = 2
     """Keep the last M complete checkpoints."""
+    gradient_checkpointing: bool = False
+    """Activation checkpointing: each layer keeps only its input for the backward pass and
+    recomputes the rest, for about one more forward pass per step; for long sequences on a GPU
+    whose memory the activations fill. (The loss never builds the [B, L, V] logits either way:
+    the head runs only where a target token is predicted, ppg.losses.target_logprobs.)"""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapters (peft)."""
     deepspeed: dict = field(default_factory=_default_deepspeed)

@@ -39,6 +39,40 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
     return torch.cat([lp.new_zeros(B, 1), lp], dim=1)
 
 
+def lm_body_and_head(model):
+    """(body, head) of a causal LM, plain, PEFT-wrapped or inside a DeepSpeed engine: the body
+    gives the final hidden states (final norm applied), the head maps them to logits."""
+    m = getattr(model, "module", model)  # a DeepSpeed engine holds the model as .module
+    if hasattr(m, "get_base_model"):  # PEFT: the model with its adapters injected
+        m = m.get_base_model()
+    return m.get_decoder(), m.get_output_embeddings()
+
+
+def _chunk_logprobs(h, y, head):
+    return -F.cross_entropy(head(h).float(), y, reduction="none")
+
+
+def target_logprobs(model, input_ids, attention_mask, turn_index, chunk: int = 1024) -> torch.Tensor:
+    """token_logprobs(model(...).logits, input_ids) at the target tokens (turn_index >= 0), 0
+    elsewhere, without the [B, L, V] logits: the head runs only on the hidden states that predict
+    a target, `chunk` of them at a time, and each chunk's logits are recomputed in the backward
+    pass instead of kept (activation checkpointing of the head), so the vocabulary-sized buffers
+    of one chunk are all that exist at once. For heads that are a plain projection (Llama-type
+    models such as SmolLM2); a model that rescales or caps its logits needs token_logprobs."""
+    from torch.utils.checkpoint import checkpoint
+
+    body, head = lm_body_and_head(model)
+    h = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    tgt = turn_index[:, 1:] >= 0  # the state at i predicts token i + 1
+    hs, ys = h[:, :-1][tgt], input_ids[:, 1:][tgt]
+    grad = torch.is_grad_enabled()
+    parts = [checkpoint(_chunk_logprobs, hs[s:s + chunk], ys[s:s + chunk], head, use_reentrant=False) if grad
+             else _chunk_logprobs(hs[s:s + chunk], ys[s:s + chunk], head) for s in range(0, len(hs), chunk)]
+    vals = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    lp = torch.zeros(tgt.shape, dtype=torch.float32, device=h.device).masked_scatter(tgt, vals)
+    return torch.cat([lp.new_zeros(lp.shape[0], 1), lp], dim=1)
+
+
 def turn_logprobs(token_logp, turn_index, num_turns, reduction="sum"):
     """Per-turn log pi(a_t | x_t) [B, T] and a bool [B, T]: does turn t have target tokens here."""
     if reduction not in ("sum", "mean"):

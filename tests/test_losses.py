@@ -137,3 +137,47 @@ def test_each_kl_estimator_follows_the_gradient_its_docstring_names(estimator, t
 def test_loss_errors_name_the_argument(call, argument):
     with pytest.raises(ValueError, match=f"^{argument}:"):
         call(torch.zeros(1, 3), torch.tensor([[-1, 0, 1]]))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_head_at_target_positions_gives_the_full_logits_loss_and_gradients(tiny_model, lora):
+    """target_logprobs (head only where a target is predicted, in checkpointed chunks) against
+    token_logprobs over the whole [B, L, V] logits: the same offline loss and the same gradient
+    of every trainable parameter, to 1e-5, with padding and a chunk smaller than the targets."""
+    from transformers import AutoModelForCausalLM
+
+    from ppg.losses import target_logprobs
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).float()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        for name, q in model.named_parameters():  # nonzero B so the adapters change the output
+            if "lora_B" in name:
+                torch.nn.init.normal_(q, std=0.02)
+    B, L = 3, 40
+    ids = torch.randint(5, model.config.vocab_size, (B, L))
+    attn = torch.ones(B, L, dtype=torch.long)
+    attn[2, :7] = 0  # left padding
+    turn_index = torch.full((B, L), -1)
+    turn_index[0, 5:12], turn_index[0, 20:30], turn_index[1, 1:39], turn_index[2, 30:] = 0, 1, 0, 2
+    weights = torch.tensor([[0.5, 2.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.5]])
+    grads = []
+    for path in ("full", "targets"):
+        model.zero_grad()
+        if path == "full":
+            lp = token_logprobs(model(input_ids=ids, attention_mask=attn).logits, ids)
+        else:
+            lp = target_logprobs(model, ids, attn, turn_index, chunk=16)
+        out = offline_ppg_loss(lp, turn_index, weights)
+        out.loss.backward()
+        grads.append((out.loss.detach(), torch.where(turn_index >= 0, lp, 0).detach(),
+                      {n: q.grad.clone() for n, q in model.named_parameters() if q.requires_grad}))
+    (loss_a, lp_a, g_a), (loss_b, lp_b, g_b) = grads
+    assert torch.allclose(loss_a, loss_b, atol=1e-5) and torch.allclose(lp_a, lp_b, atol=1e-5)
+    assert g_a.keys() == g_b.keys() and (not lora or all("lora" in n for n in g_a))
+    for n in g_a:
+        assert torch.allclose(g_a[n], g_b[n], atol=1e-5, rtol=1e-4), n
+    assert sum(float(g.abs().sum()) for g in g_a.values()) > 0

@@ -110,6 +110,14 @@ def test_zero_stages_0_1_2_give_the_same_loss_trajectory(tmp_path, data):
         assert runs[z] == pytest.approx(runs[0], rel=1e-4), (z, runs)
 
 
+def test_gradient_checkpointing_gives_the_same_loss_trajectory_and_weights(tmp_path, data):
+    """train.gradient_checkpointing recomputes activations in the backward pass: the same updates."""
+    runs = {gc: run(params(tmp_path / f"gc{gc}", data, max_steps=4, gradient_checkpointing=gc)) for gc in (False, True)}
+    assert runs[True]["loss_history"] == pytest.approx(runs[False]["loss_history"], rel=1e-5)
+    a, b = weights_of(tmp_path / "gcFalse/models/k2"), weights_of(tmp_path / "gcTrue/models/k2")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 def test_bad_inputs_are_clear_errors(tmp_path, data, tiny_model):
     from ppg.models import build_tiny
 

@@ -85,8 +85,13 @@ def code_hash() -> str:
 
 
 
-def start(deepspeed, model, config: dict):
-    """A DeepSpeed engine over the model's trainable parameters (all, or the LoRA adapters)."""
+def start(deepspeed, model, config: dict, gradient_checkpointing: bool = False):
+    """A DeepSpeed engine over the model's trainable parameters (all, or the LoRA adapters).
+    gradient_checkpointing: the layers keep only their inputs for the backward pass and recompute
+    the rest (about one more forward pass of compute for a fraction of the activation memory)."""
+    if gradient_checkpointing:
+        model.config.use_cache = False  # a cache is of no use in training and clashes with recomputation
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     engine, _, _, _ = deepspeed.initialize(model=model, config=config,
                                            model_parameters=[q for q in model.parameters() if q.requires_grad])
     return engine

@@ -18,7 +18,7 @@ from ppg import tracking
 from ppg.data.build import check_tokenizer
 from ppg.train import checkpoint, engine as eng
 from ppg.train.batching import collate, known_turns, length_batches, load_examples
-from ppg.losses import offline_ppg_loss, token_logprobs
+from ppg.losses import offline_ppg_loss, target_logprobs
 from ppg.models import base_model, load_model, load_tokenizer, tokenizer_hash
 from ppg.returns import parse_policy_id
 
@@ -84,7 +84,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     resume = checkpoint.find_resume(workdir, fp, ident)
 
     eng.seed_all(cfg.seed)
-    engine = eng.start(deepspeed, load_model(model_dir, cfg.lora), config)
+    engine = eng.start(deepspeed, load_model(model_dir, cfg.lora), config, cfg.gradient_checkpointing)
     state = eng.resume(engine, workdir, resume,
                        {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "mlflow_run_id": None, "history": []})
     tok = load_tokenizer(model_dir)
@@ -121,8 +121,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
                     [examples[i] for bi in mine[state["batch"]:state["batch"] + accum] for i in bi], accum, world)
             b = collate([examples[i] for i in mine[state["batch"]]], tok.pad_token_id)
             b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
-            logits = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            logp = token_logprobs(logits, b["input_ids"])
+            logp = target_logprobs(engine.module, b["input_ids"], b["attention_mask"], b["turn_index"])
             out = offline_ppg_loss(logp, b["turn_index"], b["weights"], cfg.reduction, denominator)
             engine.backward(out.loss)
             boundary = engine.is_gradient_accumulation_boundary()

@@ -28,7 +28,7 @@ from ppg import tracking
 from ppg.data.schema import write_dialogues
 from ppg.io import content_hash
 from ppg.judges.base import verdict_rates
-from ppg.losses import online_ppg_loss, token_logprobs
+from ppg.losses import online_ppg_loss, target_logprobs
 from ppg.models import base_model, load_tokenizer, tokenizer_hash, with_lora
 from ppg.returns import parse_policy_id, partial_returns, shape_weights
 from ppg.rollout import GenerationConfig, play, rewards_tensor, rollout_arrays
@@ -61,7 +61,7 @@ def reference_logprobs(engine, ref, lora: bool, b) -> torch.Tensor:
 
     with torch.no_grad(), (engine.module.disable_adapter() if lora else nullcontext()):
         net = engine.module if lora else ref
-        return token_logprobs(net(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["input_ids"])
+        return target_logprobs(net, b["input_ids"], b["attention_mask"], b["turn_index"])
 
 
 def train_online(p, policy: str, progress: bool = True, stop_after: int | None = None) -> dict:
@@ -96,7 +96,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     model = start_policy(p, model_dir)
     lora = cfg.lora.enabled
     ref = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
-    engine = eng.start(deepspeed, model, config)
+    engine = eng.start(deepspeed, model, config, cfg.gradient_checkpointing)
     if ref is not None:  # every tensor in the dtype DeepSpeed gave the policy's (bf16 weights, fp32
         ref.to(engine.device)  # rotary buffers): anything else would not start at KL 0
         for a, b in zip([*ref.parameters(), *ref.buffers()], [*engine.module.parameters(), *engine.module.buffers()]):
@@ -134,8 +134,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         adv = shape_weights(w, mask, "group_loo", p.returns.standardize, groups, clip=p.returns.clip)
         b = collate([Example(*rollout_arrays(ro), adv[i].numpy()) for i, ro in enumerate(rollouts)], tok.pad_token_id)
         b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
-        logits = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        logp = token_logprobs(logits, b["input_ids"])
+        logp = target_logprobs(engine.module, b["input_ids"], b["attention_mask"], b["turn_index"])
         ref_logp = reference_logprobs(engine, ref, lora, b)
         out = online_ppg_loss(logp, ref_logp, b["turn_index"], b["weights"], oc.kl_coef, oc.kl_estimator,
                               cfg.reduction)
