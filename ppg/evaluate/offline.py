@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ppg.stats import grouped_auc, mean_ci
-from ppg.losses import token_logprobs, turn_logprobs
+from ppg.losses import target_logprobs, turn_logprobs
 from ppg.train.batching import Example, collate
 
 
@@ -22,33 +22,45 @@ def offline_metrics(turns: list[dict], min_contradictions: int, seed: int = 0, b
 
 
 @torch.no_grad()
-def offline_turns(model, ref, lora: bool, tok, rows, policy: str, ref_cache: dict | None = None) -> list[dict]:
+def offline_turns(model, ref, lora: bool, tok, rows, policy: str, ref_cache: dict | None = None,
+                  batch_size: int = 8) -> list[dict]:
     """Per judged turn of each row: LR score, reward, raw weight, weighted NLL term, persona group.
-    ref_cache (row "sequence_id:window" -> the reference's per-turn log-probs) is read where it
-    has the row and filled where not: the reference is the same model for every trained policy."""
-    out, dev = [], next(model.parameters()).device
-    for r in rows:
-        b = collate([Example(np.asarray(r["input_ids"]), np.asarray(r["turn_index"]), np.asarray(r[f"w_{policy}"]))],
-                    tok.pad_token_id)
-        b = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()}
-        lp = token_logprobs(model(input_ids=b["input_ids"]).logits, b["input_ids"])
-        n = r["n_turns"]
-        ell, present = turn_logprobs(lp, b["turn_index"], n)
-        # strict: two rows must never share a key
-        key = f"{r['sequence_id']}:{r['window']}" if ref_cache is not None else None
-        if key in (ref_cache or {}):
-            ell_ref = torch.tensor([ref_cache[key]], dtype=ell.dtype, device=dev)
-        else:
-            with (model.disable_adapter() if lora else nullcontext()):
-                ref_lp = token_logprobs((model if lora else ref)(input_ids=b["input_ids"]).logits, b["input_ids"])
-            ell_ref, _ = turn_logprobs(ref_lp, b["turn_index"], n)
-            if ref_cache is not None:
-                ref_cache[key] = ell_ref[0].tolist()
-        for t in range(n):
-            if present[0, t]:
+    Rows are scored in batches of similar length (right-padded: a causal model's real tokens never
+    see the padding), the head only at target tokens (ppg.losses.target_logprobs); the reference
+    is the same model with its adapters off (LoRA) or the frozen copy. ref_cache (row
+    "sequence_id:window" -> the reference's per-turn log-probs) is read where it has the row and
+    filled where not: the reference is the same model for every trained policy."""
+    dev = next(model.parameters()).device
+    key = [f"{r['sequence_id']}:{r['window']}" for r in rows]  # strict: two rows must never share a key
+
+    def per_turn(net, idx, adapters_off):
+        b = collate([Example(np.asarray(rows[i]["input_ids"]), np.asarray(rows[i]["turn_index"]),
+                             np.asarray(rows[i][f"w_{policy}"])) for i in idx], tok.pad_token_id)
+        with (net.disable_adapter() if adapters_off else nullcontext()):
+            lp = target_logprobs(net, b["input_ids"].to(dev), b["attention_mask"].to(dev), b["turn_index"].to(dev))
+        return turn_logprobs(lp, b["turn_index"].to(dev), max(rows[i]["n_turns"] for i in idx))
+
+    ell_of, ref_of = {}, {}
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        ell, present = per_turn(model, idx, False)
+        ell_of.update({i: (ell[j].tolist(), present[j].tolist()) for j, i in enumerate(idx)})
+        todo = [i for i in idx if ref_cache is None or key[i] not in ref_cache]
+        if todo:
+            ell_ref, _ = per_turn(model if lora else ref, todo, lora)
+            for j, i in enumerate(todo):
+                ref_of[i] = ell_ref[j, :rows[i]["n_turns"]].tolist()
+                if ref_cache is not None:
+                    ref_cache[key[i]] = ref_of[i]
+        ref_of.update({i: ref_cache[key[i]] for i in idx if i not in ref_of})
+    out = []
+    for i, r in enumerate(rows):
+        ell, present = ell_of[i]
+        for t in range(r["n_turns"]):
+            if present[t]:
                 w = float(r[f"w_{policy}"][t])
-                out.append({"key": f"{r['sequence_id']}:{r['window']}:{t}", "group": r["persona_group"],
-                            "reward": float(r["reward"][t]), "weight": w,
-                            "score": float(ell[0, t] - ell_ref[0, t]),
-                            "nll_term": -w * float(ell[0, t]) if w == w else float("nan")})
+                out.append({"key": f"{key[i]}:{t}", "group": r["persona_group"], "reward": float(r["reward"][t]),
+                            "weight": w, "score": float(ell[t] - ref_of[i][t]),
+                            "nll_term": -w * float(ell[t]) if w == w else float("nan")})
     return out
