@@ -14,28 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def naive(model, rows, policy):
-    from ppg.losses import token_logprobs, turn_logprobs
-    from ppg.train.batching import Example, collate
-
-    out = []
-    with torch.no_grad():
-        for r in rows:
-            b = collate([Example(np.asarray(r["input_ids"]), np.asarray(r["turn_index"]),
-                                 np.asarray(r[f"w_{policy}"]))], 0)
-            ell, present = turn_logprobs(token_logprobs(model(input_ids=b["input_ids"]).logits, b["input_ids"]),
-                                         b["turn_index"], r["n_turns"])
-            with model.disable_adapter():
-                ref, _ = turn_logprobs(token_logprobs(model(input_ids=b["input_ids"]).logits, b["input_ids"]),
-                                       b["turn_index"], r["n_turns"])
-            out += [float(ell[0, t] - ref[0, t]) for t in range(r["n_turns"]) if present[0, t]]
-    return out
 
 
 def main():
@@ -50,6 +31,7 @@ def main():
     from ppg.data.build import build_dataset
     from ppg.evaluate.offline import offline_turns
     from ppg.models import load_model, load_tokenizer, resolve_model
+    from ppg.reference import naive_turn_scores
 
     folder = resolve_model(a.model)
     tmp = Path(tempfile.mkdtemp(prefix="ppg-scoring-"))
@@ -65,7 +47,7 @@ def main():
     turns = sum(r["n_turns"] for r in rows)
     tokens = sum(len(r["input_ids"]) for r in rows)
     t0 = time.perf_counter()
-    slow = naive(model, rows, "k3")
+    slow = naive_turn_scores(model, rows, "k3")
     t_naive = time.perf_counter() - t0
     t0 = time.perf_counter()
     fast = [t["score"] for t in offline_turns(model, None, True, tok, rows, "k3", batch_size=a.batch)]

@@ -58,3 +58,25 @@ def naive_baseline(w, mask, kind, groups=None):
             vals = [float(w[c, s]) for c, s in pool]
             out[b, t] = sum(vals) / len(vals) if vals else (float("nan") if kind == "group_loo" else 0.0)
     return out
+
+
+def naive_turn_scores(model, rows, policy: str) -> list[float]:
+    """ppg.evaluate.offline.offline_turns' likelihood-ratio scores, one window per forward pass
+    over the full logits, the reference as the same LoRA model with its adapters off."""
+    import numpy as np
+
+    from ppg.losses import token_logprobs, turn_logprobs
+    from ppg.train.batching import Example, collate
+
+    out = []
+    with torch.no_grad():
+        for r in rows:
+            b = collate([Example(np.asarray(r["input_ids"]), np.asarray(r["turn_index"]),
+                                 np.asarray(r[f"w_{policy}"]))], 0)
+            ell, present = turn_logprobs(token_logprobs(model(input_ids=b["input_ids"]).logits, b["input_ids"]),
+                                         b["turn_index"], r["n_turns"])
+            with model.disable_adapter():
+                ref, _ = turn_logprobs(token_logprobs(model(input_ids=b["input_ids"]).logits, b["input_ids"]),
+                                       b["turn_index"], r["n_turns"])
+            out += [float(ell[0, t] - ref[0, t]) for t in range(r["n_turns"]) if present[0, t]]
+    return out

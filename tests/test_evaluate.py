@@ -3,7 +3,6 @@ import random
 from itertools import product
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ppg.config import SimConfig
@@ -141,27 +140,16 @@ def test_batched_scoring_gives_the_scores_of_one_window_at_a_time(trained):
     """offline_turns in batches of similar length (right padding, head at targets) against the
     plain loop: one window per forward pass over the full logits, adapters off for the reference."""
     import pyarrow.parquet as pq
-    import torch
 
     from ppg.evaluate.offline import offline_turns
     from ppg.evaluate.run import load_trained
-    from ppg.losses import token_logprobs, turn_logprobs
-    from ppg.train.batching import Example, collate
+    from ppg.reference import naive_turn_scores
 
     p, tmp = trained
     rows = pq.read_table(tmp / "built" / "train.parquet").to_pylist()
     model, ref, tok, lora = load_trained(p, "k2")
     assert lora and len({len(r["input_ids"]) for r in rows}) > 3  # windows of several lengths
-    naive = []
-    with torch.no_grad():
-        for r in rows:
-            b = collate([Example(np.asarray(r["input_ids"]), np.asarray(r["turn_index"]), np.asarray(r["w_k2"]))], 0)
-            ell, present = turn_logprobs(token_logprobs(model(input_ids=b["input_ids"]).logits, b["input_ids"]),
-                                         b["turn_index"], r["n_turns"])
-            with model.disable_adapter():
-                ref_ell, _ = turn_logprobs(token_logprobs(model(input_ids=b["input_ids"]).logits, b["input_ids"]),
-                                           b["turn_index"], r["n_turns"])
-            naive += [float(ell[0, t] - ref_ell[0, t]) for t in range(r["n_turns"]) if present[0, t]]
+    naive = naive_turn_scores(model, rows, "k2")
     cache = {}
     batched = offline_turns(model, ref, lora, tok, rows, "k2", ref_cache=cache, batch_size=5)
     assert [t["score"] for t in batched] == pytest.approx(naive, abs=1e-4) and len(cache) == len(rows)
