@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ppg.data.build import assign_splits
-from ppg.data.turns import persona_groups
+from ppg.data.turns import persona_groups, persona_id
 from ppg.rollout import Episode
 
 ROLES = {  # domain -> (partner's role name, what the partner is asked to do)
@@ -88,12 +88,10 @@ def real_episodes(dialogues, build_cfg, split: str) -> list[Episode]:
 def file_episodes(personas: list[dict], train: list[Episode], where: str) -> list[Episode]:
     """Episodes for a persona file (ppg.data.personas), refusing any persona of the training split:
     evaluation never meets a persona the policy trained on."""
-    from ppg.judges.independent import persona_key
-
-    seen = {persona_key(e.domain, e.persona) for e in train}
+    seen = {persona_id(e.domain, e.persona) for e in train}
     out = []
     for i, x in enumerate(personas):
-        if persona_key(x["domain"], x["persona"]) in seen:
+        if persona_id(x["domain"], x["persona"]) in seen:
             raise ValueError(f"{where}: persona {i + 1} ({x['persona'][:40]!r}...) is one of the train split's "
                              f"personas; evaluation must not meet a persona the policy trained on")
         role, _ = partner_prompt(x["domain"])

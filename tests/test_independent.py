@@ -9,7 +9,8 @@ import pytest
 from ppg.config import EvalConfig, JudgeConfig, Params
 from ppg.config_ops import RewardModelConfig
 from ppg.data.schema import Dialogue
-from ppg.judges.independent import check_independent, persona_key, reward_judges, reward_model_folders
+from ppg.data.turns import persona_key
+from ppg.judges.independent import check_independent, reward_judges, reward_model_folders
 
 REAL = dict(mode="online", partner="llm", qa=False, primary="online.consistency")
 NO_SIM_GATE = {"thresholds": {}, "non_inferiority": {}}

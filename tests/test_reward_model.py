@@ -104,7 +104,7 @@ def test_its_card_lists_the_training_personas_and_online_ppg_trains_against_it(t
     """The card names what another grader must not share; online PPG on real personas takes its
     rewards from it (P(consistent) per turn) and records which judge that was."""
     from ppg.config import LoraConfig, OnlineConfig, TrainConfig
-    from ppg.judges.independent import persona_key
+    from ppg.data.turns import persona_key
     from ppg.train.online import train_online
 
     p, tmp, card = trained

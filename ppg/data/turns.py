@@ -1,10 +1,22 @@
 """Dialogues -> the [B, T] turn tensors ppg.returns works on: one row per (dialogue, speaker)."""
 
+import hashlib
 from typing import NamedTuple
 
 import torch
 
 from ppg.data.schema import DataError, Dialogue
+
+
+def persona_id(domain: str, persona: str) -> str:
+    """One persona: its domain and backstory text (outer whitespace aside). The unit persona groups,
+    splits and a reward model's training personas are counted in."""
+    return f"{domain}\0{persona.strip()}"
+
+
+def persona_key(domain: str, persona: str) -> str:
+    """A short key of persona_id: what a reward model's card lists (a backstory may be long)."""
+    return hashlib.sha256(persona_id(domain, persona).encode()).hexdigest()[:16]
 
 
 def persona_groups(dialogues: list[Dialogue]) -> list[int]:
@@ -20,7 +32,7 @@ def persona_groups(dialogues: list[Dialogue]) -> list[int]:
 
     keys = []
     for d in dialogues:
-        ps = [f"{d.domain}\0{d.personas[s].strip()}" for s in d.evaluated_speakers]
+        ps = [persona_id(d.domain, d.personas[s]) for s in d.evaluated_speakers]
         for p in ps[1:]:
             parent[find(p)] = find(ps[0])
         keys.append(ps[0])

@@ -17,14 +17,8 @@ The simulator's judge is exact (it knows what it simulated): it grades its own w
 data it labelled, without this check.
 """
 
-import hashlib
 import json
 from pathlib import Path
-
-
-def persona_key(domain: str, persona: str) -> str:
-    """A short key of a persona (domain and backstory text): what a reward model's card lists."""
-    return hashlib.sha256(f"{domain}\0{persona.strip()}".encode()).hexdigest()[:16]
 
 
 def judge_key(identity: dict) -> tuple:

@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 from ppg.data.schema import read_dialogues
-from ppg.data.turns import persona_groups
-from ppg.judges.independent import persona_key
+from ppg.data.turns import persona_groups, persona_key
 from ppg.judges.reward_model import score_texts, turn_texts
 from ppg.stats import grouped_auc
 from ppg.train import engine as eng
@@ -28,7 +27,7 @@ from ppg.train import engine as eng
 
 def judge_examples(dialogues, history: int) -> list[dict]:
     """One example per evaluated turn with a known reward: text, label, persona group, domain and
-    the persona's key (ppg.judges.independent.persona_key)."""
+    the persona's key (ppg.data.turns.persona_key)."""
     out = []
     for d, g in zip(dialogues, persona_groups(dialogues)):
         for s in d.evaluated_speakers:
