@@ -164,12 +164,13 @@ class RolloutWorld:
 
         src = Path(p.judge.out) / "dialogues.jsonl"
         dialogues = read_dialogues(src)
-        self.pool = real_episodes(dialogues, p.build, split)
         if personas_file:  # a persona list instead of the split's personas, checked against the train split
             from ppg.data.personas import read_personas
 
             self.pool = file_episodes(read_personas(Path(personas_file)), real_episodes(dialogues, p.build, "train"),
                                       personas_file)
+        else:
+            self.pool = real_episodes(dialogues, p.build, split)
         if domain:
             self.pool = [e for e in self.pool if e.domain == domain]
         self.rewards_by = reward_judges(dialogues)  # who judged the data a policy trains on

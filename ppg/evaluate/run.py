@@ -55,12 +55,13 @@ def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False
     if cfg.mode in ("online", "both"):
         gen = GenerationConfig(**cfg.generation)
         seed = cfg.persona_seed(split) if seed is None else seed
-        world = RolloutWorld(p, cfg.partner, split, gen, cfg.domain, cfg.turns, judge_cfg=p.eval_judge(),
+        grader = p.eval_judge()
+        world = RolloutWorld(p, cfg.partner, split, gen, cfg.domain, cfg.turns, judge_cfg=grader,
                              personas_file=cfg.personas_file)
         eps, partner, judge = world.draw(seed, cfg.personas, 1)
         if cfg.partner == "llm":
             trained_by = [*world.rewards_by, *trained_by]
-            check_independent(judge.identity(), trained_by, reward_model_folders(p.judge, p.eval_judge()))
+            check_independent(judge.identity(), trained_by, reward_model_folders(p.judge, grader))
         domain = eps[0].domain
         dialogues = play(model, tok, eps, partner, judge, gen, seed)
         qa, qa_unknown = None, None
