@@ -106,8 +106,9 @@ def persona_qa(model, tok, dialogues, judge, gen, questions: dict[str, list[str]
         partner = next(s for s in d.personas if s != speaker)
         data = d.model_dump()
         data["dialogue_id"] = f"{d.dialogue_id}-qa{len(probes)}"
-        data["lines"] = [{"speaker": ln.speaker, "text": ln.text} for ln in d.lines] + [
-            {"speaker": partner, "text": q}, {"speaker": speaker, "text": answer or "..."}]
+        # the dialogue's lines keep their verdicts: a judge that keeps known verdicts (stage_judge's,
+        # unless judge.overwrite) asks only about the answer, with the same history as before
+        data["lines"] += [{"speaker": partner, "text": q}, {"speaker": speaker, "text": answer or "..."}]
         probes.append(Dialogue.model_validate(data))
     results, unknown = [[] for _ in dialogues], 0
     for (i, _, _), judged in zip(asks, judge.judge(probes)):
