@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -147,8 +148,29 @@ def _run(overlay: str) -> dict:
         return result
 
 
+class Clock:
+    """Wall time per pipeline step, in the order they ran: what a run cost and where."""
+
+    def __init__(self):
+        self.steps, self.start = [], time.perf_counter()
+
+    def run(self, name: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        note = {True: "ran", False: "unchanged"}.get(out, "") if isinstance(out, bool) else ""
+        self.steps.append((name, time.perf_counter() - t0, note))
+        return out
+
+    def markdown(self) -> str:
+        rows = "\n".join(f"| {n} | {note} | {s:.1f} |" for n, s, note in self.steps)
+        total = time.perf_counter() - self.start
+        return f"| step | | wall (s) |\n|---|---|---|\n{rows}\n| **total** | | {total:.1f} |\n"
+
+
 def _stages(p, c, parent: str, log) -> dict:
-    repro("sources", parent)  # hash what data.source reads first: dvc status then sees edited files
+    clock = Clock()
+    # hash what data.source reads first: dvc status then sees edited files
+    clock.run("sources", repro, "sources", parent)
     status = _dvc("status", "--json")
     if status.returncode:
         raise StageFailed(f"dvc status failed: {status.stderr[-2000:]}")
@@ -162,17 +184,15 @@ def _stages(p, c, parent: str, log) -> dict:
         trained, result["skipped"] = {}, True
     else:
         for stage in ("prepare-model", "import", "judge", "validate", "build"):
-            repro(stage, parent)
-        trained = {pol: repro(f"train@{pol}", parent) for pol in p.returns.policies}
-        for pol in p.returns.policies:  # evaluation may call a remote judge: retry once
-            repro.with_options(retries=1, retry_delay_seconds=5)(f"evaluate@{pol}", parent)
+            clock.run(stage, repro, stage, parent)
+        trained = {pol: clock.run(f"train@{pol}", repro, f"train@{pol}", parent) for pol in p.returns.policies}
+        retried = repro.with_options(retries=1, retry_delay_seconds=5)  # evaluation may call a remote judge
+        for pol in p.returns.policies:
+            clock.run(f"evaluate@{pol}", retried, f"evaluate@{pol}", parent)
         result["skipped"] = False
     runs = link_runs(p, c, parent, trained)
     md, metrics = comparison(p, c, runs, trained)
     c.log_text(parent, md, "policies.md")
-    from prefect.artifacts import create_markdown_artifact
-
-    create_markdown_artifact(md, key="ppg-policies", description="Per-policy comparison (validation split)")
     scores = {pol: metric(m, p.eval.primary) for pol, m in metrics.items()}
     known = {pol: direction(p.eval.primary) * s for pol, s in scores.items() if s is not None}
     best = max(known, key=known.get) if known else None  # in the metric's better direction
@@ -188,12 +208,12 @@ def _stages(p, c, parent: str, log) -> dict:
     elif not trained[best]:
         why = f"the best policy on validation, {best}, was trained in an earlier run: nothing new to register"
     else:
-        result["gate"] = register_and_gate(best, parent)
+        result["gate"] = clock.run("register + gate", register_and_gate, best, parent)
         g = result["gate"]
         why = f"{'promoted' if g['promoted'] else 'not promoted'} v{g['challenger']} ({best}): {g['reason']}"
     log.info(why)
     if not result["skipped"]:
-        push = _dvc("push")
+        push = clock.run("dvc push", _dvc, "push")
         if push.returncode:
             log.warning("dvc push failed (outputs stay in the local cache): %s", push.stderr[-1000:])
     name = result["gate"]["model"] if result["gate"] else None
@@ -203,5 +223,15 @@ def _stages(p, c, parent: str, log) -> dict:
     result["champion"] = {"model": name, "version": champ}
     result["why"] = why
     c.set_tag(parent, "ppg.outcome", why[:5000])
-    print(md + f"\n{why}\nchampion: " + (f"{name} v{champ}" if champ else f"none yet ({name} has no champion)"))
+    cost = clock.markdown()
+    result["stage_seconds"] = {n: round(s, 1) for n, s, _ in clock.steps}
+    for n, s, _ in clock.steps:
+        c.log_metric(parent, f"seconds.{n.replace('@', '.').replace(' + ', '_').replace(' ', '_')}", s)
+    c.log_text(parent, cost, "stages.md")
+    summary = md + f"\n{why}\n\nWhere the time went:\n\n{cost}"
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(summary, key="ppg-policies",
+                             description="Per-policy comparison (validation split), the outcome, time per stage")
+    print(summary + "\nchampion: " + (f"{name} v{champ}" if champ else f"none yet ({name} has no champion)"))
     return result

@@ -13,6 +13,7 @@ import yaml
 from ppg.config_ops import (EvalConfig, JudgeConfig, MlflowConfig, MonitorConfig, PipelineConfig,  # noqa: F401
                             RegistryConfig, one_of)
 from ppg.config_study import StudyConfig  # noqa: F401
+from ppg.generation import generation_config
 from ppg.returns import BASELINES, parse_policy_id
 
 
@@ -278,9 +279,11 @@ class OnlineConfig:
     """Warm start from an offline PPG output folder (e.g. models/k3); empty = the base model."""
     generation: dict = field(default_factory=lambda: {"max_new_tokens": 32, "temperature": 1.0, "top_p": 1.0,
                                                       "batch_size": 16})
-    """Rollout sampling (temperature 1: the policy's own distribution, as REINFORCE assumes)."""
+    """Rollout sampling, as eval.generation (temperature 1: the policy's own distribution, as
+    REINFORCE assumes)."""
 
     def __post_init__(self):
+        generation_config("online.generation", self.generation)
         one_of("online.partner", self.partner, ("simulator", "llm"))
         one_of("online.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
         if self.group < 2:

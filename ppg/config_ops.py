@@ -4,6 +4,8 @@ out for length; the K study's sections are ppg.config_study.)"""
 
 from dataclasses import asdict, dataclass, field
 
+from ppg.generation import generation_config
+
 JUDGE_KINDS = ("labels", "llm", "reward-model")
 
 
@@ -165,7 +167,9 @@ class EvalConfig:
     the domains it names ("" = the project's)."""
     generation: dict = field(default_factory=lambda: {"max_new_tokens": 32, "temperature": 0.7, "top_p": 0.9,
                                                       "batch_size": 8})
-    """Sampling for rollouts (~7-13 new tokens/s for SmolLM2 on a 2-core CPU)."""
+    """Sampling for rollouts: ppg.generation.GenerationConfig's fields (max_new_tokens,
+    temperature, top_p, batch_size, backend: cache, the default, keeps each dialogue's KV cache
+    across turns; generate re-encodes the dialogue every turn)."""
     split: str = "validation"
     """validation (the evaluate stage; the best policy is chosen on it) or test (the promotion gate).
     Offline: the Parquet split of that name (with --fold F: fold F of train.split). Online: the
@@ -203,6 +207,7 @@ class EvalConfig:
         one_of("eval.split", self.split, ("validation", "test"))
         if not isinstance(self.engagement_words, int) or self.engagement_words < 1:
             raise ValueError(f"eval.engagement_words: expected a whole number >= 1, got {self.engagement_words!r}")
+        generation_config("eval.generation", self.generation)
 
     def persona_seed(self, split: str) -> int:
         return self.seed + (split == "test")

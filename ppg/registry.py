@@ -108,10 +108,13 @@ def register(p, policy: str, parent_run_id: str | None = None) -> tuple[str, str
 
 
 def load_registered(p, uri: str):
-    """(model, tokenizer) of a registered model URI in p's store, e.g. models:/ppg-therapy@champion."""
+    """(model, tokenizer) of a registered model URI in p's store, e.g. models:/ppg-therapy@champion,
+    on the device evaluation uses (ppg.models.eval_device: the GPU when training had one)."""
+    from ppg.models import eval_device
+
     with fluent(p) as mlflow:
         parts = mlflow.transformers.load_model(uri, return_type="components")
-    model, tok = parts["model"].eval(), parts["tokenizer"]
+    model, tok = parts["model"].to(eval_device()).eval(), parts["tokenizer"]
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
@@ -214,23 +217,23 @@ def gate(p, name: str, version: str, policy: str, parent_run_id: str | None = No
     Serialized per model (gate_mutex); the champion is read inside the mutex and again just
     before the write: if it moved meanwhile, nothing is promoted."""
     from ppg.gate import decide
-    from ppg.models import base_model
+    from ppg.models import base_model, eval_device
 
     c = _client(p)
     seed = gate_seed(p)
     pt = replace(p, eval=replace(p.eval, split="test", personas=p.registry.personas or p.eval.personas))
-    ref = None
+    ref, ref_cache = None, {}  # both models are scored against one reference on the same rows: once
     if p.eval.mode in ("offline", "both"):
         from transformers import AutoModelForCausalLM
 
-        ref = AutoModelForCausalLM.from_pretrained(str(base_model(p))).eval()
+        ref = AutoModelForCausalLM.from_pretrained(str(base_model(p))).to(eval_device()).eval()
 
     vocab = {}
 
     def test_metrics(v):
         model, tok = load_registered(p, f"models:/{name}/{v}")
         vocab[v] = tok.get_vocab()
-        m, _, turns = measure(pt, model, tok, "test", policy, ref=ref, seed=seed)
+        m, _, turns = measure(pt, model, tok, "test", policy, ref=ref, seed=seed, ref_cache=ref_cache)
         return m, turns
 
     with gate_mutex(p, name, say) as mutex:

@@ -18,19 +18,10 @@ import torch
 
 from ppg.data.build import end_of_turn_marker, sentinel
 from ppg.data.schema import Dialogue, as_text
+from ppg.generation import BACKENDS, GenerationConfig
 from ppg.judges.base import Judge
 
-
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 32
-    """Longest reply, in tokens."""
-    temperature: float = 0.7
-    """Sampling temperature (0 = greedy)."""
-    top_p: float = 0.9
-    """Nucleus sampling."""
-    batch_size: int = 8
-    """Dialogues generated together."""
+__all__ = ["GenerationConfig", "Episode", "Partner", "Rollout", "play", "rewards_tensor", "rollout_arrays"]
 
 
 @dataclass
@@ -104,57 +95,49 @@ def _eos_ids(model, tok) -> set[int]:
 
 @torch.no_grad()
 def play(model, tok, episodes: list[Episode], partner: Partner, judge: Judge, gen: GenerationConfig, seed: int,
-         with_tokens: bool = False):
+         with_tokens: bool = False, stats: dict | None = None):
     """Play every episode turn by turn (the partner's line, then the policy's sampled reply) until
     the partner ends it; returns the judged Dialogues (same order), and with with_tokens=True
-    also each dialogue's Rollout. The episodes themselves are left as given."""
-    device = next(model.parameters()).device
+    also each dialogue's Rollout. The episodes themselves are left as given. stats, when given,
+    gains "prefilled": the ids encoded at the start of turns over all dialogues (what a turn costs
+    beyond one forward step per sampled token)."""
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
     eot, eos, pad = end_of_turn_marker(tok), _eos_ids(model, tok), tok.pad_token_id
-    dialogues, rollouts = [], []
+    dialogues, rollouts, prefilled = [], [], 0
     for start in range(0, len(episodes), gen.batch_size):
         batch = [replace(e, lines=list(e.lines)) for e in episodes[start:start + gen.batch_size]]
         rolls = [Rollout() for _ in batch]
+        replier = BACKENDS[gen.backend](model, len(batch), gen, eos, pad)
         active, t = list(range(len(batch))), 0
         while active:
             said = [(i, line) for i, line in zip(active, partner.reply([batch[i] for i in active]))
                     if line is not None]
             active = [i for i, _ in said]
+            new = []
             for i, line in said:
                 e, r = batch[i], rolls[i]
                 e.lines.append({"speaker": e.partner, "text": line})
                 # the marker is in the context already when the reply's own stop token IS the marker
                 ended = bool(r.ended) and r.ended[-1] and tok.decode(r.input_ids[-1:]) == eot
-                r.extend(tok(next_prompt(tok, e.persona, e.partner_lines(), eot, ended),
-                             add_special_tokens=False)["input_ids"])
+                new.append(tok(next_prompt(tok, e.persona, e.partner_lines(), eot, ended),
+                               add_special_tokens=False)["input_ids"])
+                r.extend(new[-1])
             if not active:
                 break
-            width = max(len(rolls[i].input_ids) for i in active)
-            ids = torch.full((len(active), width), pad, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for row, i in enumerate(active):  # left padding: every row's next token is at the end
-                n = len(rolls[i].input_ids)
-                ids[row, width - n:] = torch.tensor(rolls[i].input_ids)
-                attn[row, width - n:] = 1
-            sample = gen.temperature > 0
-            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                 max_new_tokens=gen.max_new_tokens, do_sample=sample,
-                                 temperature=gen.temperature if sample else None, top_p=gen.top_p if sample else None,
-                                 pad_token_id=pad)
-            for row, i in enumerate(active):
-                new = out[row, width:].tolist()
-                stop = next((j for j, x in enumerate(new) if x in eos), None)
-                sampled = new if stop is None else new[:stop + 1]  # its end token is its own
+            for i, sampled in zip(active, replier.reply(active, new)):
                 rolls[i].extend(sampled, turn=t)
-                rolls[i].ended.append(stop is not None)
+                rolls[i].ended.append(bool(sampled) and sampled[-1] in eos)
                 batch[i].lines.append({"speaker": batch[i].speaker,
                                        "text": as_text(tok.decode(sampled, skip_special_tokens=True).strip())})
             t += 1
+        prefilled += replier.prefilled
         dialogues += judge.judge([e.dialogue() for e in batch])
         rollouts += rolls
     model.train(was_training)
+    if stats is not None:
+        stats["prefilled"] = stats.get("prefilled", 0) + prefilled
     return (dialogues, rollouts) if with_tokens else dialogues
 
 

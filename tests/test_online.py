@@ -69,23 +69,31 @@ def test_rollouts_train_on_the_sampled_ids_and_a_cut_reply_gets_no_end_target(ti
     tok = load_tokenizer(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     eps, partner, judge = sim_world(SimConfig(), "chatting", 6, 1, 3, 5)
-    gen = GenerationConfig(max_new_tokens=3, temperature=1.0, top_p=1.0, batch_size=6)
     end = tok.convert_tokens_to_ids("<|end|>")
-    seen = set()
-    for force_end in (False, True):  # the random model rarely ends a reply; forced, it does at token 3
-        model.generation_config.forced_eos_token_id = end if force_end else None
-        _, rolls = play(model, tok, eps, partner, judge, gen, 5, with_tokens=True)
-        for r in rolls:
-            ids, ti = torch.tensor(r.input_ids), torch.tensor(r.turn_index)
-            for t, was_ended in enumerate(r.ended):
-                reply = ids[ti == t].tolist()
-                assert 1 <= len(reply) <= 3 and (reply[-1] == end) == was_ended
-                after = (ti == t).nonzero().max().item() + 1
-                if after < len(ids):  # the end marker follows the reply once: sampled or as context
-                    assert (ids[after].item() == end) != was_ended
-                    assert ti[after].item() == -1
-                seen.add(was_ended)
-    assert seen == {False, True}
+
+    def likely_end(module, args, out):  # the random model rarely ends a reply: make its end token likely
+        out[..., end] += 4.0
+        return out
+
+    for backend in ("cache", "generate"):
+        gen = GenerationConfig(max_new_tokens=3, temperature=1.0, top_p=1.0, batch_size=6, backend=backend)
+        seen = set()
+        for force_end in (False, True):
+            hook = model.lm_head.register_forward_hook(likely_end) if force_end else None
+            _, rolls = play(model, tok, eps, partner, judge, gen, 5, with_tokens=True)
+            if hook:
+                hook.remove()
+            for r in rolls:
+                ids, ti = torch.tensor(r.input_ids), torch.tensor(r.turn_index)
+                for t, was_ended in enumerate(r.ended):
+                    reply = ids[ti == t].tolist()
+                    assert 1 <= len(reply) <= 3 and (reply[-1] == end) == was_ended
+                    after = (ti == t).nonzero().max().item() + 1
+                    if after < len(ids):  # the end marker follows the reply once: sampled or as context
+                        assert (ids[after].item() == end) != was_ended
+                        assert ti[after].item() == -1
+                    seen.add(was_ended)
+        assert seen == {False, True}
 
 
 def test_the_reference_is_the_starting_policy_merged_from_adapters_and_in_the_policys_dtype(tmp_path, tiny_model):

@@ -121,6 +121,12 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
     assert versions == [1] and aliases == {"champion": "1", "challenger": "1"}
     parent = c.get_run(r["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["ppg.best_policy"] == r["best"]
+    # what the run cost, step by step, in the result and the parent run
+    steps = ["sources", "prepare-model", "import", "judge", "validate", "build", "train@greedy", "train@k3",
+             "evaluate@greedy", "evaluate@k3", "register + gate", "dvc push"]
+    assert list(r["stage_seconds"]) == steps and all(s >= 0 for s in r["stage_seconds"].values())
+    assert parent.data.metrics["seconds.train.k3"] == pytest.approx(r["stage_seconds"]["train@k3"], abs=0.1)
+    assert parent.data.metrics["seconds.register_gate"] > 0
     for policy, run_id in r["runs"].items():  # one child run per policy, tagged and evaluated
         child = c.get_run(run_id)
         assert child.data.tags["mlflow.parentRunId"] == r["parent_run_id"]

@@ -43,12 +43,14 @@ def load_trained(p, name: str):
 
 
 def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False, fold: int | None = None,
-            seed: int | None = None, trained_by: list[dict] = ()):
+            seed: int | None = None, trained_by: list[dict] = (), ref_cache: dict | None = None):
     """Metrics of a loaded model on a split, as p.eval says: (metrics, judged dialogues or None,
     scored logged turns or None). The evaluate stage and the promotion gate both measure through
     here; seed overrides the split's persona seed (the gate draws fresh test personas).
     trained_by: identities of judges the model trained against beyond its data's (online PPG):
-    real-persona rollouts are graded by none of them (ppg.judges.independent)."""
+    real-persona rollouts are graded by none of them (ppg.judges.independent). ref_cache: the
+    reference's scores of logged rows, shared by calls that score the same rows against the same
+    reference (ppg.evaluate.offline.offline_turns)."""
     import pyarrow.parquet as pq
 
     cfg, metrics, dialogues, turns = p.eval, {"split": split}, None, None
@@ -81,7 +83,7 @@ def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False
         table_ = pq.read_table(path)
         rows = table_.to_pylist()
         rows = [r for r in rows if r["fold"] == fold] if fold is not None else rows
-        turns = offline_turns(model, ref, lora, tok, rows, policy)
+        turns = offline_turns(model, ref, lora, tok, rows, policy, ref_cache=ref_cache)
         metrics["offline"] = {"data": str(path), "fold": fold,
                               "domain": rows[0]["domain"] if rows and "domain" in table_.column_names else None,
                               **offline_metrics(turns, cfg.min_contradictions)}

@@ -1,0 +1,186 @@
+"""How a batch of dialogues gets its replies: the policy's side of a rollout, behind one small
+interface (Replier) so that another backend (a vLLM or SGLang server) can be added beside these.
+
+Each dialogue of the batch is a row whose context only grows: on every call the replier is given,
+per row still playing, the ids appended since its last reply (the template text and the partner's
+line) and answers with the ids it sampled (its end token included when it sampled one). Its
+context is then everything it was given plus everything it sampled, in order.
+
+- CachedReplies (default) keeps the batch's KV cache across turns: a turn costs the forward pass
+  of its new ids, not of the whole dialogue. Rows of different lengths share the cache: a row's
+  new ids are left-padded within each chunk, the padding slots are masked out for good, and
+  position ids count only the row's real tokens, so every row sees exactly its own context at
+  the positions a single-row forward pass would give it.
+- Reencoded runs transformers' `generate` over the whole dialogue every turn (the path before
+  the cache; kept as the reference the benchmark and tests compare with)."""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    """Longest reply, in tokens."""
+    temperature: float = 0.7
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = 0.9
+    """Nucleus sampling: sample among the most likely tokens whose probabilities sum to top_p."""
+    batch_size: int = 8
+    """Dialogues generated together."""
+    backend: str = "cache"
+    """cache: keep each batch's KV cache across turns (a turn prefills only its new ids);
+    generate: transformers' generate over the re-encoded dialogue every turn (slower; for a model
+    whose cache cannot be extended with masked gaps)."""
+
+
+def generation_config(key: str, d) -> GenerationConfig:
+    """The GenerationConfig of a params mapping (eval.generation, online.generation); an unknown
+    key or backend is an error that names the key."""
+    from dataclasses import fields
+
+    names = [f.name for f in fields(GenerationConfig)]
+    if not isinstance(d, dict) or set(d) - set(names):
+        raise ValueError(f"{key}: expected a mapping with keys among {', '.join(names)}, got {d!r}")
+    gen = GenerationConfig(**d)
+    if gen.backend not in BACKENDS:
+        raise ValueError(f"{key}.backend: expected {' or '.join(BACKENDS)}, got {gen.backend!r}")
+    if gen.max_new_tokens < 1 or gen.batch_size < 1 or gen.temperature < 0 or not 0 < gen.top_p <= 1:
+        raise ValueError(f"{key}: max_new_tokens and batch_size must be >= 1, temperature >= 0, "
+                         f"top_p in (0, 1]; got {d!r}")
+    return gen
+
+
+class Replier(Protocol):
+    def reply(self, rows: list[int], new_ids: list[list[int]]) -> list[list[int]]:
+        """Each listed row's reply to its context extended by its new ids. A row left out of rows
+        has ended and is never asked again."""
+
+
+def warp(logits: torch.Tensor, gen: GenerationConfig) -> torch.Tensor:
+    """[B, V] next-token logits -> the logits sampled from: divided by the temperature, then
+    -inf outside the nucleus (the order and tie rules of transformers' TemperatureLogitsWarper
+    and TopPLogitsWarper, so both backends sample from one distribution)."""
+    logits = logits.float()
+    if gen.temperature != 1.0:
+        logits = logits / gen.temperature
+    if gen.top_p < 1.0:
+        sorted_logits, order = logits.sort(-1)
+        drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - gen.top_p
+        drop[:, -1] = False  # the most likely token always stays
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, gen: GenerationConfig) -> torch.Tensor:
+    """[B, V] next-token logits -> [B] ids: greedy at temperature 0, else sampled from warp."""
+    if gen.temperature <= 0:
+        return logits.argmax(-1)
+    return torch.multinomial(warp(logits, gen).softmax(-1), 1)[:, 0]
+
+
+class CachedReplies:
+    """Replies for one batch of dialogues from a KV cache kept across turns."""
+
+    def __init__(self, model, n: int, gen: GenerationConfig, eos: set[int], pad: int):
+        from transformers import DynamicCache
+
+        self.model, self.gen, self.eos, self.pad = model, gen, eos, pad
+        self.device = next(model.parameters()).device
+        self.cache = DynamicCache(config=model.config)
+        self.rows = list(range(n))  # the batch row of each cache row
+        self.mask = torch.zeros(n, 0, dtype=torch.long, device=self.device)  # 1: a real token's slot
+        self.seen = torch.zeros(n, dtype=torch.long, device=self.device)  # real tokens so far: the next position
+        self.pending = [[] for _ in range(n)]  # sampled but not yet in the cache: each reply's last id
+        self.record = None  # a list to get (row, context length, next-token logits) of every sampled id
+        self.prefilled = 0  # ids fed at the start of a turn, all rows (decoding adds one per step on both paths)
+
+    def _keep(self, rows: list[int]):
+        if rows == self.rows:
+            return
+        keep = [self.rows.index(r) for r in rows]
+        if self.mask.shape[1]:
+            self.cache.batch_select_indices(torch.tensor(keep, device=self.device))
+        self.mask, self.seen = self.mask[keep], self.seen[keep]
+        self.pending, self.rows = [self.pending[i] for i in keep], list(rows)
+
+    def _feed(self, chunks: list[list[int]], prefill: bool = False) -> torch.Tensor:
+        """Append each row's chunk to the cache (an empty chunk adds a masked slot); the logits
+        after each row's last id [B, V] (meaningless for an empty chunk)."""
+        width = max(1, max(len(c) for c in chunks))
+        ids = torch.full((len(chunks), width), self.pad, dtype=torch.long)
+        real = torch.zeros(len(chunks), width, dtype=torch.long)
+        for b, c in enumerate(chunks):
+            if c:
+                ids[b, width - len(c):] = torch.tensor(c)
+                real[b, width - len(c):] = 1
+        real = real.to(self.device)
+        # positions continue the row's real tokens; a padding slot repeats its neighbour's (never read)
+        pos = (self.seen[:, None] + real.cumsum(1) - 1).clamp(min=0)
+        self.mask = torch.cat([self.mask, real], 1)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos,
+                         cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.seen += real.sum(1)
+        if prefill:
+            self.prefilled += int(real.sum())
+        return out.logits[:, -1]
+
+    def reply(self, rows, new_ids):
+        self._keep(rows)
+        logits = self._feed([p + list(x) for p, x in zip(self.pending, new_ids)], prefill=True)
+        out = [[] for _ in rows]
+        done = [False] * len(rows)
+        for step in range(self.gen.max_new_tokens):
+            nxt = sample_next(logits, self.gen).tolist()
+            if self.record is not None:
+                self.record += [(r, int(self.seen[b]), logits[b].float().cpu())
+                                for b, r in enumerate(rows) if not done[b]]
+            for b, x in enumerate(nxt):
+                if not done[b]:
+                    out[b].append(x)
+                    done[b] = x in self.eos
+            if all(done) or step == self.gen.max_new_tokens - 1:
+                break
+            # a row that has just ended keeps its end token pending; it enters with the next turn
+            logits = self._feed([[] if done[b] else [out[b][-1]] for b in range(len(rows))])
+        self.pending = [o[-1:] for o in out]
+        return out
+
+
+class Reencoded:
+    """Replies from transformers' generate, re-encoding each whole dialogue every turn."""
+
+    def __init__(self, model, n: int, gen: GenerationConfig, eos: set[int], pad: int):
+        self.model, self.gen, self.eos, self.pad = model, gen, eos, pad
+        self.device = next(model.parameters()).device
+        self.context = [[] for _ in range(n)]
+        self.prefilled = 0  # ids encoded at the start of a turn, all rows
+
+    def reply(self, rows, new_ids):
+        for r, x in zip(rows, new_ids):
+            self.context[r] += list(x)
+        width = max(len(self.context[r]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for b, r in enumerate(rows):  # left padding: every row's next token is at the end
+            n = len(self.context[r])
+            ids[b, width - n:] = torch.tensor(self.context[r])
+            attn[b, width - n:] = 1
+        self.prefilled += int(attn.sum())
+        sample = self.gen.temperature > 0
+        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
+                                  max_new_tokens=self.gen.max_new_tokens, do_sample=sample,
+                                  temperature=self.gen.temperature if sample else None,
+                                  top_p=self.gen.top_p if sample else None, pad_token_id=self.pad)
+        replies = []
+        for b, r in enumerate(rows):
+            new = out[b, width:].tolist()
+            stop = next((j for j, x in enumerate(new) if x in self.eos), None)
+            replies.append(new if stop is None else new[:stop + 1])  # its end token is its own
+            self.context[r] += replies[-1]
+        return replies
+
+
+BACKENDS = {"cache": CachedReplies, "generate": Reencoded}

@@ -1,0 +1,114 @@
+"""The policy's replies: a KV cache kept across turns gives every dialogue of a batch exactly the
+next-token logits a plain forward pass over that dialogue alone gives, and the cached and the
+re-encoding backends play the same dialogues."""
+
+import pytest
+import torch
+
+from ppg.generation import CachedReplies, GenerationConfig, warp
+from ppg.rollout import Episode, play
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from ppg.models import load_tokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model).eval(), load_tokenizer(tiny_model)
+
+
+def test_cached_replies_see_what_a_forward_pass_over_the_dialogue_alone_sees(tiny):
+    model, tok = tiny
+    gen = GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=0.9)
+    # a large end set makes replies of every length happen: ended at once, ended mid-way, cut at 6
+    eos = set(range(6, 700))
+    replier = CachedReplies(model, 4, gen, eos, tok.pad_token_id)
+    replier.record = []
+    context = [[] for _ in range(4)]
+    g = torch.Generator().manual_seed(1)
+    torch.manual_seed(0)
+    lengths = []
+    for rows in ([0, 1, 2, 3], [0, 1, 2, 3], [0, 2, 3], [2]):  # dialogues end between turns
+        new = [torch.randint(6, 2000, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g).tolist()
+               for _ in rows]  # new ids of different lengths per row: padding inside the cache
+        with torch.no_grad():
+            replies = replier.reply(rows, new)
+        for r, x, y in zip(rows, new, replies):
+            context[r] += x + y
+            lengths.append(len(y))
+    assert {1, 6} <= set(lengths) and any(1 < n < 6 for n in lengths)
+    assert len(replier.record) == sum(lengths)
+    worst = 0.0
+    for row, n, logits in replier.record:  # teacher forcing: the same sampled ids, one dialogue alone
+        with torch.no_grad():
+            alone = model(torch.tensor([context[row][:n]])).logits[0, -1]
+        worst = max(worst, (alone - logits).abs().max().item())
+    assert worst < 1e-5
+
+
+class Scripted:
+    def __init__(self, lengths):
+        self.lengths = lengths
+
+    def reply(self, episodes):
+        return [f"tell me about line {len(e.partner_lines())}" if len(e.partner_lines()) < self.lengths[e.dialogue_id]
+                else None for e in episodes]
+
+
+class NoJudge:
+    def judge(self, dialogues):
+        return dialogues
+
+
+def test_cached_and_reencoding_backends_play_the_same_greedy_dialogues(tiny):
+    model, tok = tiny
+    lengths = {"a": 3, "b": 1, "c": 4}
+    personas = ["You are a calm librarian who has lived in Oslo all her life.", "A pilot.", "You teach maths."]
+    eps = [Episode(i, g, "bot", p, "user", "chat") for g, (i, p) in enumerate(zip(lengths, personas))]
+    out, stats = {}, {}
+    for backend in ("generate", "cache"):
+        gen = GenerationConfig(max_new_tokens=5, temperature=0.0, batch_size=3, backend=backend)
+        stats[backend] = {}
+        out[backend] = play(model, tok, eps, Scripted(lengths), NoJudge(), gen, 0, with_tokens=True,
+                            stats=stats[backend])
+    for d0, r0, d1, r1 in zip(*out["generate"], *out["cache"]):
+        assert r0.input_ids == r1.input_ids and r0.turn_index == r1.turn_index and r0.ended == r1.ended
+        assert [ln.text for ln in d0.lines] == [ln.text for ln in d1.lines]
+    # the cache encodes every id once: all but each reply's sampled ids, which decoding feeds one per
+    # step, and the last reply's final id, which nothing reads
+    rolls = out["cache"][1]
+    sampled = [sum(1 for i in r.turn_index if i >= 0) for r in rolls]
+    replies = [max(r.turn_index) + 1 for r in rolls]
+    once = sum(len(r.input_ids) - (s - n) - 1 for r, s, n in zip(rolls, sampled, replies))
+    assert stats["cache"]["prefilled"] == once
+    # re-encoding reads each dialogue's whole context again at every turn
+    again = sum(r.turn_index.index(t) for r in rolls for t in range(max(r.turn_index) + 1))
+    assert stats["generate"]["prefilled"] == again > stats["cache"]["prefilled"]
+
+
+def test_sampling_warps_logits_as_transformers_does():
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 50) * 3
+    logits[0, :10] = 2.0  # ties at the nucleus edge
+    for temperature, top_p in [(0.7, 0.9), (1.0, 0.5), (1.3, 1.0)]:
+        ours = warp(logits, GenerationConfig(temperature=temperature, top_p=top_p))
+        theirs = TemperatureLogitsWarper(temperature)(None, logits.clone())
+        if top_p < 1.0:
+            theirs = TopPLogitsWarper(top_p)(None, theirs)
+        assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+        assert torch.allclose(ours[~torch.isinf(ours)], theirs[~torch.isinf(theirs)])
+
+
+def test_generation_settings_name_the_key_they_break():
+    from ppg.generation import generation_config
+
+    assert generation_config("eval.generation", {"max_new_tokens": 4}).backend == "cache"
+    with pytest.raises(ValueError, match=r"eval.generation.backend: expected cache or generate, got 'vllm'"):
+        generation_config("eval.generation", {"backend": "vllm"})
+    with pytest.raises(ValueError, match=r"online.generation: expected a mapping with keys among .*top_k"):
+        generation_config("online.generation", {"top_k": 50})
+    with pytest.raises(ValueError, match=r"online.generation: .*top_p in \(0, 1\]"):
+        generation_config("online.generation", {"top_p": 0})
