@@ -5,6 +5,15 @@
                checkpointed chunks (what ppg train uses)
     targets+gc the same with train.gradient_checkpointing (activations recomputed in backward)
 
+and, to break today's peak down, two partial steps in their own processes:
+
+    body       the transformer body only, backward from its final hidden states at the target
+               positions: the activations kept for the backward pass
+    logits     the body and the full head, backward from the target tokens' raw logits: adds the
+               [B, L, V] logits (and their gradient), no log-softmax
+
+so activations = body, logits = logits - body, log-softmax buffers = full - logits.
+
     python benchmarks/loss_memory.py [--batch 4] [--length 2048] [--model smollm2-135m] [--lora-r 8]
 
 Each configuration runs in its own process (one forward + backward of the offline loss on random
@@ -34,7 +43,7 @@ def one(cfg: str, batch: int, length: int, model_spec: str, lora_r: int) -> dict
 
     import torch
 
-    from ppg.losses import offline_ppg_loss, target_logprobs, token_logprobs
+    from ppg.losses import lm_body_and_head, offline_ppg_loss, target_logprobs, token_logprobs
     from ppg.models import load_model, resolve_model
     from ppg.config import LoraConfig
 
@@ -53,11 +62,17 @@ def one(cfg: str, batch: int, length: int, model_spec: str, lora_r: int) -> dict
     weights = torch.ones(batch, 8)
     base = rss_kib()  # the loaded model, now (a transient peak of loading is not a baseline)
     t0 = time.perf_counter()
-    if cfg == "full":
-        lp = token_logprobs(model(input_ids=ids, attention_mask=attn).logits, ids)
+    tgt = turn_index[:, 1:] >= 0
+    if cfg == "body":
+        h = lm_body_and_head(model)[0](input_ids=ids, attention_mask=attn).last_hidden_state
+        loss = h[:, :-1][tgt].float().sum()
+    elif cfg == "logits":
+        logits = model(input_ids=ids, attention_mask=attn).logits
+        loss = logits[:, :-1].gather(-1, ids[:, 1:, None])[..., 0][tgt].float().sum()
     else:
-        lp = target_logprobs(model, ids, attn, turn_index)
-    loss = offline_ppg_loss(lp, turn_index, weights).loss
+        lp = (token_logprobs(model(input_ids=ids, attention_mask=attn).logits, ids) if cfg == "full"
+              else target_logprobs(model, ids, attn, turn_index))
+        loss = offline_ppg_loss(lp, turn_index, weights).loss
     loss.backward()
     step = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -77,7 +92,7 @@ def main():
         print(json.dumps(one(a.one, a.batch, a.length, a.model, a.lora_r)))
         return
     rows = []
-    for cfg in ("full", "targets", "targets+gc"):
+    for cfg in ("full", "targets", "targets+gc", "body", "logits"):
         out = subprocess.run([sys.executable, __file__, "--one", cfg, "--batch", str(a.batch), "--length",
                               str(a.length), "--model", a.model, "--lora-r", str(a.lora_r)],
                              capture_output=True, text=True, check=True)
@@ -88,9 +103,13 @@ def main():
           f"{logits_mib:.0f} MiB")
     print("| path | peak over the loaded model (MiB) | vs full | step (s) | vs full | loss |")
     print("|---|---|---|---|---|---|")
-    for r in rows:
+    for r in rows[:3]:
         print(f"| {r['config']} | {r['peak_mib']:.0f} | {r['peak_mib'] / rows[0]['peak_mib']:.2f} | "
               f"{r['step_s']:.1f} | {r['step_s'] / rows[0]['step_s']:.2f} | {r['loss']:.6f} |")
+    full, body, logits = rows[0]["peak_mib"], rows[3]["peak_mib"], rows[4]["peak_mib"]
+    print(f"\nToday's peak ({full:.0f} MiB), broken down: activations {body:.0f} MiB ({body / full:.0%}), "
+          f"logits and their gradient {logits - body:.0f} MiB ({(logits - body) / full:.0%}), "
+          f"log-softmax buffers {full - logits:.0f} MiB ({(full - logits) / full:.0%})")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,20 @@ class Replier(Protocol):
         """Each listed row's reply to its context extended by its new ids. A row left out of rows
         has ended and is never asked again."""
 
+    def extend(self, new_ids: list[list[int]]) -> None:
+        """Extend every row's context without replying (a prefix that several rows will share)."""
+
+    def branch(self, rows: list[int]) -> None:
+        """Go on as len(rows) rows, the i-th a copy of row rows[i] (questions asked after one
+        dialogue share its encoding)."""
+
+
+def end_ids(model, tok) -> set[int]:
+    """The ids that end a reply: the model's generation_config eos ids and the tokenizer's."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
+
 
 def warp(logits: torch.Tensor, gen: GenerationConfig) -> torch.Tensor:
     """[B, V] next-token logits -> the logits sampled from: divided by the temperature, then
@@ -98,13 +112,21 @@ class CachedReplies:
         self.prefilled = 0  # ids fed at the start of a turn, all rows (decoding adds one per step on both paths)
 
     def _keep(self, rows: list[int]):
-        if rows == self.rows:
-            return
-        keep = [self.rows.index(r) for r in rows]
-        if self.mask.shape[1]:
+        if rows != self.rows:
+            self._select([self.rows.index(r) for r in rows], list(rows))
+
+    def _select(self, keep: list[int], rows: list[int]):
+        if self.mask.shape[1]:  # a repeated index copies the row
             self.cache.batch_select_indices(torch.tensor(keep, device=self.device))
         self.mask, self.seen = self.mask[keep], self.seen[keep]
-        self.pending, self.rows = [self.pending[i] for i in keep], list(rows)
+        self.pending, self.rows = [list(self.pending[i]) for i in keep], rows
+
+    def extend(self, new_ids):
+        self._feed([p + list(x) for p, x in zip(self.pending, new_ids)], prefill=True)
+        self.pending = [[] for _ in self.rows]
+
+    def branch(self, rows):
+        self._select([self.rows.index(r) for r in rows], list(range(len(rows))))
 
     def _feed(self, chunks: list[list[int]], prefill: bool = False) -> torch.Tensor:
         """Append each row's chunk to the cache (an empty chunk adds a masked slot); the logits
@@ -157,6 +179,13 @@ class Reencoded:
         self.device = next(model.parameters()).device
         self.context = [[] for _ in range(n)]
         self.prefilled = 0  # ids encoded at the start of a turn, all rows
+
+    def extend(self, new_ids):
+        for c, x in zip(self.context, new_ids):
+            c += list(x)
+
+    def branch(self, rows):
+        self.context = [list(self.context[r]) for r in rows]
 
     def reply(self, rows, new_ids):
         for r, x in zip(rows, new_ids):

@@ -18,7 +18,7 @@ import torch
 
 from ppg.data.build import end_of_turn_marker, sentinel
 from ppg.data.schema import Dialogue, as_text
-from ppg.generation import BACKENDS, GenerationConfig
+from ppg.generation import BACKENDS, GenerationConfig, end_ids
 from ppg.judges.base import Judge
 
 __all__ = ["GenerationConfig", "Episode", "Partner", "Rollout", "play", "rewards_tensor", "rollout_arrays"]
@@ -87,12 +87,6 @@ def next_prompt(tok, persona: str, partner_lines: list[str], eot: str, ended_las
     return text
 
 
-def _eos_ids(model, tok) -> set[int]:
-    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
-    return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
-
-
 @torch.no_grad()
 def play(model, tok, episodes: list[Episode], partner: Partner, judge: Judge, gen: GenerationConfig, seed: int,
          with_tokens: bool = False, stats: dict | None = None):
@@ -104,7 +98,7 @@ def play(model, tok, episodes: list[Episode], partner: Partner, judge: Judge, ge
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
-    eot, eos, pad = end_of_turn_marker(tok), _eos_ids(model, tok), tok.pad_token_id
+    eot, eos, pad = end_of_turn_marker(tok), end_ids(model, tok), tok.pad_token_id
     dialogues, rollouts, prefilled = [], [], 0
     for start in range(0, len(episodes), gen.batch_size):
         batch = [replace(e, lines=list(e.lines)) for e in episodes[start:start + gen.batch_size]]

@@ -112,3 +112,25 @@ def test_generation_settings_name_the_key_they_break():
         generation_config("online.generation", {"top_k": 50})
     with pytest.raises(ValueError, match=r"online.generation: .*top_p in \(0, 1\]"):
         generation_config("online.generation", {"top_p": 0})
+
+
+def test_questions_after_a_dialogue_share_its_encoding_and_get_the_same_answers(tiny):
+    from ppg.data.schema import Dialogue
+    from ppg.evaluate.online import answers_after
+
+    model, tok = tiny
+
+    def dialogue(i, n):
+        lines = []
+        for t in range(n):
+            lines += [{"speaker": "user", "text": f"how was day {t}?"}, {"speaker": "bot", "text": f"fine {i} {t}"}]
+        return Dialogue.model_validate({"dialogue_id": f"d{i}", "domain": "chat", "source": "test",
+                                        "personas": {"bot": f"You are person {i}.", "user": ""},
+                                        "evaluated_speakers": ["bot"], "lines": lines})
+
+    ds = [dialogue(0, 1), dialogue(1, 3), dialogue(2, 2)]
+    asks = [(ds[0], "Where do you live?"), (ds[0], "What is your job?"), (ds[1], "Who do you trust?"),
+            (ds[2], "Where do you live?"), (ds[2], "Any pets?"), (ds[2], "Your age?")]
+    answers = {b: answers_after(model, tok, asks, GenerationConfig(max_new_tokens=6, batch_size=4, backend=b))
+               for b in ("generate", "cache")}
+    assert answers["cache"] == answers["generate"] and all(isinstance(a, str) for a in answers["cache"])

@@ -62,21 +62,42 @@ def online_metrics(dialogues, qa: list[list[bool]] | None = None, engagement_wor
 @torch.no_grad()
 def answers_after(model, tok, asks: list[tuple], gen) -> list[str]:
     """Greedy answers to questions asked after dialogues: asks = (dialogue, question). The speaker
-    sees its persona and the whole dialogue, as in the rollout, then the question."""
-    device = next(model.parameters()).device
-    out_texts = []
-    for s in range(0, len(asks), gen.batch_size):
-        prompts = []
-        for d, question in asks[s:s + gen.batch_size]:
-            speaker = d.evaluated_speakers[0]
-            msgs = [{"role": "system", "content": d.personas[speaker]}] + [
-                {"role": "assistant" if ln.speaker == speaker else "user", "content": ln.text} for ln in d.lines]
-            prompts.append(tok.apply_chat_template(msgs + [{"role": "user", "content": question}],
-                                                   add_generation_prompt=True, tokenize=False))
-        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(device)
-        out = model.generate(**enc, max_new_tokens=gen.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        out_texts += [tok.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in out]
-    return out_texts
+    sees its persona and the whole dialogue, as in the rollout, then the question. The questions
+    of one dialogue share its encoding: their prompts' common prefix of ids is fed once, then
+    each branches off with its own question (gen.backend "generate" re-encodes every prompt)."""
+    from dataclasses import replace
+
+    from ppg.generation import BACKENDS, end_ids
+
+    greedy = replace(gen, temperature=0.0)
+    ids, of = [], {}  # of: dialogue -> its asks, in order
+    for j, (d, question) in enumerate(asks):
+        speaker = d.evaluated_speakers[0]
+        msgs = [{"role": "system", "content": d.personas[speaker]}] + [
+            {"role": "assistant" if ln.speaker == speaker else "user", "content": ln.text} for ln in d.lines]
+        ids.append(tok(tok.apply_chat_template(msgs + [{"role": "user", "content": question}],
+                                               add_generation_prompt=True, tokenize=False),
+                       add_special_tokens=False)["input_ids"])
+        of.setdefault(id(d), []).append(j)
+    groups = list(of.values())
+    per_batch = max(1, gen.batch_size // max(len(g) for g in groups))  # about batch_size answers at once
+    eos, answers = end_ids(model, tok), [None] * len(asks)
+    for s in range(0, len(groups), per_batch):
+        batch = groups[s:s + per_batch]
+        shared = []
+        for g in batch:  # the longest prefix every prompt of the dialogue has, leaving each >= 1 id
+            n = min(len(ids[j]) for j in g) - 1
+            first = ids[g[0]]
+            n = next((i for i in range(n) if any(ids[j][i] != first[i] for j in g)), n)
+            shared.append(n)
+        replier = BACKENDS[greedy.backend](model, len(batch), greedy, eos, tok.pad_token_id)
+        replier.extend([ids[g[0]][:n] for g, n in zip(batch, shared)])
+        rows = [(b, j) for b, g in enumerate(batch) for j in g]
+        replier.branch([b for b, _ in rows])
+        out = replier.reply(list(range(len(rows))), [ids[j][shared[b]:] for b, j in rows])
+        for (_, j), a in zip(rows, out):
+            answers[j] = tok.decode(a, skip_special_tokens=True).strip()
+    return answers
 
 
 def backstory_qa(model, tok, dialogues, gen) -> list[list[bool]]:
