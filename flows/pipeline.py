@@ -103,9 +103,9 @@ def link_runs(p, c, parent_run_id: str, trained: dict) -> dict:
 def comparison(p, c, runs: dict, trained: dict) -> tuple[str, dict]:
     """The per-policy markdown table (validation split, 95% CIs) with links to the MLflow runs."""
     metrics = {pol: json.loads((Path(p.eval.out) / pol / "metrics.json").read_text()) for pol in p.returns.policies}
-    exp = tracking.experiment_id(c, p.mlflow)
+    exp, ui = tracking.experiment_id(c, p.mlflow), tracking.ui_url(p.mlflow)
     links = "\n".join(f"- {pol}: {'trained in this run' if trained.get(pol) else 'unchanged, from an earlier run'}, "
-                      f"[MLflow run {runs[pol]}]({p.mlflow.ui_url}/#/experiments/{exp}/runs/{runs[pol]})"
+                      f"[MLflow run {runs[pol]}]({ui}/#/experiments/{exp}/runs/{runs[pol]})"
                       for pol in p.returns.policies)
     return f"Primary metric: `{p.eval.primary}` (validation split)\n\n{table(metrics)}\n{links}\n", metrics
 

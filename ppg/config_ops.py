@@ -253,8 +253,9 @@ class MlflowConfig:
     experiment: str = "ppg"
     """Experiment name."""
     ui_url: str = "http://127.0.0.1:5000"
-    """Where the MLflow UI answers (`mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db`);
-    used for the links in the pipeline's comparison table."""
+    """Where the MLflow UI of the embedded store answers (`mlflow ui --backend-store-uri
+    sqlite:///mlflow/mlflow.db`): the links of the pipeline's comparison table. When the runs go
+    to a tracking server (an http(s):// tracking URI) the links point at that server instead."""
 
 
 @dataclass

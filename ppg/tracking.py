@@ -58,6 +58,14 @@ def end_dead_runs(c, cfg, workspace: str | None = None) -> list:
     return ended
 
 
+def ui_url(cfg) -> str:
+    """Where runs can be looked at: the tracking server in use (MLFLOW_TRACKING_URI or
+    mlflow.tracking_uri, when it is http(s)://: the server serves the UI too), else mlflow.ui_url
+    (an `mlflow ui` on the embedded store)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else cfg.ui_url.rstrip("/")
+
+
 def client(cfg):
     """An MlflowClient on MLFLOW_TRACKING_URI, else cfg.tracking_uri (folders created)."""
     from mlflow import MlflowClient

@@ -252,3 +252,14 @@ def test_a_fixed_gate_seed_may_not_be_the_validation_seed():
     with pytest.raises(ValueError, match="registry.seed: 1000 is eval.seed"):
         Params.from_dict({"registry": {"seed": 1000}}, "params.yaml")
     assert Params.from_dict({"registry": {"seed": 7}}, "params.yaml").registry.seed == 7
+
+
+def test_run_links_point_at_the_tracking_server_in_use(monkeypatch):
+    from ppg.config import MlflowConfig
+    from ppg.tracking import ui_url
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert ui_url(MlflowConfig()) == "http://127.0.0.1:5000"  # the embedded store: an `mlflow ui`
+    assert ui_url(MlflowConfig(tracking_uri="https://mlflow.team.example/")) == "https://mlflow.team.example"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5001")
+    assert ui_url(MlflowConfig(ui_url="http://127.0.0.1:5000")) == "http://10.0.0.5:5001"
