@@ -157,7 +157,7 @@ class Clock:
     def run(self, name: str, fn, *args, **kwargs):
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
-        note = {True: "ran", False: "unchanged"}.get(out, "") if isinstance(out, bool) else ""
+        note = ("ran" if out else "unchanged") if isinstance(out, bool) else ""  # repro says whether DVC ran it
         self.steps.append((name, time.perf_counter() - t0, note))
         return out
 
@@ -193,6 +193,10 @@ def _stages(p, c, parent: str, log) -> dict:
     runs = link_runs(p, c, parent, trained)
     md, metrics = comparison(p, c, runs, trained)
     c.log_text(parent, md, "policies.md")
+    from prefect.artifacts import create_markdown_artifact
+
+    # the table is there even if registration or the gate fails; the run's last version adds the outcome
+    create_markdown_artifact(md, key="ppg-policies", description="Per-policy comparison (validation split)")
     scores = {pol: metric(m, p.eval.primary) for pol, m in metrics.items()}
     known = {pol: direction(p.eval.primary) * s for pol, s in scores.items() if s is not None}
     best = max(known, key=known.get) if known else None  # in the metric's better direction
@@ -229,8 +233,6 @@ def _stages(p, c, parent: str, log) -> dict:
         c.log_metric(parent, f"seconds.{n.replace('@', '.').replace(' + ', '_').replace(' ', '_')}", s)
     c.log_text(parent, cost, "stages.md")
     summary = md + f"\n{why}\n\nWhere the time went:\n\n{cost}"
-    from prefect.artifacts import create_markdown_artifact
-
     create_markdown_artifact(summary, key="ppg-policies",
                              description="Per-policy comparison (validation split), the outcome, time per stage")
     print(summary + "\nchampion: " + (f"{name} v{champ}" if champ else f"none yet ({name} has no champion)"))

@@ -74,17 +74,16 @@ def end_ids(model, tok) -> set[int]:
 
 
 def warp(logits: torch.Tensor, gen: GenerationConfig) -> torch.Tensor:
-    """[B, V] next-token logits -> the logits sampled from: divided by the temperature, then
-    -inf outside the nucleus (the order and tie rules of transformers' TemperatureLogitsWarper
-    and TopPLogitsWarper, so both backends sample from one distribution)."""
+    """[B, V] next-token logits -> the logits sampled from: transformers' own temperature and
+    nucleus warpers, in the order and under the conditions its generate applies them, so both
+    backends sample from one distribution."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
     logits = logits.float()
     if gen.temperature != 1.0:
-        logits = logits / gen.temperature
+        logits = TemperatureLogitsWarper(gen.temperature)(None, logits)
     if gen.top_p < 1.0:
-        sorted_logits, order = logits.sort(-1)
-        drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - gen.top_p
-        drop[:, -1] = False  # the most likely token always stays
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        logits = TopPLogitsWarper(gen.top_p)(None, logits)
     return logits
 
 
