@@ -1,5 +1,5 @@
 """ppg-monitor: one monitoring check of the champion's logs (ppg.monitor.check), and retraining
-when the drift rule fires: the served ppg-pipeline deployment when a Prefect server has one
+when the drift rule fires: this workspace's ppg-pipeline deployment when a Prefect server has one
 (run_deployment), else the pipeline in process (a subflow)."""
 
 import os
@@ -18,7 +18,7 @@ def retrain(p, workspace: str, log) -> dict:
         from prefect.deployments import run_deployment
         from prefect.exceptions import ObjectNotFound
 
-        name = f"ppg-pipeline/{p.pipeline.deployment}"
+        name = f"ppg-pipeline/{p.pipeline.deployment_name(workspace)}"
         try:
             run = run_deployment(name, parameters={"workspace": workspace}, timeout=0)
             log.info(f"retraining: started {name} (flow run {run.id})")

@@ -310,6 +310,20 @@ class PipelineConfig:
     lock_timeout: float = 1800
     """Seconds a pipeline run waits for another run on the same workspace before it fails."""
     schedule: str = "0 3 * * *"
-    """Cron schedule of `ppg serve` (scheduled retraining)."""
-    deployment: str = "scheduled"
-    """Deployment name `ppg serve` registers (flow ppg-pipeline)."""
+    """Cron schedule of the retraining deployment (`ppg deploy`, `ppg serve`)."""
+    deployment: str = "scheduled-{workspace}"
+    """Name of this workspace's deployments of ppg-pipeline and ppg-monitor. `{workspace}` becomes
+    <host>-<folder>-<hash of its path>, so clones that deploy to one Prefect server (several
+    machines, or several checkouts on one) never overwrite each other's deployment."""
+    pool: str = "ppg"
+    """The Prefect work pool `ppg deploy` puts the deployments on (deploy/services.sh creates it)."""
+
+    def deployment_name(self, workspace=".") -> str:
+        import hashlib
+        import re
+        import socket
+        from pathlib import Path
+
+        root = Path(workspace).resolve()
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{socket.gethostname()}-{root.name}")
+        return self.deployment.replace("{workspace}", f"{slug}-{hashlib.sha256(str(root).encode()).hexdigest()[:6]}")

@@ -1,4 +1,4 @@
-"""`ppg` commands of the pipeline around the stages: prepare-model, run, serve, promote, rollback,
+"""`ppg` commands of the pipeline around the stages: prepare-model, run, serve, deploy, promote, rollback,
 and the K studies."""
 
 import json
@@ -72,9 +72,37 @@ def serve(
     from flows.pipeline import ppg_pipeline
 
     p = read_params(params)
-    typer.echo(f"serving ppg-pipeline/{p.pipeline.deployment} on cron {p.pipeline.schedule!r}")
-    ppg_pipeline.serve(name=p.pipeline.deployment, cron=p.pipeline.schedule,
-                       parameters={"workspace": str(workspace.resolve())})
+    name = p.pipeline.deployment_name(workspace)
+    typer.echo(f"serving ppg-pipeline/{name} on cron {p.pipeline.schedule!r}")
+    ppg_pipeline.serve(name=name, cron=p.pipeline.schedule, parameters={"workspace": str(workspace.resolve())})
+
+
+@app.command()
+def deploy(
+    workspace: Path = typer.Option(Path("."), help="The git + DVC workspace the runs use."),
+    params: Path = typer.Option(None, "--params", help="An overlay every run of the deployment merges "
+                                "into params.yaml (as `ppg run --params`)."),
+    logs: Path = typer.Option(None, help="The champion's logs folder: also deploy ppg-monitor on it "
+                              "(monitor.schedule)."),
+    pool: str = typer.Option("", help="Work pool (default: pipeline.pool)."),
+):
+    """Create (or update) this workspace's deployments on the work pool of the Prefect server at
+    PREFECT_API_URL (deploy/services.sh up starts one): ppg-pipeline on pipeline.schedule, and
+    ppg-monitor on monitor.schedule when --logs is given. A worker of the pool runs them."""
+    if not os.environ.get("PREFECT_API_URL"):
+        fail("PREFECT_API_URL is not set: deployments need a Prefect server (eval \"$(deploy/services.sh env)\")")
+    if params is not None and not params.exists():
+        fail(f"{params}: no such params overlay")
+    read_params(workspace / "params.yaml")
+    _prefect_env()
+    from flows.deploy import deploy as make
+
+    try:
+        made = make(str(workspace), str(params.resolve()) if params else "", str(logs) if logs else "", pool)
+    except Exception as e:  # Prefect's errors (unknown pool, server down) name the cause
+        fail(f"deploy: {type(e).__name__}: {e}")
+    for name, dep_id in made.items():
+        typer.echo(f"{name} ({dep_id})")
 
 
 @app.command()
@@ -96,8 +124,9 @@ def monitor(
 
     args = {"logs": str(logs.resolve()), "workspace": str(workspace.resolve()), "retraining": retraining}
     if serve:
-        typer.echo(f"serving ppg-monitor/{p.pipeline.deployment} on cron {p.monitor.schedule!r}")
-        ppg_monitor.serve(name=p.pipeline.deployment, cron=p.monitor.schedule, parameters=args)
+        name = p.pipeline.deployment_name(workspace)
+        typer.echo(f"serving ppg-monitor/{name} on cron {p.monitor.schedule!r}")
+        ppg_monitor.serve(name=name, cron=p.monitor.schedule, parameters=args)
         return
     from ppg.data.schema import DataError
 
