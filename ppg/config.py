@@ -195,6 +195,13 @@ class TrainConfig:
     the head runs only where a target token is predicted, ppg.losses.target_logprobs.)"""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapters (peft)."""
+    launcher: str = ""
+    """The command that starts the train stage's ranks, put before `$(command -v ppg) train` in
+    dvc.yaml: "" = one process; `deepspeed --num_gpus 8` = every GPU of this node; `deepspeed
+    --hostfile hosts --num_nodes 2` = two nodes (add `--master_port P` when two workspaces train
+    at once on one machine); `deepspeed --num_gpus 2` with DS_ACCELERATOR=cpu = two CPU ranks.
+    The data is sharded by batch, so N ranks with batch_size B step like one rank with N
+    accumulation steps. Offline training only: online PPG refuses more than one rank."""
     deepspeed: dict = field(default_factory=_default_deepspeed)
     """The DeepSpeed config (ZeRO stage, bf16, accumulation, clipping, optimizer, LR schedule);
     train_micro_batch_size_per_gpu and train_batch_size are filled in from batch_size."""

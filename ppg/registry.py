@@ -2,8 +2,9 @@
 `champion` on the test split, promote or roll back by hand.
 
 Aliases, not stages (MLflow 3). The registered model is the merged HF model (LoRA folded into
-its base), logged with mlflow.transformers into the policy's own run, so
-`models:/ppg-<domain>@champion` loads anywhere without peft or this package. The champion's
+its base) inside a chat model (ppg/chat_model.py, logged as code into the policy's own run), so
+`models:/ppg-<domain>@champion` loads and serves OpenAI-style chat anywhere without peft or
+this package. The champion's
 history is a JSON list in the registered model's tag `ppg.champion_history`, so a rollback
 knows where to go back to.
 """
@@ -78,7 +79,6 @@ def register(p, policy: str, parent_run_id: str | None = None) -> tuple[str, str
     its registered model with alias `challenger`. Returns (registered name, version)."""
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM
 
     from ppg.models import export_merged, load_tokenizer
 
@@ -87,15 +87,17 @@ def register(p, policy: str, parent_run_id: str | None = None) -> tuple[str, str
     metrics = json.loads((Path(p.eval.out) / policy / "metrics.json").read_text())
     name = model_name(p, metrics)
     merged = export_merged(trained, Path(p.train.workdir).parent / "register" / policy)
+    load_tokenizer(merged).save_pretrained(str(merged))  # with its chat template, which serving applies
     c = _client(p)
-    model, tok = AutoModelForCausalLM.from_pretrained(str(merged)), load_tokenizer(merged)
     gen = p.eval.generation
     # explicit run id: never a shared active run
     with fluent(p) as mlflow, mlflow.start_run(run_id=run["mlflow_run_id"]):
-        info = mlflow.transformers.log_model(
-            {"model": model, "tokenizer": tok}, name="model", task="text-generation", registered_model_name=name,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],
-            model_config={"max_new_tokens": gen.get("max_new_tokens", 32), "do_sample": False})
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(Path(__file__).with_name("chat_model.py")), artifacts={"hf": str(merged)},
+            registered_model_name=name, model_config={"max_new_tokens": gen.get("max_new_tokens", 32),
+                                                      "domain": name.removeprefix("ppg-")},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
+                              f"mlflow=={mlflow.__version__}"])
     shutil.rmtree(merged)  # a full copy of the model; the registry holds it now
     version = str(info.registered_model_version)
     tags = {"ppg.policy": policy, "ppg.run_id": run["mlflow_run_id"], "ppg.parent_run_id": parent_run_id or "",
@@ -109,12 +111,21 @@ def register(p, policy: str, parent_run_id: str | None = None) -> tuple[str, str
 
 def load_registered(p, uri: str):
     """(model, tokenizer) of a registered model URI in p's store, e.g. models:/ppg-therapy@champion,
-    on the device evaluation uses (ppg.models.eval_device: the GPU when training had one)."""
-    from ppg.models import eval_device
+    on the device evaluation uses (ppg.models.eval_device: the GPU when training had one). Reads
+    the chat model's HF folder, or a version logged with the transformers flavor (before the chat
+    signature)."""
+    from transformers import AutoModelForCausalLM
+
+    from ppg.models import eval_device, load_tokenizer
 
     with fluent(p) as mlflow:
-        parts = mlflow.transformers.load_model(uri, return_type="components")
-    model, tok = parts["model"].to(eval_device()).eval(), parts["tokenizer"]
+        if "transformers" in mlflow.models.get_model_info(uri).flavors:
+            parts = mlflow.transformers.load_model(uri, return_type="components")
+            model, tok = parts["model"], parts["tokenizer"]
+        else:
+            hf = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri)) / "artifacts" / "hf"
+            model, tok = AutoModelForCausalLM.from_pretrained(str(hf)), load_tokenizer(hf)
+    model = model.to(eval_device()).eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok

@@ -44,7 +44,7 @@ def run_identity(p, policy: str, fold, model_dir: Path, split: Path, world: int,
 
     ident = [None]
     if not dist.is_initialized() or dist.get_rank() == 0:
-        bookkeeping = ("checkpoint_every", "keep_checkpoints", "out", "workdir")
+        bookkeeping = ("checkpoint_every", "keep_checkpoints", "out", "workdir", "launcher")  # world_size stays
         ident[0] = {"model": p.model.spec, "base_model": content_hash(model_dir), "data": content_hash(split),
                     "code": eng.code_hash(), "policy": policy, "fold": fold, "total_steps": total, "world_size": world,
                     "returns": {"baseline": p.returns.baseline, "standardize": p.returns.standardize,

@@ -76,7 +76,8 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
                        1, oc.steps)
     deepspeed, rank, world = eng.setup_distributed()
     if world > 1:
-        raise ValueError("online training runs on one rank (rollouts are generated in process)")
+        raise ValueError(f"online training runs on one rank (rollouts are generated in process), got {world} "
+                         f"ranks: start it without a launcher (train.launcher applies to offline training)")
     # what the result depends on (ppg.train.offline.run_identity's rule): the base model's and the warm
     # start's content, not their paths, and every knob including the step budget
     ident = {"mode": "online", "model": p.model.spec, "base_model": content_hash(model_dir), "code": eng.code_hash(),
