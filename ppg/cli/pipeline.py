@@ -1,8 +1,9 @@
-"""`ppg` commands of the pipeline around the stages: prepare-model, run, serve, deploy, promote, rollback,
-and the K studies."""
+"""`ppg` commands of the pipeline around the stages: prepare-model, run, serve, deploy, serve-model,
+promote, rollback, and the K studies."""
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -103,6 +104,43 @@ def deploy(
         fail(f"deploy: {type(e).__name__}: {e}")
     for name, dep_id in made.items():
         typer.echo(f"{name} ({dep_id})")
+
+
+@app.command("serve-model")
+def serve_model(
+    model: str = typer.Option(..., help="Registered model name, e.g. ppg-therapy."),
+    alias: str = typer.Option("champion", help="The alias (or a version number) to serve."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(5100, help="Port to listen on."),
+    request_log: Path = typer.Option(None, help="Folder for requests.jsonl: every answered request as a "
+                                     "dialogue in the canonical format (what `ppg monitor --logs` reads)."),
+    params: Path = PARAMS,
+):
+    """Serve MODEL@ALIAS as an OpenAI-style chat model with MLflow's scoring server (`mlflow models
+    serve --env-manager local`): POST /invocations {"messages": [{"role": "system", "content":
+    PERSONA}, {"role": "user", ...}], "max_tokens": N, "temperature": T}. Blocks until stopped."""
+    import shutil
+
+    from mlflow.exceptions import MlflowException
+
+    from ppg import tracking
+
+    p = read_params(params)
+    c = tracking.client(p.mlflow)
+    try:
+        version = alias if alias.isdigit() else c.get_model_version_by_alias(model, alias).version
+        c.get_model_version(model, version)
+    except MlflowException as e:
+        fail(f"{model}@{alias}: not in the registry at {c.tracking_uri}: {e.message}")
+    bin_dir = str(Path(sys.executable).parent)  # mlflow runs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": c.tracking_uri, "PPG_MODEL_VERSION": f"{model}/{version}",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if request_log:
+        env["PPG_REQUEST_LOG"] = str(request_log.resolve())
+    mlflow = str(Path(bin_dir) / "mlflow") if (Path(bin_dir) / "mlflow").exists() else shutil.which("mlflow")
+    typer.echo(f"serving {model} v{version} ({alias}) on http://{host}:{port}/invocations", err=True)
+    os.execve(mlflow, [mlflow, "models", "serve", "-m", f"models:/{model}/{version}", "--env-manager", "local",
+                       "-h", host, "-p", str(port), "-w", "1"], env)
 
 
 @app.command()
