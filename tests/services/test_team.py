@@ -141,14 +141,17 @@ def test_two_workspaces_one_registry_and_a_served_champion(services, tmp_path):
 
     # 2. the registry, through the server: two distinct, complete versions; the second gate saw
     # the champion the first one left; the history ends at the champion
+    import mlflow
+
     c = MlflowClient(tracking_uri=uri)
-    os.environ.update(MLFLOW_TRACKING_USERNAME="ppg-admin", MLFLOW_TRACKING_PASSWORD=password)
+    os.environ.update(MLFLOW_TRACKING_URI=uri, MLFLOW_TRACKING_USERNAME="ppg-admin", MLFLOW_TRACKING_PASSWORD=password)
     versions = c.search_model_versions("name = 'ppg-chatting'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert {v.status for v in versions} == {"READY"}
     assert len({v.run_id for v in versions}) == 2 and all(v.tags.get("ppg.policy") == "greedy" for v in versions)
     for v in versions:
-        assert {f.path for f in c.list_artifacts(v.run_id, "model")} >= {"model/MLmodel", "model/chat_model.py"}
+        files = {f.path for f in mlflow.artifacts.list_artifacts(artifact_uri=f"models:/ppg-chatting/{v.version}")}
+        assert files >= {"MLmodel", "chat_model.py", "artifacts"}, files
     decisions = []
     for v in versions:
         parent = c.get_run(v.tags["ppg.parent_run_id"])
