@@ -114,11 +114,12 @@ def test_with_a_served_pipeline_deployment_retraining_is_a_flow_run_of_it(p, tmp
             await c.delete_deployment(dep_id)  # the session's server is shared: later flows run in process
             return got
 
-    dep_id = ppg_pipeline.to_deployment(name=p.pipeline.deployment).apply()
+    name = p.pipeline.deployment_name(tmp_path / "ws")  # this workspace's deployment, as `ppg deploy` names it
+    dep_id = ppg_pipeline.to_deployment(name=name).apply()
     try:
         r = retrain(p, str(tmp_path / "ws"), logging.getLogger("test"))
     finally:
         got = asyncio.run(runs_then_delete(dep_id))
-    assert r["deployment"] == f"ppg-pipeline/{p.pipeline.deployment}" and "pipeline" not in r
+    assert r["deployment"] == f"ppg-pipeline/{name}" and "pipeline" not in r
     assert [str(x.id) for x in got] == [r["flow_run_id"]] and got[0].parameters == {"workspace": str(tmp_path / "ws")}
     assert got[0].state.is_scheduled()  # waiting for a worker: the monitor does not run it itself

@@ -173,18 +173,22 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
 
     set_params(ws, registry={"margin": 1.0})
     write_incoming(ws, "batch-001.jsonl", seed=1)
-    dep = ppg_pipeline.to_deployment(name="scheduled", cron="0 3 * * *", parameters={"workspace": str(ws)})
+    from ppg.config import load_params
+
+    name = load_params(ws / "params.yaml").pipeline.deployment_name(ws)  # what `ppg serve` serves
+    assert name.startswith("scheduled-")
+    dep = ppg_pipeline.to_deployment(name=name, cron="0 3 * * *", parameters={"workspace": str(ws)})
     assert dep.apply()
     runner = subprocess.Popen([str(BIN / "ppg"), "serve", "--workspace", str(ws)], cwd=ws,
                               env={**env, "PREFECT_API_URL": prefect_api, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        run = run_deployment("ppg-pipeline/scheduled", timeout=400)
+        run = run_deployment(f"ppg-pipeline/{name}", timeout=400)
         assert run.state.is_completed(), run.state
     finally:
         runner.terminate()
         out = runner.communicate(timeout=30)[0]
-    assert "serving ppg-pipeline/scheduled on cron '0 3 * * *'" in out
+    assert f"serving ppg-pipeline/{name} on cron '0 3 * * *'" in out
     c, versions, aliases = registry_state(ws)
     assert versions == [1, 2] and aliases == {"champion": "1", "challenger": "2"}
     assert c.get_model_version("ppg-chatting", "2").tags["ppg.gate"].startswith("blocked: ")

@@ -1,7 +1,8 @@
 """A team's setup, for real: deploy/services.sh starts PostgreSQL, the MLflow server (basic auth,
 proxied artifacts) and the Prefect server with a process worker; two clones of this repository
 (two "machines") deploy the pipeline to the work pool and run at the same time into one registry
-and one DVC remote; a third clone pulls what they pushed; the champion is served as a chat model.
+and one DVC remote; a third clone pulls what they pushed; the services restart without losing anything; the
+champion is served as a chat model.
 Everything is checked through the servers' own APIs. Run by `make services-test` (.ci/run), not
 by `make test`: it needs Debian's postgresql package and takes a few minutes."""
 
@@ -198,7 +199,20 @@ def test_two_workspaces_one_registry_and_a_served_champion(services, tmp_path):
         sh(BIN / "ppg", "rollback", "--model", "ppg-chatting", cwd=a, env=env)
     assert c.get_registered_model("ppg-chatting").aliases["champion"] == champion
 
-    # 6. the champion, served: an OpenAI-style chat request with the persona as system message
+    # 6. PostgreSQL and both servers restarted: the registry and the flow runs are all there
+    def registry_state():
+        m = c.get_registered_model("ppg-chatting")
+        return (sorted((v.version, v.run_id, v.status, v.tags.get("ppg.gate")) for v in
+                       c.search_model_versions("name = 'ppg-chatting'")), m.aliases, m.tags["ppg.champion_history"])
+
+    before = registry_state()
+    sh("bash", SERVICES, "down", env=services["env"])
+    sh("bash", SERVICES, "up", env=services["env"])
+    assert registry_state() == before
+    with get_client(sync_client=True) as pc:
+        assert all(pc.read_flow_run(run.id).state.is_completed() for run in runs.values())
+
+    # 7. the champion, served: an OpenAI-style chat request with the persona as system message
     import httpx
 
     serve_port, log_dir = free_port(), tmp_path / "requests"
@@ -232,7 +246,7 @@ def test_two_workspaces_one_registry_and_a_served_champion(services, tmp_path):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
-    # 7. the credentials are in no param, tag or text artifact of any run, nor in the flow logs
+    # 8. the credentials are in no param, tag or text artifact of any run, nor in the flow logs
     exp = c.get_experiment_by_name("ppg")
     for run in c.search_runs([exp.experiment_id], max_results=1000):
         assert password not in json.dumps(run.data.params) + json.dumps(run.data.tags), run.info.run_id
