@@ -197,9 +197,14 @@ def gate_mutex(p, name: str, say=print):
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
 
+    from prefect.exceptions import ObjectAlreadyExists
+
     limit = f"ppg-gate-{name}"
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(limit, 1)
+        try:
+            client.upsert_global_concurrency_limit_by_name(limit, 1)
+        except ObjectAlreadyExists:  # Prefect's upsert is read-then-create: another gate created it first
+            client.upsert_global_concurrency_limit_by_name(limit, 1)
     say(f"waiting for the Prefect concurrency limit {limit} (one registry change per model at a time)")
     try:
         slot = concurrency(limit, occupy=1, timeout_seconds=p.pipeline.lock_timeout, strict=True)

@@ -79,12 +79,19 @@ def client(cfg):
 
 
 def experiment_id(c, cfg) -> str:
+    from mlflow.exceptions import MlflowException
+
     exp = c.get_experiment_by_name(cfg.experiment)
     if exp is not None:
         return exp.experiment_id
     uri = c.tracking_uri
     location = None if not uri.startswith("sqlite:") else Path(cfg.artifacts).resolve().as_uri()
-    return c.create_experiment(cfg.experiment, artifact_location=location)
+    try:
+        return c.create_experiment(cfg.experiment, artifact_location=location)
+    except MlflowException as e:  # another workspace on the same server created it first
+        if e.error_code != "RESOURCE_ALREADY_EXISTS" or c.get_experiment_by_name(cfg.experiment) is None:
+            raise
+        return c.get_experiment_by_name(cfg.experiment).experiment_id
 
 
 def open_run(c, cfg, run_id=None, name=None, tags=None, params=None) -> str:

@@ -263,3 +263,26 @@ def test_run_links_point_at_the_tracking_server_in_use(monkeypatch):
     assert ui_url(MlflowConfig(tracking_uri="https://mlflow.team.example/")) == "https://mlflow.team.example"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5001")
     assert ui_url(MlflowConfig(ui_url="http://127.0.0.1:5000")) == "http://10.0.0.5:5001"
+
+
+def test_an_experiment_another_workspace_created_first_is_used(tmp_path):
+    """Two workspaces on one server both find no experiment and both create it: the one that
+    loses the race reads the winner's id instead of failing its run."""
+    from ppg.config import MlflowConfig
+    from ppg.tracking import client, experiment_id
+
+    cfg = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/m.db", artifacts=str(tmp_path / "a"))
+    c = client(cfg)
+    winner = c.create_experiment(cfg.experiment)
+
+    class Late:  # its first lookup ran before the winner's create
+        tracking_uri, seen = c.tracking_uri, 0
+
+        def get_experiment_by_name(self, name):
+            self.seen += 1
+            return None if self.seen == 1 else c.get_experiment_by_name(name)
+
+        def create_experiment(self, *a, **k):
+            return c.create_experiment(*a, **k)
+
+    assert experiment_id(Late(), cfg) == winner
