@@ -52,6 +52,26 @@ def by_version(dialogues) -> dict:
     return out
 
 
+def whole_conversations(dialogues) -> list:
+    """A served chat model logs every request with its conversation so far (ppg/chat_model.py),
+    so a conversation of n replies arrives as n records, each a prefix of the next. A record whose
+    lines begin another record of the same model version and meta.conversation is dropped: every
+    turn is judged and counted once. Records without meta.conversation are kept as they are."""
+    groups: dict = {}
+    for d in dialogues:
+        groups.setdefault((d.meta.get("model_version"), d.meta.get("conversation")), []).append(d)
+    keep = []
+    for (_, conv), ds in groups.items():
+        if conv is None:
+            keep += ds
+            continue
+        texts = [[(x.speaker, x.text) for x in d.lines] for d in ds]
+        keep += [d for i, d in enumerate(ds)
+                 if not any(len(o) > len(texts[i]) and o[:len(texts[i])] == texts[i] for o in texts)]
+    order = {id(d): i for i, d in enumerate(dialogues)}
+    return sorted(keep, key=lambda d: order[id(d)])
+
+
 def score(dialogues, metric: str) -> dict:
     """The per-dialogue mean of the metric (verdict_rates) with its interval, turns, drift."""
     from ppg.evaluate.online import online_metrics
@@ -93,7 +113,7 @@ def check(p, logs: Path) -> dict:
     report = {"logs": str(logs), "files": sorted(fresh), "versions": {}, "fired": False}
     if fresh:
         dialogues, _ = import_paths(cfg.format, [Path(f) for f in fresh])  # bad logs stop here, nothing moved
-        groups = by_version(dialogues)
+        groups = by_version(whole_conversations(dialogues))
         judge = stage_judge(p.judge)
         ident = judge.identity()
         key_judge = fingerprint(ident)  # a baseline belongs to the judge that scored it

@@ -93,6 +93,28 @@ def test_the_monitor_refuses_an_incoming_folder_training_never_reads(p, tmp_path
         check(elsewhere, tmp_path)
 
 
+def test_a_served_conversation_logged_per_request_is_counted_once():
+    """The chat model logs each request with its conversation so far: of the records of one
+    conversation only the longest is kept; a conversation that only starts alike (the same
+    persona and first message, then another reply) is a conversation of its own."""
+    from ppg.monitor import whole_conversations
+
+    def record(i, lines, conv="c1", version="ppg-chatting/1"):
+        return Dialogue.model_validate({
+            "dialogue_id": f"served-{i}", "domain": "chatting", "source": "ppg-serve-model",
+            "meta": {"model_version": version, "conversation": conv}, "personas": {"assistant": "I am Ana."},
+            "evaluated_speakers": ["assistant"],
+            "lines": [{"speaker": s, "text": t, "reward": None} for s, t in lines]})
+
+    hi = [("user", "hi"), ("assistant", "hello")]
+    more = hi + [("user", "job?"), ("assistant", "nurse")]
+    other = [("user", "hi"), ("assistant", "hey there")]
+    ds = [record(0, hi), record(1, more), record(2, other), record(3, hi, version="ppg-chatting/2"),
+          *served(1, seed=5)]
+    kept = [d.dialogue_id for d in whole_conversations(ds)]
+    assert kept == ["served-1", "served-2", "served-3", "served-5-0"]
+
+
 def test_with_a_served_pipeline_deployment_retraining_is_a_flow_run_of_it(p, tmp_path, prefect_api):
     """The monitor's retraining asks the Prefect server to run the ppg-pipeline deployment (a worker
     or `ppg serve` then executes it), with the workspace as its parameter; nothing runs in process."""
