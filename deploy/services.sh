@@ -72,11 +72,11 @@ start() {  # NAME CMD...: run CMD in its own session (its children die with it),
 
 stop() {  # NAME: the process group started by start()
     local name="$1" pid
-    alive "$name" || { rm -f "$RUN/$name.pid"; return 0; }
+    [ -s "$RUN/$name.pid" ] || return 0
     pid=$(cat "$RUN/$name.pid")
     kill -TERM -- "-$pid" 2>/dev/null || true
     for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+    kill -KILL -- "-$pid" 2>/dev/null || true  # the group: a worker's flow runs, uvicorn's children
     rm -f "$RUN/$name.pid"
     say "$name stopped"
 }
@@ -154,7 +154,6 @@ mlflow_up() {
         start mlflow "$VENV/bin/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
         --backend-store-uri "postgresql+psycopg://ppg@127.0.0.1:$PG_PORT/mlflow" \
         --artifacts-destination "$DIR/artifacts" "${app[@]}"
-    wait_for mlflow "$MLFLOW_URL/health" 120
 }
 
 prefect_env() {
@@ -167,6 +166,10 @@ prefect_up() {
     prefect_env
     PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://ppg@127.0.0.1:$PG_PORT/prefect" \
         start prefect "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+}
+
+pool_up() {
+    prefect_env
     wait_for prefect "$PREFECT_URL/health" 180
     "$VENV/bin/prefect" work-pool inspect "$POOL" > /dev/null 2>&1 \
         || "$VENV/bin/prefect" work-pool create "$POOL" --type process > "$LOGS/work-pool.log" 2>&1 \
@@ -210,10 +213,11 @@ status() {
 }
 
 down() {
-    local f
-    for f in "$RUN"/worker-*.pid; do [ -e "$f" ] && stop "$(basename "$f" .pid)"; done
-    stop prefect
-    stop mlflow
+    local f names=()
+    for f in "$RUN"/*.pid; do [ -e "$f" ] && names+=("$(basename "$f" .pid)"); done
+    # TERM to every service at once, then wait for each: the wait is the slowest one's, not the sum
+    for f in "${names[@]}"; do alive "$f" && { kill -TERM -- "-$(cat "$RUN/$f.pid")" 2>/dev/null || true; }; done
+    for f in "${names[@]}"; do stop "$f"; done
     if [ -s "$DIR/pg/PG_VERSION" ] && as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg" status > /dev/null 2>&1; then
         as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg" -m fast -w stop > /dev/null && say "postgres stopped"
     fi
@@ -224,8 +228,10 @@ case "${1:-}" in
     up)
         [ -x "$VENV/bin/mlflow" ] || die "no $VENV/bin/mlflow: run \`make install\` first (or set PPG_VENV)"
         pg_up && say "postgres up on 127.0.0.1:$PG_PORT"
-        mlflow_up && say "mlflow up on $MLFLOW_URL"
-        prefect_up && say "prefect up on $PREFECT_URL, work pool $POOL, $WORKERS worker(s)"
+        # both servers start at once (10-25 s of imports each), then each is waited for
+        mlflow_up && prefect_up
+        wait_for mlflow "$MLFLOW_URL/health" 120 && say "mlflow up on $MLFLOW_URL"
+        pool_up && say "prefect up on $PREFECT_URL, work pool $POOL, $WORKERS worker(s)"
         ;;
     down) down ;;
     status) status ;;

@@ -141,8 +141,11 @@ def _run(overlay: str) -> dict:
         try:
             result = _stages(p, c, parent, log)
         except BaseException as e:
-            c.set_tag(parent, "ppg.error", str(e)[:5000])
-            c.set_terminated(parent, "FAILED")
+            try:
+                c.set_tag(parent, "ppg.error", str(e)[:5000])
+                c.set_terminated(parent, "FAILED")
+            except Exception as why:  # the tracking server may be what failed: its error is not the cause
+                log.warning("could not mark the parent run FAILED at %s: %s", c.tracking_uri, str(why)[:500])
             raise
         c.set_terminated(parent, "FINISHED")
         return result
@@ -178,8 +181,7 @@ def _stages(p, c, parent: str, log) -> dict:
     changed = {k: v for k, v in json.loads(status.stdout or "{}").items() if v != ["always changed"]}
     if not changed and all((Path(p.eval.out) / x / "metrics.json").exists()
                                                        for x in p.returns.policies):
-        log.info("nothing changed (dvc status is clean: no new data, same params): training skipped, "
-                 "nothing registered")
+        log.info("nothing changed (dvc status is clean: no new data, same params): training skipped")
         c.set_tag(parent, "ppg.skipped", "dvc status clean")
         trained, result["skipped"] = {}, True
     else:
@@ -203,14 +205,19 @@ def _stages(p, c, parent: str, log) -> dict:
     result.update(table=md, trained=trained, runs=runs, validation=scores, best=best, gate=None)
     if best is not None:
         c.set_tag(parent, "ppg.best_policy", best)
-    if not any(trained.values()):
-        why = "no policy was retrained in this run (same data and config), so nothing new was registered"
-    elif best is None:
+    # What is new is decided by the registry, not by what DVC ran now: weights trained by a run that
+    # died before its gate's verdict (server gone, killed) are registered and gated by the next one.
+    gated = None
+    if best is not None:
+        gated = registry.versions_of_run(c, registry.model_name(p, metrics[best]), runs[best])[0]
+    if best is None:
         why = (f"no policy has a {p.eval.primary} score on validation ("
                + "; ".join(f"{pol}: {_unscored(metrics[pol], p.eval.primary)}" for pol in p.returns.policies)
                + "), so nothing was registered")
-    elif not trained[best]:
-        why = f"the best policy on validation, {best}, was trained in an earlier run: nothing new to register"
+    elif gated is not None:
+        when = "this run" if trained.get(best) else "an earlier run"
+        why = (f"the best policy on validation, {best} (trained in {when}), is registered and gated already "
+               f"as v{gated}: nothing new to register")
     else:
         result["gate"] = clock.run("register + gate", register_and_gate, best, parent)
         g = result["gate"]

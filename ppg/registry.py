@@ -75,9 +75,29 @@ def fluent(p):
             os.environ["MLFLOW_TRACKING_URI"] = env
 
 
+def versions_of_run(c, name: str, run_id: str) -> tuple[str | None, str | None]:
+    """(gated, ungated): the newest version of `name` logged from training run run_id whose gate
+    gave its verdict (tag ppg.gate), and the newest one registered but never gated (its pipeline
+    run died between registration and the verdict: a tracking server that went away, a kill)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        vs = c.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None, None
+        raise
+    vs = sorted((v for v in vs if v.status == "READY"), key=lambda v: int(v.version))
+    gated = [str(v.version) for v in vs if "ppg.gate" in v.tags]
+    ungated = [str(v.version) for v in vs if "ppg.gate" not in v.tags]
+    return (gated[-1] if gated else None), (ungated[-1] if ungated else None)
+
+
 def register(p, policy: str, parent_run_id: str | None = None) -> tuple[str, str]:
     """Merge models/<policy>, log it into the policy's run and register it as a new version of
-    its registered model with alias `challenger`. Returns (registered name, version)."""
+    its registered model with alias `challenger`; a version of the same training run that an
+    earlier pipeline run registered but never gated is completed instead of logged twice.
+    Returns (registered name, version)."""
     import torch
     import transformers
 
@@ -87,20 +107,22 @@ def register(p, policy: str, parent_run_id: str | None = None) -> tuple[str, str
     run = json.loads((trained / "run.json").read_text())
     metrics = json.loads((Path(p.eval.out) / policy / "metrics.json").read_text())
     name = model_name(p, metrics)
-    merged = export_merged(trained, Path(p.train.workdir).parent / "register" / policy)
-    load_tokenizer(merged).save_pretrained(str(merged))  # with its chat template, which serving applies
     c = _client(p)
-    gen = p.eval.generation
-    # explicit run id: never a shared active run
-    with fluent(p) as mlflow, mlflow.start_run(run_id=run["mlflow_run_id"]):
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(Path(__file__).with_name("chat_model.py")), artifacts={"hf": str(merged)},
-            registered_model_name=name, model_config={"max_new_tokens": gen.get("max_new_tokens", 32),
-                                                      "domain": name.removeprefix("ppg-")},
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
-                              f"mlflow=={mlflow.__version__}"])
-    shutil.rmtree(merged)  # a full copy of the model; the registry holds it now
-    version = str(info.registered_model_version)
+    version = versions_of_run(c, name, run["mlflow_run_id"])[1]
+    if version is None:
+        merged = export_merged(trained, Path(p.train.workdir).parent / "register" / policy)
+        load_tokenizer(merged).save_pretrained(str(merged))  # with its chat template, which serving applies
+        gen = p.eval.generation
+        # explicit run id: never a shared active run
+        with fluent(p) as mlflow, mlflow.start_run(run_id=run["mlflow_run_id"]):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(Path(__file__).with_name("chat_model.py")),
+                artifacts={"hf": str(merged)}, registered_model_name=name,
+                model_config={"max_new_tokens": gen.get("max_new_tokens", 32), "domain": name.removeprefix("ppg-")},
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                  f"transformers=={transformers.__version__}", f"mlflow=={mlflow.__version__}"])
+        shutil.rmtree(merged)  # a full copy of the model; the registry holds it now
+        version = str(info.registered_model_version)
     tags = {"ppg.policy": policy, "ppg.run_id": run["mlflow_run_id"], "ppg.parent_run_id": parent_run_id or "",
             "ppg.dataset_md5": dvc_md5(p.build.out) or "", "ppg.git_commit": git_commit() or "",
             f"ppg.validation.{p.eval.primary}": str(metric(metrics, p.eval.primary))}

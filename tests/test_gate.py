@@ -286,3 +286,34 @@ def test_an_experiment_another_workspace_created_first_is_used(tmp_path):
             return c.create_experiment(*a, **k)
 
     assert experiment_id(Late(), cfg) == winner
+
+
+def test_a_version_registered_but_never_gated_is_completed_not_logged_again(registry_params, tiny_model, tmp_path):
+    """A pipeline run that died between registration and the gate's verdict (the tracking server
+    went away) leaves a version without ppg.gate; the next run's registration of the same
+    training run completes that version instead of logging the weights a second time."""
+    import json
+
+    from dataclasses import replace
+
+    from ppg.registry import CHALLENGER, register, tracking, versions_of_run
+
+    p = replace(registry_params, train=replace(registry_params.train, out=str(tmp_path / "models")),
+                eval=replace(registry_params.eval, out=str(tmp_path / "eval")))
+    register_tiny(p, tiny_model, "ppg-chatting", 1)
+    c = tracking.client(p.mlflow)
+    run_id = c.get_model_version("ppg-chatting", "1").run_id
+    assert versions_of_run(c, "ppg-chatting", run_id) == (None, "1")
+    (tmp_path / "models/greedy").mkdir(parents=True)
+    (tmp_path / "models/greedy/run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+    (tmp_path / "eval/greedy").mkdir(parents=True)
+    (tmp_path / "eval/greedy/metrics.json").write_text(json.dumps({"online": {"domain": "chatting",
+                                                                             "reward": {"mean": 0.5}}}))
+    assert register(p, "greedy") == ("ppg-chatting", "1")  # no models/greedy weights needed: not logged again
+    assert len(c.search_model_versions("name = 'ppg-chatting'")) == 1
+    v = c.get_model_version("ppg-chatting", "1")
+    assert v.tags["ppg.policy"] == "greedy" and v.tags["ppg.run_id"] == run_id
+    assert str(c.get_model_version_by_alias("ppg-chatting", CHALLENGER).version) == "1"
+    c.set_model_version_tag("ppg-chatting", "1", "ppg.gate", "blocked: test")
+    assert versions_of_run(c, "ppg-chatting", run_id) == ("1", None)
+    assert versions_of_run(c, "ppg-other", run_id) == (None, None)
