@@ -16,7 +16,7 @@ from test_team import BIN, SERVICES, client_env, services, sh, workspace  # noqa
 pytestmark = [pytest.mark.services, pytest.mark.faults, pytest.mark.timeout(1200)]
 
 
-def test_the_tracking_server_stopping_mid_run_fails_the_run_naming_it_and_the_next_run_resumes(services, tmp_path):  # noqa: F811,E501
+def test_tracking_server_killed_mid_training_fails_naming_it_and_the_next_run_resumes(services, tmp_path):  # noqa: F811
     from mlflow import MlflowClient
 
     uri = services["exports"]["MLFLOW_TRACKING_URI"]
