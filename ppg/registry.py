@@ -4,9 +4,8 @@
 Aliases, not stages (MLflow 3). The registered model is the merged HF model (LoRA folded into
 its base) inside a chat model (ppg/chat_model.py, logged as code into the policy's own run), so
 `models:/ppg-<domain>@champion` loads and serves OpenAI-style chat anywhere without peft or
-this package. The champion's
-history is a JSON list in the registered model's tag `ppg.champion_history`, so a rollback
-knows where to go back to.
+this package. The champion's history is a JSON list in the registered model's tag
+`ppg.champion_history`, so a rollback knows where to go back to.
 """
 
 import json
@@ -218,7 +217,6 @@ def gate_mutex(p, name: str, say=print):
         return
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
-
     from prefect.exceptions import ObjectAlreadyExists
 
     limit = f"ppg-gate-{name}"

@@ -89,9 +89,10 @@ def experiment_id(c, cfg) -> str:
     try:
         return c.create_experiment(cfg.experiment, artifact_location=location)
     except MlflowException as e:  # another workspace on the same server created it first
-        if e.error_code != "RESOURCE_ALREADY_EXISTS" or c.get_experiment_by_name(cfg.experiment) is None:
+        exp = c.get_experiment_by_name(cfg.experiment) if e.error_code == "RESOURCE_ALREADY_EXISTS" else None
+        if exp is None:
             raise
-        return c.get_experiment_by_name(cfg.experiment).experiment_id
+        return exp.experiment_id
 
 
 def open_run(c, cfg, run_id=None, name=None, tags=None, params=None) -> str:
