@@ -317,6 +317,14 @@ class PipelineConfig:
     machines, or several checkouts on one) never overwrite each other's deployment."""
     pool: str = "ppg"
     """The Prefect work pool `ppg deploy` puts the deployments on (deploy/services.sh creates it)."""
+    heartbeat: int = 60
+    """Seconds between a deployed flow run's heartbeats (Prefect's minimum: 30). A run silent for
+    three of them is marked Crashed by the automation `ppg deploy` creates on the server: its
+    process died with its worker or machine, and nothing else would ever end it."""
+
+    def __post_init__(self):
+        if self.heartbeat < 30:
+            raise ValueError(f"pipeline.heartbeat: {self.heartbeat} s is below Prefect's minimum of 30 s")
 
     def deployment_name(self, workspace=".") -> str:
         import hashlib

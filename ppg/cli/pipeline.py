@@ -13,11 +13,14 @@ from ppg.cli.app import app, fail, read_params
 PARAMS = typer.Option(Path("params.yaml"), help="The config tree.")
 
 
-def _prefect_env():
+def _prefect_env(p=None):
     # The embedded (ephemeral) Prefect server needs more than its default 20 s to start on 2 cores
     # (measured: 25-60 s); the analytics heartbeat locks a fresh SQLite database.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if p is not None:  # a run started here beats as often as a deployed one: the server's
+        # automation crashes runs silent for three heartbeats, and Prefect's default is 180 s
+        os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(p.pipeline.heartbeat))
 
 
 @app.command("prepare-model")
@@ -49,13 +52,17 @@ def run(
     registration of the best policy and the promotion gate."""
     if params is not None and not params.exists():
         fail(f"{params}: no such params overlay")
+    import yaml
+
+    from ppg.config import Params
     from ppg.overlay import merged_text
 
     try:  # a config that can never pass is refused here, before Prefect starts or any stage runs
-        merged_text(workspace / "params.yaml", params) if params else read_params(workspace / "params.yaml")
+        p = (Params.from_dict(yaml.safe_load(merged_text(workspace / "params.yaml", params)) or {}, str(params))
+             if params else read_params(workspace / "params.yaml"))
     except (ValueError, OSError) as e:
         fail(str(e))
-    _prefect_env()
+    _prefect_env(p)
     from flows.pipeline import ppg_pipeline
 
     result = ppg_pipeline(workspace=str(workspace), overlay=str(params.resolve()) if params else "")
@@ -69,10 +76,10 @@ def serve(
 ):
     """Serve the pipeline as a deployment with pipeline.schedule (cron). Runs against the Prefect
     server of PREFECT_API_URL (e.g. `prefect server start`); blocks until stopped."""
-    _prefect_env()
+    p = read_params(params)
+    _prefect_env(p)
     from flows.pipeline import ppg_pipeline
 
-    p = read_params(params)
     name = p.pipeline.deployment_name(workspace)
     typer.echo(f"serving ppg-pipeline/{name} on cron {p.pipeline.schedule!r}")
     ppg_pipeline.serve(name=name, cron=p.pipeline.schedule, parameters={"workspace": str(workspace.resolve())})
@@ -94,8 +101,7 @@ def deploy(
         fail("PREFECT_API_URL is not set: deployments need a Prefect server (eval \"$(deploy/services.sh env)\")")
     if params is not None and not params.exists():
         fail(f"{params}: no such params overlay")
-    read_params(workspace / "params.yaml")
-    _prefect_env()
+    _prefect_env(read_params(workspace / "params.yaml"))
     from flows.deploy import deploy as make
 
     try:
@@ -157,7 +163,7 @@ def monitor(
     if not logs.exists():
         fail(f"--logs: {logs}: no such file or folder")
     p = read_params(workspace / "params.yaml")
-    _prefect_env()
+    _prefect_env(p)
     from flows.monitor import ppg_monitor
 
     args = {"logs": str(logs.resolve()), "workspace": str(workspace.resolve()), "retraining": retraining}

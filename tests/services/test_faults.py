@@ -1,6 +1,7 @@
 """Faults of the team setup: the MLflow server stops in the middle of a pipeline run (during
-training), then the services come back. Opt-in (`make services-faults`, marker `faults`): it adds
-about three minutes to the services check, whose CI share is spent by test_team.py."""
+training), then the services come back; a Prefect worker dies with its flow run (a lost machine).
+Opt-in (`make services-faults`, marker `faults`): it adds about eight minutes to the services
+check, whose CI share is spent by test_team.py."""
 
 import json
 import os
@@ -12,6 +13,8 @@ import pytest
 import yaml
 
 from test_team import BIN, SERVICES, client_env, services, sh, workspace  # noqa: F401
+
+CHECKPOINT = "*/step-*/ppg-complete.json"
 
 pytestmark = [pytest.mark.services, pytest.mark.faults, pytest.mark.timeout(1200)]
 
@@ -28,7 +31,7 @@ def test_tracking_server_killed_mid_training_fails_naming_it_and_the_next_run_re
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     work = ws / ".ppg-work" / "train" / "greedy"
     deadline = time.time() + 600
-    while time.time() < deadline and not list(work.glob("*/step-*/ppg-complete.json")):
+    while time.time() < deadline and not list(work.glob(CHECKPOINT)):
         assert run.poll() is None, run.stdout.read()[-4000:]
         time.sleep(0.5)
     mlflow_pid = int((services["folder"] / "run" / "mlflow.pid").read_text())
@@ -59,3 +62,56 @@ def test_tracking_server_killed_mid_training_fails_naming_it_and_the_next_run_re
     [v] = c.search_model_versions("name = 'ppg-chatting'")
     assert v.run_id == killed.info.run_id and v.tags["ppg.gate"].startswith("promoted")
     assert yaml.safe_load((ws / "params.yaml").read_text())["train"]["max_steps"] == 8
+
+
+def test_worker_killed_with_its_flow_run_ends_crashed_and_the_rerun_skips_finished_stages(services, tmp_path):  # noqa: F811
+    import psutil
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.deployments import run_deployment
+
+    env = client_env(services)
+    ws = workspace(tmp_path / "machine-e", tmp_path / "remote", {"train": {"max_steps": 8, "checkpoint_every": 2}})
+    params = ws / "params.yaml"  # Prefect's shortest heartbeat: crashed after 90 s of silence
+    params.write_text(params.read_text().replace("heartbeat: 60", "heartbeat: 30"))
+    out = sh(BIN / "ppg", "deploy", "--params", "params.ci.yaml", cwd=ws, env=env).stdout
+    assert "automation/ppg: crash flow runs silent for 90 s" in out, out
+    name = next(x.split()[0] for x in out.splitlines() if x.startswith("ppg-pipeline/"))
+    os.environ.update({k: v for k, v in services["exports"].items() if k.startswith(("PREFECT", "MLFLOW"))})
+
+    first = run_deployment(name, timeout=0)
+    work = ws / ".ppg-work" / "train" / "greedy"
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(work.glob(CHECKPOINT)):
+        time.sleep(0.5)
+    assert list(work.glob(CHECKPOINT)), "no training checkpoint within 10 min"
+    worker = psutil.Process(int((services["folder"] / "run" / "worker-1.pid").read_text()))
+    tree = [worker, *worker.children(recursive=True)]  # the flow run, dvc, ppg train
+    assert len(tree) >= 3
+    for proc in tree:  # the machine dies: nothing gets to report anything
+        proc.kill()
+    killed_at = time.time()
+    c = MlflowClient(tracking_uri=services["exports"]["MLFLOW_TRACKING_URI"])
+    [killed] = c.search_runs([c.get_experiment_by_name("ppg").experiment_id],
+                             "tags.`ppg.stage` = 'train' and attributes.status = 'RUNNING'")
+
+    with get_client(sync_client=True) as pc:
+        while time.time() < killed_at + 300 and not pc.read_flow_run(first.id).state.is_final():
+            time.sleep(3)
+        state = pc.read_flow_run(first.id).state
+        assert state.is_crashed(), f"{state.name}: {state.message}"
+        assert "no heartbeat for 90 s" in state.message
+
+        sh("bash", SERVICES, "up", env=services["env"])  # the worker again; the rest was up
+        second = run_deployment(name, timeout=900)
+        logs = "\n".join(x.message for x in pc.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[second.id]))))
+    assert second.state.is_completed(), f"{second.state.name}: {second.state.message}\n{logs[-4000:]}"
+    for stage in ("prepare-model", "import", "judge", "validate", "build"):
+        assert f"| {stage} | unchanged |" in logs, logs[-4000:]  # DVC skipped what had finished
+    run_json = json.loads((ws / "models/greedy/run.json").read_text())
+    assert run_json["mlflow_run_id"] == killed.info.run_id and run_json["steps"] == 8  # resumed, same run
+    steps = [m.step for m in c.get_metric_history(killed.info.run_id, "loss")]
+    assert sorted(set(steps)) == list(range(1, 9))
+    [v] = [v for v in c.search_model_versions("name = 'ppg-chatting'") if v.run_id == killed.info.run_id]
+    assert v.status == "READY" and "ppg.gate" in v.tags  # registered once, and gated
