@@ -64,21 +64,34 @@ def test_tracking_server_killed_mid_training_fails_naming_it_and_the_next_run_re
     assert yaml.safe_load((ws / "params.yaml").read_text())["train"]["max_steps"] == 8
 
 
-def test_worker_killed_with_its_flow_run_ends_crashed_and_the_rerun_skips_finished_stages(services, tmp_path):  # noqa: F811
+def test_worker_killed_with_its_flow_run_ends_crashed_and_the_rerun_skips_finished_stages(services, tmp_path,  # noqa: F811
+                                                                                          monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    exports = services["exports"]
+    for k, v in exports.items():  # this process's clients (MLflow's credentials), for this test only
+        if k.startswith(("PREFECT", "MLFLOW")):
+            monkeypatch.setenv(k, v)
+    # Prefect's settings were read when it was first imported (maybe by another test, for other
+    # servers): point them at this test's server explicitly
+    with temporary_settings(updates={PREFECT_API_URL: exports["PREFECT_API_URL"]}):
+        worker_killed_then_rerun(services, tmp_path)
+
+
+def worker_killed_then_rerun(svc, tmp_path):
     import psutil
     from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.deployments import run_deployment
 
-    env = client_env(services)
+    env = client_env(svc)
     ws = workspace(tmp_path / "machine-e", tmp_path / "remote", {"train": {"max_steps": 8, "checkpoint_every": 2}})
     params = ws / "params.yaml"  # Prefect's shortest heartbeat: crashed after 90 s of silence
     params.write_text(params.read_text().replace("heartbeat: 60", "heartbeat: 30"))
     out = sh(BIN / "ppg", "deploy", "--params", "params.ci.yaml", cwd=ws, env=env).stdout
     assert "automation/ppg: crash flow runs silent for 90 s" in out, out
     name = next(x.split()[0] for x in out.splitlines() if x.startswith("ppg-pipeline/"))
-    os.environ.update({k: v for k, v in services["exports"].items() if k.startswith(("PREFECT", "MLFLOW"))})
 
     first = run_deployment(name, timeout=0)
     work = ws / ".ppg-work" / "train" / "greedy"
@@ -86,13 +99,13 @@ def test_worker_killed_with_its_flow_run_ends_crashed_and_the_rerun_skips_finish
     while time.time() < deadline and not list(work.glob(CHECKPOINT)):
         time.sleep(0.5)
     assert list(work.glob(CHECKPOINT)), "no training checkpoint within 10 min"
-    worker = psutil.Process(int((services["folder"] / "run" / "worker-1.pid").read_text()))
+    worker = psutil.Process(int((svc["folder"] / "run" / "worker-1.pid").read_text()))
     tree = [worker, *worker.children(recursive=True)]  # the flow run, dvc, ppg train
     assert len(tree) >= 3
     for proc in tree:  # the machine dies: nothing gets to report anything
         proc.kill()
     killed_at = time.time()
-    c = MlflowClient(tracking_uri=services["exports"]["MLFLOW_TRACKING_URI"])
+    c = MlflowClient(tracking_uri=svc["exports"]["MLFLOW_TRACKING_URI"])
     [killed] = c.search_runs([c.get_experiment_by_name("ppg").experiment_id],
                              "tags.`ppg.stage` = 'train' and attributes.status = 'RUNNING'")
 
@@ -103,7 +116,7 @@ def test_worker_killed_with_its_flow_run_ends_crashed_and_the_rerun_skips_finish
         assert state.is_crashed(), f"{state.name}: {state.message}"
         assert "no heartbeat for 90 s" in state.message
 
-        sh("bash", SERVICES, "up", env=services["env"])  # the worker again; the rest was up
+        sh("bash", SERVICES, "up", env=svc["env"])  # the worker again; the rest was up
         second = run_deployment(name, timeout=900)
         logs = "\n".join(x.message for x in pc.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[second.id]))))
     assert second.state.is_completed(), f"{second.state.name}: {second.state.message}\n{logs[-4000:]}"
