@@ -27,7 +27,9 @@ class ReturnsConfig:
     """Segment policy's partition of each speaker's turns: {length: L} (fixed-length segments)
     or {from: meta.segment_starts} (per-dialogue starts, e.g. the simulator's probe windows)."""
     baseline: str = "none"
-    """none | batch_mean | turn_mean | group_loo (groups = dialogues sharing a persona)."""
+    """none | batch_mean | turn_mean | group_loo (groups = dialogues sharing a persona) |
+    turn_kind (the other dialogues' turns of the same lines[].meta.kind at the same index; data
+    without kinds: leave-one-out turn_mean). ppg.returns.baseline says what each one optimizes."""
     standardize: bool = False
     """Divide the (baselined) weights by their std; with baseline none, also centre them."""
     clip: list | None = None
@@ -234,8 +236,10 @@ class SimConfig:
     seed: int = 0
     """Same seed, same bytes."""
     domains: dict = field(default_factory=_sim_domains)
-    """Named settings: distance (a list to draw d from; "end" = probe at the last free turn)
-    and known (how many of the 8 attributes the backstory states; the rest are open)."""
+    """Named settings: distance (a list to draw d from; "end" = probe at the last free turn),
+    known (how many of the 8 attributes the backstory states; the rest are open) and probes
+    (optional, default 1: how many turns in a row, from d after the ask, probe each fact; an
+    exposed invention loses every one of them, so more probes make exposure cost more)."""
     behaviour: dict = field(default_factory=lambda: {"consistent": 0.75, "contradict": 0.1, "evasive": 0.05,
                                                      "tempt": 0.5, "keep": 0.8})
     """The logged behaviour policy: at an ask of a stated fact, consistent / contradict (else
@@ -249,10 +253,12 @@ class SimConfig:
     def __post_init__(self):
         for name, s in self.domains.items():
             ds = s.get("distance") if isinstance(s, dict) else None
+            probes = s.get("probes", 1) if isinstance(s, dict) else None
             if not ds or any(not (d == "end" or (isinstance(d, int) and d >= 1)) for d in ds) \
-                    or not 1 <= s.get("known", -1) <= 8:
-                raise ValueError(f"sim.domains.{name}: expected {{distance: [d >= 1 or end, ...], known: 1..8}}, "
-                                 f"got {s}")
+                    or not 1 <= s.get("known", -1) <= 8 or set(s) - {"distance", "known", "probes"} \
+                    or isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+                raise ValueError(f"sim.domains.{name}: expected {{distance: [d >= 1 or end, ...], known: 1..8, "
+                                 f"probes: >= 1 (optional)}}, got {s}")
         b = self.behaviour
         if set(b) != {"consistent", "contradict", "evasive", "tempt", "keep"} \
                 or any(not 0 <= x <= 1 for x in b.values()) or b["consistent"] + b["contradict"] > 1:

@@ -40,7 +40,7 @@ def naive_partial_returns(rewards, mask, policy, k=None, segments=None, gamma=1.
     return w
 
 
-def naive_baseline(w, mask, kind, groups=None):
+def naive_baseline(w, mask, kind, groups=None, kinds=None):
     """baseline(...) by loops over the known (non-NaN, real) weights."""
     B, T = w.shape
     known = [(b, t) for b in range(B) for t in range(T) if mask[b, t] and not math.isnan(w[b, t])]
@@ -53,10 +53,13 @@ def naive_baseline(w, mask, kind, groups=None):
                 pool = known
             elif kind == "turn_mean":
                 pool = [(c, s) for c, s in known if s == t]
-            else:
+            elif kind == "group_loo":
                 pool = [(c, s) for c, s in known if s == t and c != b and groups[c] == groups[b]]
+            else:
+                pool = [(c, s) for c, s in known if s == t and c != b and kinds[c, s] == kinds[b, t]]
             vals = [float(w[c, s]) for c, s in pool]
-            out[b, t] = sum(vals) / len(vals) if vals else (float("nan") if kind == "group_loo" else 0.0)
+            out[b, t] = sum(vals) / len(vals) if vals else (float("nan") if kind in ("group_loo", "turn_kind")
+                                                            else 0.0)
     return out
 
 

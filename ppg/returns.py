@@ -177,7 +177,7 @@ def partial_returns(rewards, mask, policy, k=None, segments=None, gamma=1.0, val
 # remove that offset; standardization fixes the scale. All statistics ignore NaN weights, and a
 # NaN weight stays NaN (it is excluded and counted by the loss, never turned into a number).
 
-BASELINES = ("none", "batch_mean", "turn_mean", "group_loo")
+BASELINES = ("none", "batch_mean", "turn_mean", "group_loo", "turn_kind")
 
 
 def _valid(w, mask):
@@ -191,7 +191,19 @@ def _masked_mean(w, valid, dim=None):
     return x.sum(dim) / valid.sum(dim).clamp(min=1)
 
 
-def baseline(w, mask, kind="none", groups=None):
+def _loo_mean(w, valid, key):
+    """Leave-one-out mean of the known weights sharing each cell's int key (any shape): the mean
+    over the OTHER known cells with the same key; NaN where there is none."""
+    _, k = torch.unique(key, return_inverse=True)
+    x = torch.where(valid, w, 0).double()
+    n = int(k.max()) + 1 if k.numel() else 0
+    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, k.flatten(), x.flatten())
+    counts = torch.zeros(n, dtype=torch.float64).index_add_(0, k.flatten(), valid.double().flatten())
+    peers = counts[k] - valid.double()
+    return torch.where(peers > 0, (sums[k] - x) / peers, float("nan"))
+
+
+def baseline(w, mask, kind="none", groups=None, kinds=None):
     """The baseline b[B, T] to subtract from w (0 at padding).
 
     none: 0.  batch_mean: mean of all known weights in the batch.
@@ -204,6 +216,17 @@ def baseline(w, mask, kind="none", groups=None):
     group_loo: leave-one-out mean at the same turn index over the OTHER dialogues of the same
       group (groups: int [B], e.g. dialogues sharing a persona); unbiased. A turn with no known
       peer has no baseline: its b is NaN, so its weight becomes NaN (excluded and counted).
+    turn_kind: leave-one-out mean at the same turn index over the OTHER dialogues' turns of the
+      same kind (kinds: int [B, T], codes of a per-turn key such as the simulator's filler /
+      ask-stated / ask-open / probe; one code everywhere = leave-one-out turn_mean). No peer: NaN,
+      as group_loo. The kind must be known before the reply (read from the context, never from
+      a_t), else the baseline leaks the action. Offline, w - b re-weights the likelihood of the
+      logged replies by how much their return beat the behaviour's average among like turns: an
+      open ask's dodge is compared with other open asks only, not with answered stated facts.
+      With clipping at 0 (the study's shaping) the objective is sum_t max(w_t - b_t, 0) log pi(a_t
+      | x_t): imitate the replies that beat their kind's average, ignore the rest. It is biased
+      where one kind's index is reached only by some dialogues (as turn_mean, bias 1) and where a
+      kind pools decisions of different worth (a coarse key gives back turn_mean's mixing).
     """
     valid = _valid(w, mask)
     if kind == "none":
@@ -216,24 +239,23 @@ def baseline(w, mask, kind="none", groups=None):
         if groups is None or groups.shape != (w.shape[0],):
             raise ValueError(f"groups: group_loo needs an int tensor of shape [{w.shape[0]}]")
         _, g = torch.unique(groups, return_inverse=True)
-        x = torch.where(valid, w, 0).double()
-        G = int(g.max()) + 1 if g.numel() else 0
-        sums = torch.zeros((G, w.shape[1]), dtype=torch.float64).index_add_(0, g, x)
-        counts = torch.zeros((G, w.shape[1]), dtype=torch.float64).index_add_(0, g, valid.double())
-        peers = counts[g] - valid.double()
-        b = (sums[g] - x) / peers
-        b = torch.where(peers > 0, b, float("nan"))
+        b = _loo_mean(w, valid, g[:, None] * w.shape[1] + torch.arange(w.shape[1]))
+    elif kind == "turn_kind":
+        if kinds is None or kinds.shape != w.shape or kinds.is_floating_point():
+            raise ValueError(f"kinds: turn_kind needs an int tensor of turn-kind codes of shape {tuple(w.shape)}")
+        _, c = torch.unique(kinds, return_inverse=True)
+        b = _loo_mean(w, valid, c * w.shape[1] + torch.arange(w.shape[1]))
     else:
         raise ValueError(f"baseline: {kind!r} is not one of {BASELINES}")
     return torch.where(mask, b, 0)
 
 
-def shape_weights(w, mask, baseline_kind="none", standardize=False, groups=None, eps=1e-8, clip=None):
+def shape_weights(w, mask, baseline_kind="none", standardize=False, groups=None, eps=1e-8, clip=None, kinds=None):
     """w - baseline, then (optionally) divided by the std of the known results, then (optionally)
     clipped to clip=(low, high) (either may be None). 0 at padding; NaN stays NaN. Clipping the
     low end bounds the push-down on bad turns: with negative weights, reward-weighted likelihood
     is unbounded below and can wreck a model at a high learning rate."""
-    a = w.double() - baseline(w, mask, baseline_kind, groups)
+    a = w.double() - baseline(w, mask, baseline_kind, groups, kinds)
     if standardize:
         valid = _valid(a, mask)
         mean = _masked_mean(a, valid)
