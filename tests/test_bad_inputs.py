@@ -129,6 +129,8 @@ CASES = [
     ("consistent-llms", cl(setitem(["task_name"], " ")), "record 0: field task_name: String should have at least 1"),
     ("consistent-llms", cl(setitem(["conversation", 1, 1], "Student: \x07ding")),
      "record 0: field conversation[1]: Value error, control"),
+    # a turn kind (the turn_kind baseline's key) is a name, never a number or blank
+    ("jsonl", canon(setitem(["lines", 0, "meta"], {"kind": 3})), "field lines.0.meta: Value error, meta.kind must be"),
 ]
 
 

@@ -236,3 +236,32 @@ def test_a_tokenizer_without_chat_template_gets_the_plain_one(tmp_path):
                                     {"role": "assistant", "content": "yo"}], tokenize=False)
     assert text == "system: S</s>\nuser: hi</s>\nassistant: yo</s>\n"
     assert end_of_turn_marker(tok) == "</s>" and tok.pad_token == "</s>"
+
+
+def test_turn_kind_weights_reach_training_centred_within_each_kind(tmp_path, tiny_model):
+    from ppg.config import SimConfig
+    from ppg.returns import baseline
+    from ppg.sim.simulate import simulate
+    from ppg.train.batching import load_examples
+
+    ds = simulate("x", 30, 7, 0, SimConfig(domains={"x": {"distance": [1], "known": 4, "probes": 2}}))
+    write_dialogues(tmp_path / "in/dialogues.jsonl", ds)
+    build_dataset(tmp_path / "in", tmp_path / "built", tiny_model, "tiny", ["k3"], {"length": 3},
+                  BuildConfig(splits={"train": 1.0}))
+    table = pq.read_table(tmp_path / "built/train.parquet").to_pylist()
+    rows = {r["dialogue_id"]: r for r in table}
+    assert len(rows) == len(table) == 30  # one window per dialogue
+    assert all(rows[d.dialogue_id]["turn_kind"] == [ln.meta["kind"] for ln in d.turns("persona")] for d in ds)
+    examples, _ = load_examples(tmp_path / "built", "train", "k3", baseline="turn_kind")
+    names = sorted({k for d in ds for ln in d.turns("persona") for k in [ln.meta["kind"]]})
+    assert names == ["ask-open", "ask-stated", "filler", "probe"]
+    # the same numbers as the baseline over the dialogues' own kinds, in the order rows were loaded
+    order = [r["dialogue_id"] for r in table]
+    w = torch.tensor([rows[i]["w_k3"] for i in order], dtype=torch.float64)
+    kinds = torch.tensor([[names.index(k) for k in rows[i]["turn_kind"]] for i in order])
+    mask = torch.ones_like(w, dtype=torch.bool)
+    want = w - baseline(w, mask, "turn_kind", kinds=kinds)
+    got = torch.tensor(np.stack([e.weights for e in examples]))
+    assert torch.allclose(got, want, equal_nan=True)
+    open_ask = kinds == names.index("ask-open")
+    assert open_ask.any() and abs(float(torch.nanmean(got[open_ask]))) < 0.05  # centred among open asks only

@@ -362,7 +362,8 @@ def returns(
     except (DataError, ValueError) as e:
         fail(str(e))
     raw = policy_weights(batch.rewards.double(), batch.mask, batch.segment_starts, cfg.policies, cfg.gamma)
-    weights = {pid: shape_weights(w, batch.mask, cfg.baseline, cfg.standardize, batch.groups, clip=cfg.clip)
+    weights = {pid: shape_weights(w, batch.mask, cfg.baseline, cfg.standardize, batch.groups, clip=cfg.clip,
+                                  kinds=batch.kinds)
                for pid, w in raw.items()}
 
     table = Table(title=f"{file}: {len(batch.keys)} (dialogue, speaker) rows, "

@@ -223,7 +223,7 @@ def build_rows(dialogues: list[Dialogue], tok, policies: list[str], segments: di
             row = {"sequence_id": json.dumps([did, s, w]), "dialogue_id": did, "speaker": s, "domain": d.domain,
                    "source": d.source, "persona_group": group, "split": sp, "fold": fo, "window": w,
                    "n_windows": len(cuts), "n_turns": n, "input_ids": ids[idx], "turn_index": window_turns,
-                   "reward": batch.rewards[b, :n].numpy()}
+                   "reward": batch.rewards[b, :n].numpy(), "turn_kind": batch.kind_names[b]}
             for pid, wt in weights.items():
                 row[f"w_{pid}"] = wt[b, :n].numpy()
             rows.append(row)
@@ -294,7 +294,7 @@ def _schema(policies):
               ("domain", pa.string()), ("source", pa.string()), ("persona_group", pa.int64()),
               ("split", pa.string()), ("fold", pa.int64()), ("window", pa.int64()), ("n_windows", pa.int64()),
               ("n_turns", pa.int64()), ("input_ids", pa.list_(pa.int32())), ("turn_index", pa.list_(pa.int32())),
-              ("reward", pa.list_(pa.float32()))]
+              ("reward", pa.list_(pa.float32())), ("turn_kind", pa.list_(pa.string()))]
     return pa.schema(fields + [(f"w_{p}", pa.list_(pa.float32())) for p in policies])
 
 

@@ -62,7 +62,16 @@ class Line(BaseModel):
     name: str | None = None
     """The name prefix the source wrote before the text (`Teacher`); never decides the speaker."""
     meta: dict = Field(default_factory=dict)
-    """Free-form per-line data (e.g. the kind of turn), kept as written."""
+    """Free-form per-line data, kept as written. meta.kind, when given, is a non-empty string
+    naming the kind of turn (the simulator's filler / ask-stated / ask-open / probe): the key
+    of the turn_kind baseline, read from the context, never from the reply."""
+
+    @field_validator("meta")
+    @classmethod
+    def _kind_is_a_name(cls, v):
+        if "kind" in v and not (isinstance(v["kind"], str) and v["kind"].strip()):
+            raise ValueError(f"meta.kind must be a non-empty string (the turn's kind), got {v['kind']!r}")
+        return v
 
     @field_validator("reward")
     @classmethod

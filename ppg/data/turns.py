@@ -47,6 +47,18 @@ class TurnBatch(NamedTuple):
     mask: torch.Tensor  # bool [B, T], left-aligned
     segment_starts: torch.Tensor  # bool [B, T]: True where a segment starts
     groups: torch.Tensor  # long [B]: the persona group of each row's dialogue (persona_groups)
+    kinds: torch.Tensor  # long [B, T]: turn-kind codes (turn_kind_codes of each line's meta.kind)
+    kind_names: list[list[str]]  # each row's meta.kind per turn ("" where none is given)
+
+
+def turn_kind_codes(names: list[list[str]], T: int) -> torch.Tensor:
+    """long [B, T] codes of per-turn kind names ("" = none given: a kind of its own), the same
+    name the same code within one call; 0 at padding."""
+    code = {n: i for i, n in enumerate(sorted({n for row in names for n in row}))}
+    out = torch.zeros(len(names), T, dtype=torch.long)
+    for b, row in enumerate(names):
+        out[b, :len(row)] = torch.tensor([code[n] for n in row], dtype=torch.long)
+    return out
 
 
 def turn_batch(dialogues: list[Dialogue], segments: dict) -> TurnBatch:
@@ -60,8 +72,10 @@ def turn_batch(dialogues: list[Dialogue], segments: dict) -> TurnBatch:
     starts = torch.zeros(B, T, dtype=torch.bool)
     group_of = dict(zip((d.dialogue_id for d in dialogues), persona_groups(dialogues)))
     groups = torch.zeros(B, dtype=torch.long)
+    kinds = []
     for b, (d, s) in enumerate(rows):
         turns = d.turns(s)
+        kinds.append([ln.meta.get("kind", "") for ln in turns])
         n = len(turns)
         rewards[b, :n] = torch.tensor([float("nan") if ln.reward is None else ln.reward for ln in turns])
         mask[b, :n] = True
@@ -74,4 +88,5 @@ def turn_batch(dialogues: list[Dialogue], segments: dict) -> TurnBatch:
                                 f"speaker {s!r} (returns.segments asks for it)")
             starts[b, seg or []] = True
         groups[b] = group_of[d.dialogue_id]
-    return TurnBatch([(d.dialogue_id, s) for d, s in rows], rewards, mask, starts, groups)
+    return TurnBatch([(d.dialogue_id, s) for d, s in rows], rewards, mask, starts, groups, turn_kind_codes(kinds, T),
+                     kinds)

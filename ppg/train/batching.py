@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ppg.data.schema import DataError
+from ppg.data.turns import turn_kind_codes
 from ppg.returns import parse_policy_id, shape_weights
 
 
@@ -51,11 +52,15 @@ def load_examples(data_dir, split, policy_id, baseline="none", standardize=False
     w = torch.zeros(len(keys), T, dtype=torch.float64)
     mask = torch.zeros(len(keys), T, dtype=torch.bool)
     groups = torch.tensor([first[k]["persona_group"] for k in keys])
+    if baseline == "turn_kind" and "turn_kind" not in table.column_names:
+        raise DataError(f"{path}: field turn_kind: built before turn kinds were stored; rebuild (`ppg build`) "
+                        f"for returns.baseline turn_kind")
+    kinds = turn_kind_codes([first[k].get("turn_kind") or [] for k in keys], T)
     for i, k in enumerate(keys):
         n = first[k]["n_turns"]
         w[i, :n] = torch.tensor(first[k][col], dtype=torch.float64)
         mask[i, :n] = True
-    shaped = shape_weights(w, mask, baseline, standardize, groups, clip=clip)
+    shaped = shape_weights(w, mask, baseline, standardize, groups, clip=clip, kinds=kinds)
     row_of = {k: i for i, k in enumerate(keys)}
     examples = [Example(np.asarray(r["input_ids"], dtype=np.int64), np.asarray(r["turn_index"], dtype=np.int64),
                         shaped[row_of[(r["dialogue_id"], r["speaker"])], :r["n_turns"]].numpy()) for r in rows]
