@@ -123,3 +123,95 @@ def test_require_and_evasive_reward_are_checked():
         SimJudge(0.5, "either")
     with pytest.raises(ValueError, match="^domain:"):
         simulate("space", 1, 8, 0, SimConfig())
+
+
+@pytest.mark.parametrize("d,probes", [(1, 3), (2, 2), (3, 1)])
+def test_each_fact_is_probed_probes_times_in_a_row_from_d_turns_after_its_ask(d, probes):
+    rng = random.Random(0)
+    for _ in range(50):
+        w = schedule(rng, 14, [d], probes)
+        by_ask = {}
+        for a, ask, probe in w:
+            by_ask.setdefault((a, ask), []).append(probe)
+        assert by_ask and all(ps == list(range(ask + d, ask + d + probes)) for (_, ask), ps in by_ask.items())
+        spans = sorted((ask, max(ps)) for (_, ask), ps in by_ask.items())
+        assert all(spans[i][1] < spans[i + 1][0] for i in range(len(spans) - 1))  # windows follow each other
+        assert spans[-1][1] <= 13
+
+
+def test_one_probe_keeps_the_schedule_it_always_had():
+    # the default world is unchanged by the probes knob: same windows, same bytes of data
+    a, b = random.Random(5), random.Random(5)
+    assert schedule(a, 12, [1, 2, "end"]) == schedule(b, 12, [1, 2, "end"], 1)
+
+
+def test_persona_lines_carry_their_turn_kind():
+    cfg = SimConfig(domains={"x": {"distance": [2], "known": 4}})
+    for d in simulate("x", 20, 8, 0, cfg):
+        facts = d.meta["sim"]["persona"]
+        kinds = [ln.meta["kind"] for ln in d.turns("persona")]
+        want = ["filler"] * 8
+        for a, ask, probe in d.meta["sim"]["windows"]:
+            want[ask] = "ask-stated" if a in facts["known"] else "ask-open"
+            want[probe] = "probe"
+        assert kinds == want
+        assert all("kind" not in ln.meta for ln in d.lines if ln.speaker == "partner")
+
+
+@pytest.mark.parametrize("d,probes", [(1, 3), (2, 2), (3, 1)])
+def test_expected_returns_of_invent_and_dodge_match_simulated_averages(d, probes):
+    from ppg.sim.expected import ask_returns
+
+    cfg = SimConfig(domains={"x": {"distance": [d], "known": 2, "probes": probes}})
+    sums = {}  # (reply, probes seen) -> rewards of the ask and the first m probes, per open ask
+    for dlg in simulate("x", 1500, 2 * (d + probes), 7, cfg):
+        rewards = [ln.reward for ln in dlg.turns("persona")]
+        judged = [ln.judge for ln in dlg.turns("persona")]
+        known = dlg.meta["sim"]["persona"]["known"]
+        asks = {}
+        for a, ask, probe in dlg.meta["sim"]["windows"]:
+            asks.setdefault((a, ask), []).append(probe)
+        for (a, ask), ps in asks.items():
+            if a in known:
+                continue
+            reply = "invent" if judged[ask]["answered"] else "dodge"
+            for m in range(probes + 1):
+                sums.setdefault((reply, m), []).append(rewards[ask] + sum(rewards[p] for p in sorted(ps)[:m]))
+    for (reply, m), xs in sums.items():
+        want = ask_returns(d + m if m else 1, d, probes, cfg.evasive_reward, cfg.behaviour)
+        assert want["probes_seen"] == m
+        mean = sum(xs) / len(xs)
+        se = (sum((x - mean) ** 2 for x in xs) / len(xs)) ** 0.5 / len(xs) ** 0.5
+        assert len(xs) > 500 and abs(mean - want[reply]) < 4 * se + 1e-9, (reply, m, mean, want[reply], se)
+
+
+def test_more_probes_make_exposure_cost_more_and_need_a_longer_horizon():
+    from ppg.sim.expected import ask_returns, smallest_k_for_dodge
+
+    b = SimConfig().behaviour
+    assert smallest_k_for_dodge(2, 1, 0.5, b) == 3  # d + 1: the first probe already flips it
+    assert smallest_k_for_dodge(2, 3, 0.0, b) == 4  # nothing for a dodge: two probes are needed
+    gaps = [ask_returns(None, 2, p, 0.5, b)["dodge_minus_invent"] for p in (1, 2, 3)]
+    assert gaps == sorted(gaps) and gaps[0] == pytest.approx(0.5 + 0.855 - 1 - 0.931 / 8)
+    assert ask_returns(1, 2, 3, 0.5, b)["dodge_minus_invent"] == -0.5  # greedy: 0.5 against 1
+
+
+def test_the_settling_study_world_is_the_one_its_prediction_is_computed_for(tmp_path):
+    from pathlib import Path
+
+    from ppg.overlay import merged_params
+    from ppg.sim.expected import smallest_k_for_dodge
+    from ppg.study.sim import SETTING, cells, study_params
+
+    root = Path(__file__).resolve().parents[1]
+    p = merged_params(root / "params.yaml", root / "params.kstudy.yaml")
+    s = p.study
+    cp = study_params(p, distances=[2], data=tmp_path, here=tmp_path, model="tiny", policies=["k4"],
+                      weights=s.weights["kind"], steps=1, lr=1e-3, batch=1, dialogues=3, seed=0)
+    assert cp.sim.domains[SETTING] == {"distance": [2], "known": s.known, "probes": 2}
+    assert cp.sim.evasive_reward == 0.2 and cp.returns.baseline == "turn_kind"
+    # the pre-stated K* = d + 2 at every d of the grid, and the grid has a horizon on each side of it
+    ks = {c["policy"] for c in cells(s)}
+    for d in s.distances:
+        k_star = smallest_k_for_dodge(d, s.probes, s.evasive_reward, p.sim.behaviour)
+        assert k_star == d + 2 and {f"k{k_star - 1}", f"k{k_star}", f"k{k_star + 1}"} <= ks | {"greedy"}

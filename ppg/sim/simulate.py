@@ -2,12 +2,14 @@
 
 A dialogue is a schedule of windows over the persona speaker's T turns. In a window the partner
 ASKs about an attribute at turn t and PROBEs it d turns later (d from the domain's distance
-setting; "end" = at the end of the dialogue); other turns are small talk. For a fact the
+setting; "end" = at the end of the dialogue), and again at each of the next probes - 1 turns
+(the setting's probes, default 1); other turns are small talk. For a fact the
 backstory states, the probe re-asks it. For an OPEN fact (the backstory is silent, the story has
 a hidden true value) the honest reply to the ask is evasive (reward below 1) and the tempting
 reply invents a value (reward 1 now); the probe then retells the true story, and an invented
-value that differs from it is exposed: whatever the speaker says, that probe scores 0. So the
-tempting reply gains now and loses d turns later; greedy credit cannot see the loss.
+value that differs from it is exposed: whatever the speaker says, that probe (and every later
+one) scores 0. So the tempting reply gains now and loses d turns later; greedy credit cannot see
+the loss. ppg.sim.expected computes what each reply is worth under each K.
 
 Nothing here decides which K wins: the behaviour policy's mix is a parameter, and so is d.
 """
@@ -21,20 +23,23 @@ from ppg.sim.world import (AFFIRM, ASK, ATTRIBUTES, EVASIVE, FILLER_PARTNER, FIL
 PARTNER, SPEAKER = "partner", "persona"
 
 
-def schedule(rng: random.Random, turns: int, distance: list) -> list[tuple[str, int, int]]:
-    """Windows (attribute, ask turn, probe turn). Finite d: consecutive windows [t, t+d];
-    "end": the probe takes the last free turn, so such windows nest and reach the end."""
+def schedule(rng: random.Random, turns: int, distance: list, probes: int = 1) -> list[tuple[str, int, int]]:
+    """Windows (attribute, ask turn, probe turn), one per probe: each attribute is probed `probes`
+    times in a row, the first d turns after its ask. Finite d: consecutive windows [t, t+d+probes-1];
+    "end": the probes take the last free turns, so such windows nest and reach the end."""
     attrs = sorted(ATTRIBUTES)
     rng.shuffle(attrs)
     windows, t, last_free = [], 0, turns - 1
-    while attrs and t < last_free:
+    while attrs and t + probes <= last_free:
         d = rng.choice(distance)
         if d == "end":
-            windows.append((attrs.pop(), t, last_free))
-            t, last_free = t + 1, last_free - 1
-        elif t + d <= last_free:
-            windows.append((attrs.pop(), t, t + d))
-            t += d + 1
+            a = attrs.pop()
+            windows += [(a, t, last_free - i) for i in reversed(range(probes))]
+            t, last_free = t + 1, last_free - probes
+        elif t + d + probes - 1 <= last_free:
+            a = attrs.pop()
+            windows += [(a, t, t + d + i) for i in range(probes)]
+            t += d + probes
         else:
             break
     return windows
@@ -53,7 +58,7 @@ def scene(rng: random.Random, turns: int, setting: dict):
     partner does not depend on the speaker's replies, so the same scene serves logged
     (behaviour) dialogues and rollouts of a trained policy (ppg.sim.partner)."""
     persona = sample_persona(rng, setting["known"])
-    windows = schedule(rng, turns, setting["distance"])
+    windows = schedule(rng, turns, setting["distance"], setting.get("probes", 1))
     kind = {t: ("filler", None) for t in range(turns)}
     for a, ask, probe in windows:
         kind[ask], kind[probe] = ("ask", a), ("probe", a)
@@ -78,10 +83,21 @@ def scene_meta(persona, windows) -> dict:
     return {"segment_starts": {SPEAKER: starts}, "sim": {"persona": persona.to_json(), "windows": windows}}
 
 
+def turn_kinds(persona, windows, turns: int) -> list[str]:
+    """The kind of each persona turn, known from the partner's line before the reply: filler,
+    ask-stated (the backstory states the fact), ask-open (it does not: the tempting decision) or
+    probe. The turn_kind baseline compares like with like on this key."""
+    kinds = ["filler"] * turns
+    for a, ask, probe in windows:
+        kinds[ask] = "ask-stated" if a in persona.known else "ask-open"
+        kinds[probe] = "probe"
+    return kinds
+
+
 def to_dialogue(dialogue_id, domain, persona, windows, partner, replies) -> Dialogue:
     lines = []
-    for p, r in zip(partner, replies):
-        lines += [{"speaker": PARTNER, "text": p}, {"speaker": SPEAKER, "text": r}]
+    for p, r, k in zip(partner, replies, turn_kinds(persona, windows, len(replies))):
+        lines += [{"speaker": PARTNER, "text": p}, {"speaker": SPEAKER, "text": r, "meta": {"kind": k}}]
     return Dialogue.model_validate({
         "dialogue_id": dialogue_id, "domain": domain, "source": "simulator",
         "personas": {SPEAKER: persona.backstory(), PARTNER: ""}, "evaluated_speakers": [SPEAKER],
