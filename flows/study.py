@@ -17,18 +17,19 @@ from prefect.cache_policies import NO_CACHE
 from ppg import tracking
 from ppg.config import load_params
 from ppg.io import atomic_open
+from ppg.overlay import merged_params
 from ppg.study.sim import cells, prepare_base, run_cell, summary
 
 
 @contextmanager
-def study_run(workspace: str, params: str, name: str, section):
+def study_run(workspace: str, params: str, name: str, section, overlay: str = ""):
     """In the workspace, with params loaded and a parent MLflow run open (every cell's training
     run becomes its child through PPG_PARENT_RUN_ID): yields (params, client, parent run id). The
     parent ends FINISHED, or FAILED on an exception; the directory and environment are restored."""
     start, before = os.getcwd(), os.environ.get(tracking.PARENT_ENV)
     os.chdir(workspace)
     try:
-        p = load_params(params)
+        p = merged_params(Path(params), Path(overlay)) if overlay else load_params(params)
         c = tracking.client(p.mlflow)
         os.environ.pop(tracking.PARENT_ENV, None)
         parent = tracking.open_run(c, p.mlflow, name=name, tags={"ppg.stage": name},
@@ -71,9 +72,10 @@ def study_cell(p, cell: dict, root: str) -> dict:
 
 
 @flow(name="ppg-study", log_prints=True)
-def ppg_study(workspace: str = ".", params: str = "params.yaml", limit: int = 0) -> dict:
-    """Run (or resume) the grid of params.yaml's study section; limit > 0 runs the first cells only."""
-    with study_run(workspace, params, "study", lambda p: p.study) as (p, c, parent):
+def ppg_study(workspace: str = ".", params: str = "params.yaml", limit: int = 0, overlay: str = "") -> dict:
+    """Run (or resume) the grid of params.yaml's study section (with the overlay merged in, if
+    given); limit > 0 runs the first cells only."""
+    with study_run(workspace, params, "study", lambda p: p.study, overlay) as (p, c, parent):
         root = Path(p.study.out)
         t0 = time.perf_counter()
         study_base(p, str(root))

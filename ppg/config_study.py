@@ -68,6 +68,12 @@ class StudyConfig:
     """Dependency distances d swept (the simulator's ask -> probe gap; "end" = at the last turn)."""
     known: int = 4
     """Facts the backstory states (of 8); the rest are open (the tempting decision)."""
+    probes: int = 1
+    """Probes per fact, in a row from d turns after its ask (sim.domains' probes): an exposed
+    invention loses each one, so more probes make exposure cost more."""
+    evasive_reward: float | None = None
+    """Reward of a dodge at an ask in the study's world (null = sim.evasive_reward). With probes,
+    it decides which K flips the decision (ppg.sim.expected, docs/simulator.md)."""
     turns: int = 8
     """Persona turns per dialogue; policies k<K> with K >= turns are skipped (they equal full)."""
     policies: list = field(default_factory=lambda: ["greedy", "k2", "k3", "k5", "full", "segment"])
@@ -106,6 +112,10 @@ class StudyConfig:
     """The real-data part (`ppg study-real --data DIR`)."""
 
     def __post_init__(self):
+        if isinstance(self.probes, bool) or not isinstance(self.probes, int) or self.probes < 1:
+            raise ValueError(f"study.probes: expected an int >= 1, got {self.probes!r}")
+        if self.evasive_reward is not None and not 0.0 <= self.evasive_reward < 1.0:
+            raise ValueError(f"study.evasive_reward: must be in [0, 1) or null, got {self.evasive_reward}")
         unknown = [w for w in self.real.weights if w not in self.weights]
         if unknown:
             raise ValueError(f"study.real.weights: {unknown} not in study.weights ({sorted(self.weights)})")

@@ -43,6 +43,13 @@ def merged_text(params: Path, overlay: Path) -> str:
     return text.getvalue()
 
 
+def merged_params(params: Path, overlay: Path | None) -> Params:
+    """The validated tree of params with the overlay merged in (params alone for no overlay)."""
+    if not overlay:
+        return Params.from_dict(yaml.safe_load(Path(params).read_text()) or {}, str(params))
+    return Params.from_dict(yaml.safe_load(merged_text(Path(params), Path(overlay))) or {}, f"{params} + {overlay}")
+
+
 def apply_overlay(params: Path, overlay: Path) -> None:
     """Write the merged, validated tree over params (atomically)."""
     text = merged_text(Path(params), Path(overlay))

@@ -52,14 +52,10 @@ def run(
     registration of the best policy and the promotion gate."""
     if params is not None and not params.exists():
         fail(f"{params}: no such params overlay")
-    import yaml
-
-    from ppg.config import Params
-    from ppg.overlay import merged_text
+    from ppg.overlay import merged_params
 
     try:  # a config that can never pass is refused here, before Prefect starts or any stage runs
-        p = (Params.from_dict(yaml.safe_load(merged_text(workspace / "params.yaml", params)) or {}, str(params))
-             if params else read_params(workspace / "params.yaml"))
+        p = merged_params(workspace / "params.yaml", params) if params else read_params(workspace / "params.yaml")
     except (ValueError, OSError) as e:
         fail(str(e))
     _prefect_env(p)
@@ -226,15 +222,23 @@ def rollback(
 @app.command()
 def study(
     params: Path = PARAMS,
+    overlay: Path = typer.Option(None, help="An overlay merged into --params for this study only (e.g. "
+                                 "params.kstudy.yaml: the settling grid); params.yaml is not changed."),
     limit: int = typer.Option(0, help="Run only the first N cells (0 = the whole grid)."),
 ):
     """The K study on the simulator (study section of params.yaml) as a Prefect flow: every
     (distance, data size, seed, policy, weighting) cell trained and evaluated once; a rerun skips
     finished cells. Summary in <study.out>/summary.json and MLflow."""
+    from ppg.overlay import merged_params
+
+    try:
+        merged_params(params, overlay)
+    except (ValueError, OSError) as e:
+        fail(str(e))
     _prefect_env()
     from flows.study import ppg_study
 
-    s = ppg_study(params=str(params.resolve()), limit=limit)
+    s = ppg_study(params=str(params.resolve()), overlay=str(overlay.resolve()) if overlay else "", limit=limit)
     typer.echo(json.dumps({"cells_run": s["cells_run"], "best": s["best"]}))
 
 

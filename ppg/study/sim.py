@@ -108,8 +108,10 @@ def study_params(p, *, distances, data: Path, here: Path, model: str, policies, 
             batch: int, dialogues: int, seed: int):
     """params.yaml for one training run of the study: its world, data, shaping, steps and folders."""
     cfg = p.study
-    setting = {"distance": list(distances), "known": cfg.known}
-    sim = replace(p.sim, domain=SETTING, domains={SETTING: setting}, dialogues=dialogues, turns=cfg.turns, seed=seed)
+    setting = {"distance": list(distances), "known": cfg.known, "probes": cfg.probes}
+    evasive = p.sim.evasive_reward if cfg.evasive_reward is None else cfg.evasive_reward
+    sim = replace(p.sim, domain=SETTING, domains={SETTING: setting}, dialogues=dialogues, turns=cfg.turns, seed=seed,
+                  evasive_reward=evasive)
     returns = replace(p.returns, policies=list(policies), segments={"from": "meta.segment_starts"}, **weights)
     ds = with_lr(p.train.deepspeed, lr, warmup=max(1, steps // 20))
     train = replace(p.train, data=str(data / "built"), out=str(here / "models"), workdir=str(here / "work"),
