@@ -55,10 +55,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	$(PIP) install trl==1.16.0 datasets==5.2.0
+	$(PIP) install trl==1.16.0 datasets==5.2.0 openai==3.57.0
 	$(PY) benchmarks/returns.py
 	$(PY) benchmarks/build.py
 	$(PY) benchmarks/trainer.py
+	$(PY) benchmarks/judge_server.py
 
 # Re-resolve requirements.lock from pyproject.toml in a throw-away venv (torch first, as above).
 lock:
