@@ -336,7 +336,7 @@ def returns(
     policies: str = typer.Option(None, help="Comma-separated policy ids (greedy,k3,full,segment); "
                                  "default: returns.policies in params.yaml."),
     gamma: float = typer.Option(None, help="Discount inside the credited subset (default: params)."),
-    baseline: str = typer.Option(None, help="none|batch_mean|turn_mean|group_loo (default: params)."),
+    baseline: str = typer.Option(None, help="none|batch_mean|turn_mean|group_loo|turn_kind (default: params)."),
     standardize: bool = typer.Option(None, help="Standardize the shaped weights (default: params)."),
     out: Path = typer.Option(None, help="Write one JSON row per turn with every policy's weight."),
     params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
