@@ -15,7 +15,6 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from ppg import tracking
-from ppg.config import load_params
 from ppg.io import atomic_open
 from ppg.overlay import merged_params
 from ppg.study.sim import cells, prepare_base, run_cell, summary
@@ -29,7 +28,7 @@ def study_run(workspace: str, params: str, name: str, section, overlay: str = ""
     start, before = os.getcwd(), os.environ.get(tracking.PARENT_ENV)
     os.chdir(workspace)
     try:
-        p = merged_params(Path(params), Path(overlay)) if overlay else load_params(params)
+        p = merged_params(Path(params), Path(overlay) if overlay else None)
         c = tracking.client(p.mlflow)
         os.environ.pop(tracking.PARENT_ENV, None)
         parent = tracking.open_run(c, p.mlflow, name=name, tags={"ppg.stage": name},

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ppg.config import Params
+from ppg.config import Params, load_params
 from ppg.io import atomic_open
 
 
@@ -46,7 +46,7 @@ def merged_text(params: Path, overlay: Path) -> str:
 def merged_params(params: Path, overlay: Path | None) -> Params:
     """The validated tree of params with the overlay merged in (params alone for no overlay)."""
     if not overlay:
-        return Params.from_dict(yaml.safe_load(Path(params).read_text()) or {}, str(params))
+        return load_params(params)
     return Params.from_dict(yaml.safe_load(merged_text(Path(params), Path(overlay))) or {}, f"{params} + {overlay}")
 
 

@@ -193,7 +193,8 @@ def _masked_mean(w, valid, dim=None):
 
 def _loo_mean(w, valid, key):
     """Leave-one-out mean of the known weights sharing each cell's int key (any shape): the mean
-    over the OTHER known cells with the same key; NaN where there is none."""
+    over the OTHER known cells with the same key; NaN where there is none. Keys of the form
+    code * T + t never collide across (code, t) pairs for any int codes, since 0 <= t < T."""
     _, k = torch.unique(key, return_inverse=True)
     x = torch.where(valid, w, 0).double()
     n = int(k.max()) + 1 if k.numel() else 0
@@ -238,13 +239,11 @@ def baseline(w, mask, kind="none", groups=None, kinds=None):
     elif kind == "group_loo":
         if groups is None or groups.shape != (w.shape[0],):
             raise ValueError(f"groups: group_loo needs an int tensor of shape [{w.shape[0]}]")
-        _, g = torch.unique(groups, return_inverse=True)
-        b = _loo_mean(w, valid, g[:, None] * w.shape[1] + torch.arange(w.shape[1]))
+        b = _loo_mean(w, valid, groups[:, None] * w.shape[1] + torch.arange(w.shape[1]))
     elif kind == "turn_kind":
         if kinds is None or kinds.shape != w.shape or kinds.is_floating_point():
             raise ValueError(f"kinds: turn_kind needs an int tensor of turn-kind codes of shape {tuple(w.shape)}")
-        _, c = torch.unique(kinds, return_inverse=True)
-        b = _loo_mean(w, valid, c * w.shape[1] + torch.arange(w.shape[1]))
+        b = _loo_mean(w, valid, kinds * w.shape[1] + torch.arange(w.shape[1]))
     else:
         raise ValueError(f"baseline: {kind!r} is not one of {BASELINES}")
     return torch.where(mask, b, 0)

@@ -348,7 +348,7 @@ def returns(
 
     from ppg.config import ReturnsConfig, load_params
     from ppg.data.schema import DataError, read_dialogues
-    from ppg.data.turns import turn_batch
+    from ppg.data.turns import turn_batch, turn_kind_codes
     from ppg.io import atomic_open
     from ppg.returns import policy_weights, shape_weights
 
@@ -363,7 +363,7 @@ def returns(
         fail(str(e))
     raw = policy_weights(batch.rewards.double(), batch.mask, batch.segment_starts, cfg.policies, cfg.gamma)
     weights = {pid: shape_weights(w, batch.mask, cfg.baseline, cfg.standardize, batch.groups, clip=cfg.clip,
-                                  kinds=batch.kinds)
+                                  kinds=turn_kind_codes(batch.kind_names, batch.mask.shape[1]))
                for pid, w in raw.items()}
 
     table = Table(title=f"{file}: {len(batch.keys)} (dialogue, speaker) rows, "

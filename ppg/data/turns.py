@@ -47,8 +47,7 @@ class TurnBatch(NamedTuple):
     mask: torch.Tensor  # bool [B, T], left-aligned
     segment_starts: torch.Tensor  # bool [B, T]: True where a segment starts
     groups: torch.Tensor  # long [B]: the persona group of each row's dialogue (persona_groups)
-    kinds: torch.Tensor  # long [B, T]: turn-kind codes (turn_kind_codes of each line's meta.kind)
-    kind_names: list[list[str]]  # each row's meta.kind per turn ("" where none is given)
+    kind_names: list[list[str]]  # each row's meta.kind per turn ("" where none is given; codes: turn_kind_codes)
 
 
 def turn_kind_codes(names: list[list[str]], T: int) -> torch.Tensor:
@@ -88,5 +87,4 @@ def turn_batch(dialogues: list[Dialogue], segments: dict) -> TurnBatch:
                                 f"speaker {s!r} (returns.segments asks for it)")
             starts[b, seg or []] = True
         groups[b] = group_of[d.dialogue_id]
-    return TurnBatch([(d.dialogue_id, s) for d, s in rows], rewards, mask, starts, groups, turn_kind_codes(kinds, T),
-                     kinds)
+    return TurnBatch([(d.dialogue_id, s) for d, s in rows], rewards, mask, starts, groups, kinds)
