@@ -66,10 +66,10 @@ def repro(stage: str, parent_run_id: str) -> bool:
 
 
 @task
-def register_and_gate(policy: str, parent_run_id: str) -> dict:
+def register_and_gate(policy: str, parent_run_id: str, ungated: str | None) -> dict:
     p = load_params()
     log = get_run_logger()
-    name, version = registry.register(p, policy, parent_run_id)
+    name, version = registry.register(p, policy, parent_run_id, ungated)
     log.info("registered %s v%s (%s) as %s", name, version, policy, registry.CHALLENGER)
     return registry.gate(p, name, version, policy, parent_run_id, say=log.info)
 
@@ -207,9 +207,9 @@ def _stages(p, c, parent: str, log) -> dict:
         c.set_tag(parent, "ppg.best_policy", best)
     # What is new is decided by the registry, not by what DVC ran now: weights trained by a run that
     # died before its gate's verdict (server gone, killed) are registered and gated by the next one.
-    gated = None
-    if best is not None:
-        gated = registry.versions_of_run(c, registry.model_name(p, metrics[best]), runs[best])[0]
+    gated = ungated = None
+    if best is not None:  # one registry search: the gated version, or one to complete
+        gated, ungated = registry.versions_of_run(c, registry.model_name(p, metrics[best]), runs[best])
     if best is None:
         why = (f"no policy has a {p.eval.primary} score on validation ("
                + "; ".join(f"{pol}: {_unscored(metrics[pol], p.eval.primary)}" for pol in p.returns.policies)
@@ -219,7 +219,7 @@ def _stages(p, c, parent: str, log) -> dict:
         why = (f"the best policy on validation, {best} (trained in {when}), is registered and gated already "
                f"as v{gated}: nothing new to register")
     else:
-        result["gate"] = clock.run("register + gate", register_and_gate, best, parent)
+        result["gate"] = clock.run("register + gate", register_and_gate, best, parent, ungated)
         g = result["gate"]
         why = f"{'promoted' if g['promoted'] else 'not promoted'} v{g['challenger']} ({best}): {g['reason']}"
     log.info(why)

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from ppg import tracking
 from ppg.io import atomic_open
 from ppg.overlay import merged_params
-from ppg.study.sim import cells, prepare_base, run_cell, summary
+from ppg.study.sim import cells, prepare_base, run_cell, summary, world
 
 
 @contextmanager
@@ -87,6 +87,7 @@ def ppg_study(workspace: str = ".", params: str = "params.yaml", limit: int = 0,
         s["seconds"] = sum(r["seconds"] for r in results if not r["skipped"])
         s["wall_seconds"] = time.perf_counter() - t0  # this run: base (if trained now), data, cells, summary
         s["base_seconds"] = base_seconds
+        s["world"] = world(p)
         _write_summary(c, parent, root, s)
         print(f"study: {len(results)} of {len(grid)} cells ({s['cells_run']} trained now, "
               f"{s['seconds']:.0f} s in cells, {s['wall_seconds']:.0f} s wall); summary in {root / 'summary.json'}")

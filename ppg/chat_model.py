@@ -4,9 +4,11 @@
 The persona goes in as the system message, the dialogue so far as user/assistant messages, as
 the pipeline's rollouts put them (ppg.rollout). `max_tokens`, `temperature` (0 = greedy), `top_p`
 and `stop` are honoured; defaults come from the model_config logged with the model. With
-PPG_REQUEST_LOG set to a folder, every answered request is appended to <folder>/requests.jsonl
-as a dialogue in the canonical format (reward null: not yet judged), named by PPG_MODEL_VERSION,
-which is what `ppg monitor --logs <folder>` reads.
+PPG_REQUEST_LOG set to a folder, every answered request is appended to
+<folder>/requests-<UTC date>.jsonl as a dialogue in the canonical format (reward null: not yet
+judged), named by PPG_MODEL_VERSION, which is what `ppg monitor --logs <folder>` reads. One file
+per day: the monitor rereads a file whose content changed, so a single growing file would be read
+whole at every check; finished days stay unchanged and are read once.
 
 Logged as code (MLflow's models-from-code): this file is copied into the registered model and
 imports nothing from ppg, so `models:/ppg-<domain>@champion` loads and serves without this
@@ -87,7 +89,8 @@ class PersonaChat(ChatModel):
                            "conversation": conv, "time": time.time(),
                            "params": {"max_tokens": params.max_tokens, "temperature": params.temperature}}}
         Path(folder).mkdir(parents=True, exist_ok=True)
-        with open(Path(folder) / "requests.jsonl", "a") as f:  # one write per line: appends stay whole
+        day = time.strftime("%Y-%m-%d", time.gmtime(record["meta"]["time"]))
+        with open(Path(folder) / f"requests-{day}.jsonl", "a") as f:  # one write per line: appends stay whole
             f.write(json.dumps(record) + "\n")
 
 

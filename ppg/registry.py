@@ -92,11 +92,12 @@ def versions_of_run(c, name: str, run_id: str) -> tuple[str | None, str | None]:
     return (gated[-1] if gated else None), (ungated[-1] if ungated else None)
 
 
-def register(p, policy: str, parent_run_id: str | None = None) -> tuple[str, str]:
+def register(p, policy: str, parent_run_id: str | None = None, ungated: str | None = None) -> tuple[str, str]:
     """Merge models/<policy>, log it into the policy's run and register it as a new version of
-    its registered model with alias `challenger`; a version of the same training run that an
-    earlier pipeline run registered but never gated is completed instead of logged twice.
-    Returns (registered name, version)."""
+    its registered model with alias `challenger`; `ungated`, a version of the same training run
+    that an earlier pipeline run registered but never gated (versions_of_run's second value: the
+    caller has searched the registry already), is completed instead of logged twice. Returns
+    (registered name, version)."""
     import torch
     import transformers
 
@@ -107,7 +108,7 @@ def register(p, policy: str, parent_run_id: str | None = None) -> tuple[str, str
     metrics = json.loads((Path(p.eval.out) / policy / "metrics.json").read_text())
     name = model_name(p, metrics)
     c = _client(p)
-    version = versions_of_run(c, name, run["mlflow_run_id"])[1]
+    version = ungated
     if version is None:
         merged = export_merged(trained, Path(p.train.workdir).parent / "register" / policy)
         load_tokenizer(merged).save_pretrained(str(merged))  # with its chat template, which serving applies

@@ -309,7 +309,8 @@ def test_a_version_registered_but_never_gated_is_completed_not_logged_again(regi
     (tmp_path / "eval/greedy").mkdir(parents=True)
     (tmp_path / "eval/greedy/metrics.json").write_text(json.dumps({"online": {"domain": "chatting",
                                                                              "reward": {"mean": 0.5}}}))
-    assert register(p, "greedy") == ("ppg-chatting", "1")  # no models/greedy weights needed: not logged again
+    ungated = versions_of_run(c, "ppg-chatting", run_id)[1]  # what the pipeline looked up before registering
+    assert register(p, "greedy", ungated=ungated) == ("ppg-chatting", "1")  # no weights needed: not logged again
     assert len(c.search_model_versions("name = 'ppg-chatting'")) == 1
     v = c.get_model_version("ppg-chatting", "1")
     assert v.tags["ppg.policy"] == "greedy" and v.tags["ppg.run_id"] == run_id

@@ -395,5 +395,9 @@ def test_study_runs_its_cells_once_and_resumes(tmp_path, prefect_api):
     reward = s["cells"][f"2|40|{best}|raw"]["reward"]["mean"]
     assert f"| {best} | raw | **{reward:.3f}" in md  # the reward table marks it
     assert "| 2 | k3 online |" in md and "| 2 | base |" in md
-    for png in ("sim-reward-vs-n.png", "sim-invented-vs-n.png", "sim-best-policy.png", "sim-drift.png"):
+    # the world's predicted horizon is in the summary; one seed pairs nothing, so nothing is settled
+    assert s["world"]["predicted_k"] == {"2": 3}
+    assert "**Hypothesis 1: incomplete.**" in md and "| 2 | 40 | 1 | k3 |" in md
+    for png in ("sim-reward-vs-n.png", "sim-invented-vs-n.png", "sim-best-policy.png", "sim-drift.png",
+                "sim-reward-vs-k-raw.png"):
         assert (tmp_path / "results" / png).stat().st_size > 1000

@@ -3,6 +3,7 @@ it, and the per-workspace deployment names. The served end to end: tests/service
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,10 +78,13 @@ def test_each_answered_request_is_logged_as_a_canonical_dialogue(chat, tmp_path,
     monkeypatch.setenv("PPG_MODEL_VERSION", "ppg-therapy/7")
     first, second = ask(mod, model, temperature=0.0), ask(mod, model, temperature=0.0)
     assert first.model == "ppg-therapy/7"
-    path = tmp_path / "log" / "requests.jsonl"
-    ds = read_dialogues(path)  # the schema the monitor reads
+    paths = sorted((tmp_path / "log").glob("requests-*.jsonl"))  # one file per UTC day (two across midnight)
+    ds = [d for path in paths for d in read_dialogues(path)]  # the schema the monitor reads
     assert [d.dialogue_id for d in ds] == [f"served-{r.id.removeprefix('chatcmpl-')}" for r in (first, second)]
-    raw = [json.loads(x) for x in path.read_text().splitlines()]
+    raw = [json.loads(x) for path in paths for x in path.read_text().splitlines()]
+    for path in paths:  # each record in the file of its own day
+        for x in path.read_text().splitlines():
+            assert path.name == time.strftime("requests-%Y-%m-%d.jsonl", time.gmtime(json.loads(x)["meta"]["time"]))
     assert raw[0]["personas"] == {"assistant": "I am Maya, 34, a nurse in Leeds."}
     assert [x["speaker"] for x in raw[0]["lines"]] == ["user", "assistant"]
     assert raw[0]["lines"][1]["text"] == first.choices[0].message.content and raw[0]["lines"][1]["reward"] is None

@@ -114,8 +114,9 @@ def serve_model(
     alias: str = typer.Option("champion", help="The alias (or a version number) to serve."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(5100, help="Port to listen on."),
-    request_log: Path = typer.Option(None, help="Folder for requests.jsonl: every answered request as a "
-                                     "dialogue in the canonical format (what `ppg monitor --logs` reads)."),
+    request_log: Path = typer.Option(None, help="Folder for requests-<UTC date>.jsonl: every answered "
+                                     "request as a dialogue in the canonical format (what `ppg monitor --logs` "
+                                     "reads), one file per day."),
     params: Path = PARAMS,
 ):
     """Serve MODEL@ALIAS as an OpenAI-style chat model with MLflow's scoring server (`mlflow models

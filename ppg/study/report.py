@@ -4,7 +4,7 @@
 import json
 from pathlib import Path
 
-HORIZON = {"greedy": 1, "k2": 2, "k3": 3, "k5": 5}  # full = the dialogue's length, segment = a probe window
+from ppg.study.settle import horizon, plot_reward_vs_k, settle_markdown
 
 
 def _pm(x, digits=3) -> str:
@@ -26,8 +26,13 @@ def _offline(s: dict) -> dict:
 
 
 def _order(policies):
-    rank = ["base", "greedy", "k2", "k3", "k5", "full", "segment"]
-    return sorted(policies, key=lambda q: rank.index(q) if q in rank else len(rank))
+    """base, greedy, k2, k3, ... by K, full, then the rest (segment, bc)."""
+    def rank(q):
+        if q == "base":
+            return (0, 0)
+        h = horizon(q, 10**6)
+        return (1, h) if h is not None else (2, 0)
+    return sorted(policies, key=rank)
 
 
 def sim_tables(s: dict, metric: str = "reward") -> str:
@@ -141,10 +146,11 @@ def plot_sim(s: dict, out: Path) -> list[str]:
         ax = axes[0][i]
         for n, marker in zip(ns, "osD^v"):
             ys = [s["best"].get(f"{d}|{n}|{w}") for d in ds]
-            ax.plot(range(len(ds)), [HORIZON.get(y, turns if y == "full" else 0) for y in ys], marker=marker,
+            ax.plot(range(len(ds)), [horizon(y, turns) or 0 if y else 0 for y in ys], marker=marker,
                     ls=":", label=f"n = {n}")
         ax.set_xticks(range(len(ds)), [f"d={d}" for d in ds])
-        ax.set_yticks([0, 1, 2, 3, 5, turns], ["segment", "greedy", "k2", "k3", "k5", "full"])
+        ks = [q for q in policies if horizon(q, turns)]
+        ax.set_yticks([0, *[horizon(q, turns) for q in ks]], ["segment", *ks])
         ax.set_title(f"best policy by held-out reward ({w})", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -156,13 +162,14 @@ def plot_sim(s: dict, out: Path) -> list[str]:
     for i, w in enumerate(ws):
         ax = axes[0][i]
         for d in ds:
-            ks = [(HORIZON.get(q, turns), cells[(d, ns[-1], q, w)]["invented"]) for q in policies
-                  if q != "segment" and cells.get((d, ns[-1], q, w), {}).get("invented")]
+            ks = [(horizon(q, turns), cells[(d, ns[-1], q, w)]["invented"]) for q in policies
+                  if horizon(q, turns) and cells.get((d, ns[-1], q, w), {}).get("invented")]
             ks.sort(key=lambda kx: kx[0])
             ax.errorbar([k for k, _ in ks], [x["mean"] for _, x in ks], fmt="o-", ms=3, capsize=2, label=f"d = {d}",
                         yerr=[[max(x["mean"] - x["lo"], 0) if x["lo"] == x["lo"] else 0 for _, x in ks],
                               [max(x["hi"] - x["mean"], 0) if x["hi"] == x["hi"] else 0 for _, x in ks]])
-        ax.set_xticks([1, 2, 3, 5, turns], ["1\ngreedy", "2", "3", "5", f"{turns}\nfull"])
+        hs = sorted({horizon(q, turns) for q in policies if horizon(q, turns)})
+        ax.set_xticks(hs, [f"{h}\ngreedy" if h == 1 else f"{h}\nfull" if h == turns else str(h) for h in hs])
         ax.set_xlabel("credit horizon K", fontsize=8)
         ax.set_title(f"invented at open asks, n = {ns[-1]}, {w}", fontsize=9)
         ax.legend(fontsize=7)
@@ -251,9 +258,16 @@ def report(sim: Path | None, real: Path | None, out: Path) -> Path:
     if sim and Path(sim).exists():
         s = json.loads(Path(sim).read_text())
         figs = plot_sim(s, out)
+        settling = []
+        if s.get("world", {}).get("predicted_k"):  # summaries written before the world was recorded have none
+            ws = sorted({k.split("|")[3] for k in s["cells"]} - {"-", "online"})
+            for w in ws:
+                plot_reward_vs_k(s, w, out / f"sim-reward-vs-k-{w}.png")
+                settling += [settle_markdown(s, w), f"![reward vs K, {w}](sim-reward-vs-k-{w}.png)", ""]
         parts += ["## Simulator", "", f"{len(s['cells'])} (d, n, policy, weighting) groups. The `ppg study` run that "
                   f"wrote this summary trained {s.get('cells_run')} cells ({s.get('seconds', 0):.0f} s in cells, "
                   f"{s.get('wall_seconds', 0):.0f} s wall); cells finished by earlier runs were read back.", "",
+                  *(["### The settling test (docs/results.md states it)", "", *settling] if settling else []),
                   "### Best policy (highest mean held-out reward over seeds)", "", best_table(s),
                   "### Held-out reward (mean ± 95% t half-width over seeds; bold = best)", "", sim_tables(s),
                   "### Open asks answered with an invented value, by d and policy", "", mechanism_table(s),

@@ -269,6 +269,19 @@ def run_cell(p, c: dict, root: Path) -> dict:
 
 
 METRICS = ("reward", "consistency", "coverage")
+
+
+def world(p) -> dict:
+    """The study world's parameters and, per d, the horizon its expected returns predict: the
+    smallest K whose K-step credit prefers the dodge at an open ask (ppg.sim.expected), written
+    into the summary before the report reads any result."""
+    from ppg.sim.expected import smallest_k_for_dodge
+
+    cfg = p.study
+    evasive = p.sim.evasive_reward if cfg.evasive_reward is None else cfg.evasive_reward
+    return {"turns": cfg.turns, "probes": cfg.probes, "evasive_reward": evasive, "behaviour": dict(p.sim.behaviour),
+            "predicted_k": {str(d): smallest_k_for_dodge(d, cfg.probes, evasive, p.sim.behaviour)
+                            for d in cfg.distances if isinstance(d, int)}}
 DECISIONS = ("invented", "answered_known", "exposed")
 
 
@@ -287,6 +300,10 @@ def summary(results: list[dict]) -> dict:
     table = {}
     for key, rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         row = {m: mean_ci([r["online"][m]["mean"] for r in rs], (0.0, 1.0)) for m in METRICS}
+        # per seed too: every policy of a (d, n, seed) met the same data and held-out personas,
+        # so the settling test pairs policies by seed (ppg.study.settle)
+        row["reward"] = mean_ci([r["online"]["reward"]["mean"] for r in rs], (0.0, 1.0),
+                                units=[str(r["seed"]) for r in rs])
         for m in DECISIONS:
             xs = [r["decisions"][m] for r in rs if r.get("decisions", {}).get(m) is not None]
             row[m] = mean_ci(xs, (0.0, 1.0)) if xs else None

@@ -239,7 +239,7 @@ def test_two_workspaces_one_registry_and_a_served_champion(services, tmp_path):
         assert reply["usage"]["completion_tokens"] <= 3 and isinstance(reply["choices"][0]["message"]["content"], str)
         again = httpx.post(f"{url}/invocations", json=body, timeout=120).json()
         assert again["choices"][0]["message"]["content"] == reply["choices"][0]["message"]["content"]  # greedy
-        logged = [json.loads(x) for x in (log_dir / "requests.jsonl").read_text().splitlines()]
+        logged = [json.loads(x) for f in sorted(log_dir.glob("requests-*.jsonl")) for x in f.read_text().splitlines()]
         assert len(logged) == 2 and logged[0]["personas"] == {"assistant": persona}
         assert logged[0]["meta"]["model_version"] == f"ppg-chatting/{champion}"
     finally:
