@@ -48,6 +48,9 @@ class OnlineStudyConfig:
     """Distances with online cells (per seed and policy); [] = none."""
     policies: list = field(default_factory=lambda: ["greedy", "k3", "full"])
     """Policy ids trained online from the study base."""
+    seeds: list | None = None
+    """Seeds of the online cells (null = study.seeds): they are not part of the settling test, and
+    one costs ~4 offline cells, so a study that adds seeds for the test can leave them out."""
     steps: int = 30
     """Online PPG steps per cell (each plays personas_per_step * group dialogues)."""
     personas_per_step: int = 8

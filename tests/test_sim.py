@@ -212,6 +212,9 @@ def test_the_settling_study_world_is_the_one_its_prediction_is_computed_for(tmp_
     assert cp.sim.evasive_reward == 0.2 and cp.returns.baseline == "turn_kind"
     # the pre-stated K* = d + 2 at every d of the grid, and the grid has a horizon on each side of it
     ks = {c["policy"] for c in cells(s)}
+    # the seeds added for the test train offline cells only; online cells keep the pilot's seeds
+    assert {c["seed"] for c in cells(s) if c["weights"] == "online"} == {0, 1, 2}
+    assert {c["seed"] for c in cells(s) if c["weights"] == "kind"} == set(s.seeds) and len(s.seeds) > 3
     for d in s.distances:
         k_star = smallest_k_for_dodge(d, s.probes, s.evasive_reward, p.sim.behaviour)
         assert k_star == d + 2 and {f"k{k_star - 1}", f"k{k_star}", f"k{k_star + 1}"} <= ks | {"greedy"}

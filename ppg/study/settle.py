@@ -179,7 +179,7 @@ def settle_markdown(s: dict, w: str) -> str:
             f"Hypothesis 2 (n = {r['ns'][0]} against n = {r['ns'][-1]}): (a) K_win({r['ns'][0]}) ≤ "
             f"K_win({r['ns'][-1]}); refuting only where the longer winner is also significantly better at "
             f"n = {r['ns'][0]}; (b) at n = {r['ns'][0]}, R(K_win) − R(full) above 0.", "",
-            "| d | (a) | K_win(small) − K_win(large) at the small n | (b) |", "|---|---|---|---|"]
+            "| d | (a) | R(K_win(small)) − R(K_win(large)) at the small n | (b) |", "|---|---|---|---|"]
     out += [f"| {d} | {_yes(v['a'])} | {_ci(v.get('small_minus_large', {}))} | {_yes(v['b'])} |"
             for d, v in r["h2"].items()]
     out += ["", f"**Hypothesis 2: {r['h2_verdict']}.**", ""]

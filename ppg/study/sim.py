@@ -84,7 +84,7 @@ def cells(cfg) -> list[dict]:
                         out.append({"id": cell_id(d, n, seed, policy, w), "d": d, "n": n, "seed": seed,
                                     "policy": policy, "weights": w})
     for d in cfg.online.distances:  # online PPG from the study base: rollouts, not logged data (n = 0)
-        for seed in cfg.seeds:
+        for seed in cfg.seeds if cfg.online.seeds is None else cfg.online.seeds:
             for policy in cfg.online.policies:
                 out.append({"id": f"d{d}-online-s{seed}-{policy}", "d": d, "n": 0, "seed": seed, "policy": policy,
                             "weights": "online"})
