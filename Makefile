@@ -55,7 +55,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	$(PIP) install trl==1.16.0 datasets==5.2.0 openai==3.57.0
+	$(PIP) install trl==1.16.0 datasets==5.2.0
 	$(PY) benchmarks/returns.py
 	$(PY) benchmarks/build.py
 	$(PY) benchmarks/trainer.py

@@ -1,15 +1,15 @@
-"""The LLM judge's local server: `ppg serve-judge` (ours: a stdlib HTTP server, one generation at a
-time) next to `transformers serve` (Hugging Face's maintained OpenAI-compatible server, with and
-without continuous batching), same model, same judge requests, side by side in one run.
+"""The LLM judge's local server, three ways, same model, same judge requests, side by side in one
+run: `stdlib` (benchmarks/stdlib_judge_server.py: ours as it was, one generation at a time),
+`transformers` (`transformers serve` without continuous batching) and `ppg` (`ppg serve-judge`:
+`transformers serve` with continuous batching, pinned to the model under the judge's name).
 
     python benchmarks/judge_server.py [--model smollm2-135m] [--dialogues 3] [--lines 6] \
-        [--concurrency 4] [--max-tokens 48] [--servers ppg,transformers,transformers-cb]
+        [--concurrency 4] [--max-tokens 48] [--servers stdlib,transformers,ppg]
 
 The requests are the real LLMJudge's (prompt-to-line and line-to-line per line, greedy) over the
 first dialogues of the shared Consistent-LLMs files (or, without them, a few written here). Prints,
 per server: wall time, requests/s, generated tokens/s, verdicts given, and how many answers are
-word for word those of `ppg serve-judge` (the same greedy model should agree), then the ratios.
-Needs the `bench` extra's openai package for `transformers serve` (`make bench`).
+word for word those of the stdlib server (the same greedy model should agree), then the ratios.
 """
 
 import argparse
@@ -62,11 +62,13 @@ def dialogues(n: int, lines: int) -> list[Dialogue]:
 
 
 def start(kind: str, model_dir: Path, port: int) -> subprocess.Popen:
-    if kind == "ppg":
-        cmd = [BIN / "ppg", "serve-judge", "--model", model_dir, "--port", port]
+    if kind == "stdlib":
+        cmd = [sys.executable, Path(__file__).with_name("stdlib_judge_server.py"), model_dir, port]
+    elif kind == "ppg":
+        cmd = [BIN / "ppg", "serve-judge", "--model", model_dir, "--port", port, "--device", "cpu"]
     else:
         cmd = [BIN / "transformers", "serve", model_dir, "--host", "127.0.0.1", "--port", port, "--device", "cpu",
-               "--continuous-batching" if kind == "transformers-cb" else "--no-continuous-batching"]
+               "--no-continuous-batching"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
@@ -92,7 +94,7 @@ def main():
     ap.add_argument("--lines", type=int, default=6)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=48)
-    ap.add_argument("--servers", default="ppg,transformers,transformers-cb")
+    ap.add_argument("--servers", default="stdlib,transformers,ppg")
     a = ap.parse_args()
     from ppg.judges.llm import LLMJudge
     from ppg.models import resolve_model
@@ -111,7 +113,8 @@ def main():
             t0 = time.perf_counter()
             wait_up(proc, url)
             ready = time.perf_counter() - t0
-            cfg = dataclasses.replace(judge_cfg, base_url=f"{url}/v1", model=str(model_dir), concurrency=a.concurrency,
+            served = "judge" if kind == "ppg" else str(model_dir)  # ppg serve-judge answers as judge.model
+            cfg = dataclasses.replace(judge_cfg, base_url=f"{url}/v1", model=served, concurrency=a.concurrency,
                                       max_tokens=a.max_tokens, retries=0, timeout_s=600.0)
             warm = ds[0].model_copy(deep=True)
             warm.lines = warm.lines[:2]
@@ -135,12 +138,12 @@ def main():
         print(f"{kind}: up in {ready:.0f} s; {n['requests']} requests in {wall:.1f} s = "
               f"{n['requests'] / wall:.2f} req/s, "
               f"{n['tokens_out']} tokens out = {n['tokens_out'] / wall:.1f} tok/s; verdicts {verdicts}/{len(texts)}")
-    if "ppg" in answers:
+    if "stdlib" in answers:
         for kind, texts in answers.items():
-            same = sum(x == y for x, y in zip(texts, answers["ppg"]))
-            print(f"{kind}: {same}/{len(texts)} prompt-to-line answers identical to ppg serve-judge's")
+            same = sum(x == y for x, y in zip(texts, answers["stdlib"]))
+            print(f"{kind}: {same}/{len(texts)} prompt-to-line answers identical to the stdlib server's")
         for kind, r in rows.items():
-            print(f"{kind} / ppg: {r['req_s'] / rows['ppg']['req_s']:.2f}x requests/s")
+            print(f"{kind} / stdlib: {r['req_s'] / rows['stdlib']['req_s']:.2f}x requests/s")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def main():
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED}: the shared Consistent-LLMs files are not here")
     from ppg.judges.llm import LLMJudge
-    from ppg.judges.serve import make_server
+    from ppg.judges.serve import judge_server
     from ppg.models import resolve_model
     from ppg.train.judge import train_judge
 
@@ -65,21 +64,18 @@ def main():
         print(f"reward model scoring: {rm_rate:.1f} lines/s")
         return
 
-    server = make_server(resolve_model("smollm2-135m"), "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     sample, n = [], 0
     for d in dialogues:  # whole dialogues until the evaluated lines reach --llm-lines
         if n >= a.llm_lines:
             break
         sample.append(d)
         n += sum(len(d.turns(s)) for s in d.evaluated_speakers)
-    cfg = dataclasses.replace(p.judge, kind="llm", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
-                              concurrency=1, timeout_s=300)
-    judge = LLMJudge(cfg)  # no cache: every line is asked
-    t0 = time.perf_counter()
-    judged = judge.judge(sample)
-    llm_s = time.perf_counter() - t0
-    server.shutdown()
+    with judge_server(resolve_model("smollm2-135m"), device="cpu") as url:
+        cfg = dataclasses.replace(p.judge, kind="llm", base_url=url, concurrency=1, timeout_s=300)
+        judge = LLMJudge(cfg)  # no cache: every line is asked
+        t0 = time.perf_counter()
+        judged = judge.judge(sample)
+        llm_s = time.perf_counter() - t0
     nulls = sum(ln.reward is None for d in judged for s in d.evaluated_speakers for ln in d.turns(s))
     llm_rate = n / llm_s
     print(f"LLM judge (serve-judge, SmolLM2-135M): {n} lines, {judge.counts['requests']} requests in {llm_s:.0f} s "

@@ -120,16 +120,12 @@ def test_answers_without_a_verdict_stay_null_and_the_validation_gate_decides(tmp
     import yaml
     from typer.testing import CliRunner
 
-    import threading
-
     from ppg.cli import app
-    from ppg.judges.serve import make_server
+    from ppg.judges.serve import judge_server
     from ppg.models import resolve_model
 
-    server = make_server(resolve_model("tiny"), "127.0.0.1", 0)  # the real transport; answers are noise
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        cfg = {"judge": {"kind": "llm", "base_url": f"http://127.0.0.1:{server.server_address[1]}/v1",
+    with judge_server(resolve_model("tiny"), device="cpu") as url:  # the real transport; answers are noise
+        cfg = {"judge": {"kind": "llm", "base_url": url,
                          "cache": str(tmp_path / "cache.sqlite"), "max_tokens": 4, "concurrency": 1},
                "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifacts": str(tmp_path / "a")}}
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
@@ -137,8 +133,6 @@ def test_answers_without_a_verdict_stay_null_and_the_validation_gate_decides(tmp
         res = runner.invoke(app, ["judge", str(logs), "--out", str(tmp_path / "judged"), "--params",
                                   str(tmp_path / "params.yaml"), "--no-progress"])
         assert res.exit_code == 0, res.output
-    finally:
-        server.shutdown()
     s = json.loads((tmp_path / "judged" / "summary.json").read_text())
     assert s["counts"]["requests"] == 5 and s["counts"]["judged_turns"] == 3
     out = read_dialogues(tmp_path / "judged" / "dialogues.jsonl")

@@ -1,4 +1,5 @@
-"""LLMJudge over real HTTP: against `ppg serve-judge` (tiny model) and a fault-injecting server."""
+"""LLMJudge over real HTTP: against `ppg serve-judge` (`transformers serve`, tiny model) and a
+fault-injecting server."""
 
 import json
 import logging
@@ -141,14 +142,34 @@ def test_qa_consistency_polarity(scripted):
 
 
 def test_against_ppg_serve_judge_over_real_http(tiny_model, monkeypatch):
-    from ppg.judges.serve import make_server
+    """`ppg serve-judge` is `transformers serve` pinned to the model under the judge's name: the
+    judge's requests are answered, one naming another model is refused, and neither the key nor
+    the dialogue reaches its log."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from ppg.judges.serve import free_port
 
     monkeypatch.setenv("PPG_JUDGE_API_KEY", SECRET)
-    server = make_server(tiny_model, port=0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "ppg"), "serve-judge", "--model", str(tiny_model),
+                             "--port", str(port), "--device", "cpu"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
     try:
-        judge = LLMJudge(JudgeConfig(kind="llm", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
-                                        max_tokens=8, timeout_s=60))
+        for _ in range(120):
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(1)
+        judge = LLMJudge(JudgeConfig(kind="llm", base_url=f"{url}/v1", model="judge", max_tokens=8, timeout_s=60))
         [d] = judge.judge([dialogue()])
         # a random tiny model rarely says YES/NO: whatever it says is parsed by the strict rule
         assert judge.counts["requests"] == 3 and judge.counts["retries"] == 0
@@ -156,5 +177,11 @@ def test_against_ppg_serve_judge_over_real_http(tiny_model, monkeypatch):
         assert all(isinstance(t.judge["prompt_to_line"], str) for t in turns)
         nulls = sum(t.reward is None for t in turns)
         assert nulls <= 2 and judge.counts["null_prompt_to_line"] <= 2
+        other = httpx.post(f"{url}/v1/chat/completions", timeout=30, json={
+            "model": "someone-else", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+        assert other.status_code == 400 and "pinned to 'judge'" in other.text
     finally:
-        server.shutdown()
+        os.killpg(proc.pid, 15)
+        out = proc.communicate(timeout=30)[0]
+    # uvicorn's access log names method, path and status; never a header (the key) or a body (the persona)
+    assert '"POST /v1/chat/completions HTTP/1.1" 200' in out and SECRET not in out and "bus driver" not in out

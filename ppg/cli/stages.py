@@ -3,6 +3,7 @@ train, evaluate, export, serve-judge, returns)."""
 
 import json
 import math
+import os
 from pathlib import Path
 
 import typer
@@ -315,19 +316,24 @@ def export(
 @app.command("serve-judge")
 def serve_judge(
     model: str = typer.Option("smollm2-135m", help="Model spec that answers (tiny, smollm2-135m, a folder)."),
+    name: str = typer.Option("judge", help="The model id requests must name: judge.model in params.yaml."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8765, help="Port."),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="Continuous batching (paged attention)."),
+    device: str = typer.Option("auto", help="cpu, cuda:0, ... (auto: the accelerator when there is one)."),
 ):
-    """A local OpenAI-compatible chat-completions server for the LLM judge (offline, real HTTP)."""
+    """A local OpenAI-compatible chat-completions server for the LLM judge (offline, real HTTP):
+    `transformers serve` pinned to MODEL under NAME. Blocks until stopped."""
+    from ppg.judges.serve import serve_command, serve_env
     from ppg.models import resolve_model
-    from ppg.judges.serve import make_server
 
-    server = make_server(resolve_model(model), host, port)
-    typer.echo(f"serving {model} at http://{host}:{server.server_address[1]}/v1 (Ctrl-C stops)")
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        server.server_close()
+        argv, cwd = serve_command(resolve_model(model), name, host, port, batching, device)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    typer.echo(f"serving {model} as {name!r} at http://{host}:{port}/v1 (transformers serve; Ctrl-C stops)", err=True)
+    os.chdir(cwd)
+    os.execve(argv[0], argv, serve_env())
 
 
 @app.command()
