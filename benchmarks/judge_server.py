@@ -16,25 +16,19 @@ import argparse
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 
 from ppg.config import load_params
+from ppg.io import free_port
+from ppg.judges.serve import wait_healthy
 from ppg.data.schema import Dialogue, Line
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/consistent-llms/dialogues"
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def dialogues(n: int, lines: int) -> list[Dialogue]:
@@ -74,19 +68,6 @@ def start(kind: str, model_dir: Path, port: int) -> subprocess.Popen:
                             text=True, start_new_session=True)
 
 
-def wait_up(proc: subprocess.Popen, url: str, seconds: int = 300) -> None:
-    for _ in range(seconds):
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read()[-3000:])
-        time.sleep(1)
-    raise RuntimeError(f"no /health within {seconds} s")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -111,7 +92,7 @@ def main():
         proc = start(kind, model_dir, port)
         try:
             t0 = time.perf_counter()
-            wait_up(proc, url)
+            wait_healthy(proc, url, 300, lambda: proc.stdout.read())
             ready = time.perf_counter() - t0
             served = "judge" if kind == "ppg" else str(model_dir)  # ppg serve-judge answers as judge.model
             cfg = dataclasses.replace(judge_cfg, base_url=f"{url}/v1", model=served, concurrency=a.concurrency,

@@ -1,6 +1,7 @@
 """Writes that never leave a half-written file: write a temp file beside the target, then rename."""
 
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,3 +43,10 @@ def content_hash(*paths: str | Path, skip: tuple[str, ...] = ()) -> str:
             with open(f, "rb") as fh:
                 h.update(hashlib.file_digest(fh, "sha256").digest())
     return h.hexdigest()[:16]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (a rendezvous, a local server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

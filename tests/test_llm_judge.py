@@ -148,12 +148,12 @@ def test_against_ppg_serve_judge_over_real_http(tiny_model, monkeypatch):
     import os
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     import httpx
 
-    from ppg.judges.serve import free_port
+    from ppg.io import free_port
+    from ppg.judges.serve import wait_healthy
 
     monkeypatch.setenv("PPG_JUDGE_API_KEY", SECRET)
     port = free_port()
@@ -162,13 +162,7 @@ def test_against_ppg_serve_judge_over_real_http(tiny_model, monkeypatch):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert proc.poll() is None, proc.stdout.read()
-                time.sleep(1)
+        wait_healthy(proc, url, 120, lambda: proc.stdout.read())
         judge = LLMJudge(JudgeConfig(kind="llm", base_url=f"{url}/v1", model="judge", max_tokens=8, timeout_s=60))
         [d] = judge.judge([dialogue()])
         # a random tiny model rarely says YES/NO: whatever it says is parsed by the strict rule

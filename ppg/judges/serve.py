@@ -1,7 +1,7 @@
 """`ppg serve-judge`: the local LLM judge is served by Hugging Face's maintained server,
 `transformers serve` (OpenAI-compatible POST /v1/chat/completions, GET /v1/models, GET /health),
 with continuous batching on, pinned to one model. Measured against the stdlib server it replaced
-(one generation at a time), on the real judge's requests: the same greedy answers, 1.48x the
+(one generation at a time), on the real judge's requests: the same greedy answers, 1.55x the
 requests/s at 4 concurrent requests on 2 CPU cores; without continuous batching it is no faster
 (docs/benchmarks.md, benchmarks/judge_server.py).
 
@@ -12,7 +12,6 @@ under that name: a symlink NAME -> folder in a private directory the server runs
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,20 +19,22 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from ppg.io import free_port
+
 
 def serve_command(model_dir: Path, name: str = "judge", host: str = "127.0.0.1", port: int = 8765,
                   batching: bool = True, device: str = "auto") -> tuple[list[str], Path]:
     """(argv, working directory) of `transformers serve` answering as NAME for MODEL_DIR."""
     if not name or name.startswith("/") or ".." in Path(name).parts:
         raise ValueError(f"--name: {name!r} must be a relative model id such as 'judge' or 'org/judge'")
-    cwd = Path(tempfile.mkdtemp(prefix="ppg-serve-judge-"))
-    link = cwd / name
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(Path(model_dir).resolve(), target_is_directory=True)
     exe = Path(sys.executable).parent / "transformers"
     exe = str(exe) if exe.exists() else shutil.which("transformers")
     if exe is None:
         raise FileNotFoundError("transformers serve: no `transformers` command beside this Python or on PATH")
+    cwd = Path(tempfile.mkdtemp(prefix="ppg-serve-judge-"))
+    link = cwd / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(Path(model_dir).resolve(), target_is_directory=True)
     argv = [exe, "serve", name, "--host", host, "--port", str(port),
             "--device", device, "--continuous-batching" if batching else "--no-continuous-batching",
             "--log-level", "warning"]
@@ -45,10 +46,23 @@ def serve_env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_healthy(proc: subprocess.Popen, url: str, startup_s: float = 180, output=lambda: "") -> None:
+    """Return once GET URL/health answers 200; if PROC exits first, or after STARTUP_S, raise with
+    the tail of its output (OUTPUT() reads it)."""
+    import httpx
+
+    deadline = time.monotonic() + startup_s
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}: {output()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}: no /health within {startup_s} s")
+        time.sleep(0.5)
 
 
 @contextmanager
@@ -57,8 +71,6 @@ def judge_server(model_dir: Path, name: str = "judge", port: int | None = None, 
     """`ppg serve-judge` in a child process for the block: yields its base URL (http://…/v1) once
     /health answers; stops it (and its process group) after. If it dies on the way up, its output
     is in the error."""
-    import httpx
-
     port = port or free_port()
     argv, cwd = serve_command(model_dir, name, "127.0.0.1", port, batching, device)
     log = cwd / "server.log"  # a file, not a pipe nobody reads: a full pipe would stall the server
@@ -66,18 +78,7 @@ def judge_server(model_dir: Path, name: str = "judge", port: int | None = None, 
         proc = subprocess.Popen(argv, cwd=cwd, env=serve_env(), stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"transformers serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"transformers serve: no /health on port {port} within {startup_s} s")
-            time.sleep(0.5)
+        wait_healthy(proc, f"http://127.0.0.1:{port}", startup_s, log.read_text)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         if proc.poll() is None:

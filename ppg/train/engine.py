@@ -9,20 +9,14 @@ $(which ppg) train ...` runs N ranks (CPU ranks here, GPUs elsewhere).
 import json
 import os
 import random
-import socket
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ppg.io import free_port
 from ppg.train import checkpoint
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def setup_distributed():

@@ -9,7 +9,6 @@ by `make test`: it needs Debian's postgresql package and takes a few minutes."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ppg.io import free_port
+
 pytestmark = [pytest.mark.services, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "deploy" / "services.sh"
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sh(*args, cwd=None, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
