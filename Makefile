@@ -33,8 +33,12 @@ RUN_ARGS ?=
 run: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ppg run $(RUN_ARGS)
 
+# Two processes by default (TEST_WORKERS=0: one). A file's tests stay on one worker, in order,
+# since some share a module-scoped workspace; files go out in collection order (tests/conftest.py
+# puts the slow ones first), not xdist's default of the most tests first.
+TEST_WORKERS ?= 2
 test: install lint
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # The team setup (tests/services): deploy/services.sh's PostgreSQL, MLflow and Prefect servers on
 # free ports, two workspaces into one registry, the champion served. Needs Debian's postgresql.
