@@ -118,14 +118,27 @@ def build_smollm2(out: Path) -> Path:
     return atomic_folder(Path(out), build)
 
 
+def built_once(target: Path, marker: str, build) -> Path:
+    """target, built by build(target) unless target/marker exists. The cache is shared by every
+    process of the machine (two workspaces' stages, two test workers): builders take turns under
+    a flock and a later one finds the folder built, so no process replaces a folder another is
+    reading."""
+    import fcntl
+
+    if (target / marker).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        return target if (target / marker).exists() else build(target)
+
+
 def resolve_model(spec: str) -> Path:
     """A local folder for the spec, building tiny / converting smollm2-135m into the cache once."""
     if spec == "tiny":
-        target = cache_dir() / "models" / "tiny"
-        return target if (target / "config.json").exists() else build_tiny(target)
+        return built_once(cache_dir() / "models" / "tiny", "config.json", build_tiny)
     if spec == "smollm2-135m":
-        target = cache_dir() / "models" / "smollm2-135m"
-        return target if (target / "model.safetensors").exists() else build_smollm2(target)
+        return built_once(cache_dir() / "models" / "smollm2-135m", "model.safetensors", build_smollm2)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists() and not (path / "tokenizer_config.json").exists():
