@@ -11,9 +11,8 @@ from pathlib import Path
 import yaml
 
 from ppg.config_ops import (EvalConfig, JudgeConfig, MlflowConfig, MonitorConfig, PipelineConfig,  # noqa: F401
-                            RegistryConfig, one_of)
+                            RegistryConfig, generation_config, one_of)
 from ppg.config_study import StudyConfig  # noqa: F401
-from ppg.generation import generation_config
 from ppg.returns import BASELINES, parse_policy_id
 
 

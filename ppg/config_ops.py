@@ -4,7 +4,43 @@ out for length; the K study's sections are ppg.config_study.)"""
 
 from dataclasses import asdict, dataclass, field
 
-from ppg.generation import generation_config
+
+BACKEND_NAMES = ("cache", "generate")
+"""The repliers of ppg.generation.BACKENDS, by name (here, so params load without torch)."""
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    """Longest reply, in tokens."""
+    temperature: float = 0.7
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = 0.9
+    """Nucleus sampling: sample among the most likely tokens whose probabilities sum to top_p."""
+    batch_size: int = 8
+    """Dialogues generated together."""
+    backend: str = "cache"
+    """cache: keep each batch's KV cache across turns (a turn prefills only its new ids);
+    generate: transformers' generate over the re-encoded dialogue every turn (slower; for a model
+    whose cache cannot be extended with masked gaps)."""
+
+
+def generation_config(key: str, d) -> GenerationConfig:
+    """The GenerationConfig of a params mapping (eval.generation, online.generation); an unknown
+    key or backend is an error that names the key."""
+    from dataclasses import fields
+
+    names = [f.name for f in fields(GenerationConfig)]
+    if not isinstance(d, dict) or set(d) - set(names):
+        raise ValueError(f"{key}: expected a mapping with keys among {', '.join(names)}, got {d!r}")
+    gen = GenerationConfig(**d)
+    if gen.backend not in BACKEND_NAMES:
+        raise ValueError(f"{key}.backend: expected {' or '.join(BACKEND_NAMES)}, got {gen.backend!r}")
+    if gen.max_new_tokens < 1 or gen.batch_size < 1 or gen.temperature < 0 or not 0 < gen.top_p <= 1:
+        raise ValueError(f"{key}: max_new_tokens and batch_size must be >= 1, temperature >= 0, "
+                         f"top_p in (0, 1]; got {d!r}")
+    return gen
+
 
 JUDGE_KINDS = ("labels", "llm", "reward-model")
 
@@ -167,7 +203,7 @@ class EvalConfig:
     the domains it names ("" = the project's)."""
     generation: dict = field(default_factory=lambda: {"max_new_tokens": 32, "temperature": 0.7, "top_p": 0.9,
                                                       "batch_size": 8})
-    """Sampling for rollouts: ppg.generation.GenerationConfig's fields (max_new_tokens,
+    """Sampling for rollouts: GenerationConfig's fields (above) (max_new_tokens,
     temperature, top_p, batch_size, backend: cache, the default, keeps each dialogue's KV cache
     across turns; generate re-encodes the dialogue every turn)."""
     split: str = "validation"
@@ -321,6 +357,11 @@ class PipelineConfig:
     """Seconds between a deployed flow run's heartbeats (Prefect's minimum: 30). A run silent for
     three of them is marked Crashed by the automation `ppg deploy` creates on the server: its
     process died with its worker or machine, and nothing else would ever end it."""
+    commit: bool = True
+    """After a run that ran stages, commit dvc.lock and params.yaml (only those) in the
+    workspace's git with a message naming the parent MLflow run and the outcome, and tag a
+    registered version's commit `ppg/<model>/v<version>` (docs/pipeline.md, Lineage). The MLflow
+    record is complete without it; a workspace with no commit yet is left alone."""
 
     def __post_init__(self):
         if self.heartbeat < 30:

@@ -14,43 +14,12 @@ context is then everything it was given plus everything it sampled, in order.
 - Reencoded runs transformers' `generate` over the whole dialogue every turn (the path before
   the cache; kept as the reference the benchmark and tests compare with)."""
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 32
-    """Longest reply, in tokens."""
-    temperature: float = 0.7
-    """Sampling temperature (0 = greedy)."""
-    top_p: float = 0.9
-    """Nucleus sampling: sample among the most likely tokens whose probabilities sum to top_p."""
-    batch_size: int = 8
-    """Dialogues generated together."""
-    backend: str = "cache"
-    """cache: keep each batch's KV cache across turns (a turn prefills only its new ids);
-    generate: transformers' generate over the re-encoded dialogue every turn (slower; for a model
-    whose cache cannot be extended with masked gaps)."""
-
-
-def generation_config(key: str, d) -> GenerationConfig:
-    """The GenerationConfig of a params mapping (eval.generation, online.generation); an unknown
-    key or backend is an error that names the key."""
-    from dataclasses import fields
-
-    names = [f.name for f in fields(GenerationConfig)]
-    if not isinstance(d, dict) or set(d) - set(names):
-        raise ValueError(f"{key}: expected a mapping with keys among {', '.join(names)}, got {d!r}")
-    gen = GenerationConfig(**d)
-    if gen.backend not in BACKENDS:
-        raise ValueError(f"{key}.backend: expected {' or '.join(BACKENDS)}, got {gen.backend!r}")
-    if gen.max_new_tokens < 1 or gen.batch_size < 1 or gen.temperature < 0 or not 0 < gen.top_p <= 1:
-        raise ValueError(f"{key}: max_new_tokens and batch_size must be >= 1, temperature >= 0, "
-                         f"top_p in (0, 1]; got {d!r}")
-    return gen
+# the config lives with the other sections, so that reading params does not import this module
+from ppg.config_ops import BACKEND_NAMES, GenerationConfig, generation_config  # noqa: F401
 
 
 class Replier(Protocol):
@@ -212,3 +181,4 @@ class Reencoded:
 
 
 BACKENDS = {"cache": CachedReplies, "generate": Reencoded}
+assert tuple(BACKENDS) == BACKEND_NAMES, "a backend must be named in ppg.config_ops.BACKEND_NAMES too"

@@ -39,7 +39,8 @@ def test_dvc_repro_push_pull_from_a_fresh_repo(tmp_path):
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env = {**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"), "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "PPG_TRACE_PARAMS": str(tmp_path / "params-read.jsonl")}
     # the tiny model and a few steps: the graph is under test here, not the model
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["model"]["spec"] = "tiny"
@@ -61,6 +62,8 @@ def test_dvc_repro_push_pull_from_a_fresh_repo(tmp_path):
     run_json = json.loads((repo / "models/k2/run.json").read_text())
     assert run_json["steps"] == 2 and run_json["mlflow_run_id"]
     assert "didn't change" in sh("dvc", "repro", cwd=repo, env=env)
+    every_stage_declares_the_params_it_read(repo, tmp_path / "params-read.jsonl")
+    an_edit_reruns_the_stages_whose_code_closure_holds_it(repo, env)
     # a build parameter reruns build only
     params = repo / "params.yaml"
     params.write_text(params.read_text().replace("  folds: 5", "  folds: 2"))
@@ -90,3 +93,39 @@ def test_dvc_repro_push_pull_from_a_fresh_repo(tmp_path):
     assert "Running stage 'import'" in sh("dvc", "repro", "import", cwd=repo, env=env)
     manifest = json.loads((repo / "data/sources.json").read_text())
     assert [f["path"] for f in manifest["files"]] == ["elsewhere/logs.jsonl"]
+
+
+def every_stage_declares_the_params_it_read(repo: Path, trace: Path):
+    from ppg.lineage.closure import stage_command, stages
+    from ppg.lineage.trace import declared, undeclared
+
+    params = {stage_command(st["cmd"]): declared(st) for st in stages(repo / "dvc.yaml").values()}
+    lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    assert {t["command"] for t in lines} >= {"prepare-model", "sources", "import", "judge", "validate", "build",
+                                            "train", "evaluate"}
+    assert undeclared(lines, params) == {}
+    assert "train.max_steps" in next(t for t in lines if t["command"] == "train")["read"]  # the trace sees reads
+
+
+def an_edit_reruns_the_stages_whose_code_closure_holds_it(repo: Path, env: dict):
+    """dvc status after an edit lists exactly the stages whose command's import closure holds the
+    edited file (the closure computed from the code, then pinned by hand)."""
+    from ppg.lineage.closure import command_closure, files, stage_command, stages
+
+    def changed():
+        status = json.loads(sh("dvc", "status", "--json", cwd=repo, env=env))
+        return {k for k, v in status.items() if v != ["always changed"]}
+
+    graph = stages(repo / "dvc.yaml")
+    expanded = {"train": ["train@greedy", "train@k2"], "evaluate": ["evaluate@greedy", "evaluate@k2"]}
+    for rel, pinned in (("ppg/generation.py", {"train@greedy", "train@k2", "evaluate@greedy", "evaluate@k2"}),
+                        ("ppg/data/validate.py", {"validate"})):
+        holds = {s for name, st in graph.items() if stage_command(st["cmd"])
+                 and rel in files(command_closure(stage_command(st["cmd"]))) for s in expanded.get(name, [name])}
+        assert holds == pinned
+        f = repo / rel
+        before = f.read_text()
+        f.write_text(before.replace("def ", "def _edited():\n    return 1\n\n\ndef ", 1))
+        assert changed() == holds, rel
+        f.write_text(before)
+        assert changed() == set()

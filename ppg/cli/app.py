@@ -3,6 +3,7 @@ ppg.cli.stages (the pipeline's stages) and ppg.cli.pipeline (the runs around the
 libraries load inside commands, and Prefect only in the commands that start flows, so
 `ppg --help` stays fast."""
 
+import os
 from pathlib import Path
 
 import typer
@@ -43,6 +44,13 @@ def read_params(path: Path):
     from ppg.config import load_params
 
     try:
-        return load_params(path)
+        p = load_params(path)
     except ValueError as e:
         fail(str(e))
+    if os.environ.get("PPG_TRACE_PARAMS"):  # which params this command reads (ppg.lineage.trace)
+        import sys
+
+        from ppg.lineage.trace import watch
+
+        watch(p, next((a for a in sys.argv[1:] if not a.startswith("-")), ""))
+    return p

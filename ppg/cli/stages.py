@@ -58,21 +58,28 @@ def import_(
 def sources(
     source: str = typer.Option(None, help="FORMAT:PATH[,PATH...] (default: data.source in params.yaml)."),
     out: Path = typer.Option(Path("data/sources.json"), help="The manifest to write."),
+    models_out: Path = typer.Option(Path("data/models.json"), help="The judge's and grader's models, by content."),
     params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
 ):
-    """The content of every file data.source reads (path, size, sha256): the `import` stage depends
-    on this manifest, so changed input files re-run the pipeline wherever they live."""
+    """The content of every file data.source reads (path, size, sha256), and of the model folders
+    the judge and the grader read: the `import`, `judge` and `evaluate` stages depend on these
+    manifests, so changed inputs re-run the pipeline wherever they live."""
     from ppg.data.importers import source_manifest
     from ppg.data.schema import DataError
     from ppg.io import atomic_open
+    from ppg.judges.stage import judge_models
 
+    p = read_params(params)
     try:
-        manifest = source_manifest(source or read_params(params).data.source)
+        manifest = source_manifest(source or p.data.source)
     except DataError as e:
         fail(str(e))
-    with atomic_open(out) as f:
-        json.dump(manifest, f, indent=1)
-    typer.echo(f"wrote {out}: {len(manifest['files'])} file(s) of {manifest['source']}")
+    models = judge_models(p)
+    for path, content in ((out, manifest), (models_out, models)):
+        with atomic_open(path) as f:
+            json.dump(content, f, indent=1)
+    typer.echo(f"wrote {out}: {len(manifest['files'])} file(s) of {manifest['source']}; {models_out}: "
+               + ", ".join(f"{role} {m['kind']}" for role, m in models.items()))
 
 
 @app.command()

@@ -44,6 +44,25 @@ def redact(dialogues: list[Dialogue], patterns: dict[str, str]) -> tuple[list[Di
     return out, counts
 
 
+def judge_models(p) -> dict:
+    """What the judge (judge section) and the grader (eval.judge over it) read, by content: a
+    reward model's folder hashed, an endpoint by address and model name (its weights are not ours
+    to hash). The `sources` stage writes it to data/models.json and the judge and evaluate stages
+    depend on that, so a retrained reward model re-runs them."""
+    from ppg.io import content_hash
+
+    out = {}
+    for role, cfg in (("judge", p.judge), ("grader", p.eval_judge())):
+        if cfg.kind == "reward-model":
+            path = Path(cfg.reward_model.path)
+            out[role] = {"kind": cfg.kind, "path": str(path), "content": content_hash(path) if path.exists() else None}
+        elif cfg.kind == "llm":
+            out[role] = {"kind": cfg.kind, "base_url": cfg.base_url, "model": cfg.model}
+        else:
+            out[role] = {"kind": cfg.kind}
+    return out
+
+
 def stage_judge(cfg, progress: bool = False) -> Judge:
     """The judge judge.kind names (cfg: the judge section)."""
     if cfg.kind == "labels":
