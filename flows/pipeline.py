@@ -20,9 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from prefect import flow, get_run_logger, task
 
 from ppg import registry, tracking
+from ppg.lineage import record
 from ppg.config import load_params
 from ppg.metrics import metric, metric_entry
 from ppg.evaluate.report import table
@@ -87,7 +89,8 @@ def link_runs(p, c, parent_run_id: str, trained: dict) -> dict:
     this parent through the run.json it wrote before. Returns policy -> run id."""
     from ppg.returns import parse_policy_id
 
-    runs, md5, commit = {}, registry.dvc_md5(p.build.out), registry.git_commit()
+    runs, md5 = {}, record.dvc_md5(p.build.out)
+    commit = c.get_run(parent_run_id).data.tags.get("ppg.git_commit")  # the code the stages ran
     for policy in p.returns.policies:
         run_id = json.loads((Path(p.train.out) / policy / "run.json").read_text())["mlflow_run_id"]
         runs[policy] = run_id
@@ -136,9 +139,12 @@ def _run(overlay: str) -> dict:
             log.warning("ended MLflow run %s (%s) as KILLED: its process %s is gone", run.info.run_id,
                         run.info.run_name, run.data.tags.get("ppg.pid"))
         os.environ.pop(tracking.PARENT_ENV, None)
-        parent = tracking.open_run(c, p.mlflow, name="pipeline",
-                                   tags={"ppg.stage": "pipeline", "ppg.git_commit": registry.git_commit() or ""})
+        parent = tracking.open_run(c, p.mlflow, name="pipeline", tags={"ppg.stage": "pipeline"})
         try:
+            code = record.log_start(c, parent, overlay)  # the record: params, code, environment
+            if code["dirty"]:
+                log.warning("the workspace has uncommitted changes: the record keeps their diff (%d bytes), "
+                            "but commit the code so a clone can rebuild what this run makes", code["diff_bytes"])
             result = _stages(p, c, parent, log)
         except BaseException as e:
             try:
@@ -149,6 +155,42 @@ def _run(overlay: str) -> dict:
             raise
         c.set_terminated(parent, "FINISHED")
         return result
+
+
+def commit_workspace(p, c, parent: str, why: str, gate: dict | None, log) -> str | None:
+    """Commit dvc.lock, params.yaml and DVC's .gitignore files (only those) in the workspace's
+    git, naming the parent run and the outcome, and tag the commit of a registered version
+    `ppg/<model>/v<version>`: the workspace's own history then says which data and config made
+    each version (DVC's advice).
+    Off with pipeline.commit; a workspace with no commit yet is left alone (the MLflow record is
+    complete without it)."""
+    if not p.pipeline.commit:
+        return None
+    if record.git_commit() is None:
+        log.warning("the workspace has no git commit: dvc.lock and params.yaml are recorded in MLflow only")
+        return None
+    lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").exists() else {}
+    ignores = {str(Path(o["path"]).parent / ".gitignore") for st in (lock or {}).get("stages", {}).values()
+               for o in st.get("outs", [])}  # DVC lists its outputs there: part of its state (its docs)
+    paths = sorted(x for x in {"dvc.lock", "params.yaml", *ignores} if Path(x).exists())
+    record.git("add", "--", *paths)
+    if not record.git("diff", "--cached", "--quiet", "--", *paths).returncode:
+        return record.git_commit()  # nothing new to commit (the same lock and params)
+    msg = f"ppg run {parent}: {why}"[:2000]
+    r = record.git("commit", "-q", "--no-verify", "-m", msg, "--", *paths)
+    if r.returncode:
+        log.warning("could not commit dvc.lock and params.yaml: %s", (r.stderr or r.stdout)[-500:])
+        return None
+    head = record.git_commit()
+    c.set_tag(parent, "ppg.workspace_commit", head)
+    if gate:
+        tag = f"ppg/{gate['model']}/v{gate['challenger']}"
+        t = record.git("tag", "-f", tag, head)
+        if t.returncode:
+            log.warning("could not tag %s: %s", tag, t.stderr[-300:])
+        c.set_model_version_tag(gate["model"], gate["challenger"], "ppg.workspace_commit", head)
+    log.info("committed dvc.lock and params.yaml as %s", head[:12])
+    return head
 
 
 class Clock:
@@ -192,6 +234,7 @@ def _stages(p, c, parent: str, log) -> dict:
         for pol in p.returns.policies:
             clock.run(f"evaluate@{pol}", retried, f"evaluate@{pol}", parent)
         result["skipped"] = False
+    record.log_end(c, parent)  # dvc.lock as the stages left it, the input manifests
     runs = link_runs(p, c, parent, trained)
     md, metrics = comparison(p, c, runs, trained)
     c.log_text(parent, md, "policies.md")
@@ -227,6 +270,8 @@ def _stages(p, c, parent: str, log) -> dict:
         push = clock.run("dvc push", _dvc, "push")
         if push.returncode:
             log.warning("dvc push failed (outputs stay in the local cache): %s", push.stderr[-1000:])
+    if not result["skipped"]:
+        result["workspace_commit"] = clock.run("git commit", commit_workspace, p, c, parent, why, result["gate"], log)
     name = result["gate"]["model"] if result["gate"] else None
     if name is None and metrics:
         name = registry.model_name(p, metrics[best] if best else next(iter(metrics.values())))

@@ -11,7 +11,6 @@ this package. The champion's history is a JSON list in the registered model's ta
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
@@ -21,6 +20,7 @@ import yaml
 
 from ppg import tracking
 from ppg.evaluate.run import measure
+from ppg.lineage.record import FOLDER, dvc_md5
 from ppg.metrics import metric
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -30,22 +30,6 @@ HISTORY_TAG = "ppg.champion_history"
 def model_name(p, metrics: dict) -> str:
     domain = (metrics.get("online") or {}).get("domain") or (metrics.get("offline") or {}).get("domain") or "data"
     return p.registry.model.format(domain=domain)
-
-
-def git_commit() -> str | None:
-    r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
-def dvc_md5(path: str, lock: Path = Path("dvc.lock")) -> str | None:
-    """The md5 dvc.lock records for an output path (the dataset version a model was trained on)."""
-    if not lock.exists():
-        return None
-    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
-        for out in stage.get("outs", []):
-            if out.get("path", "").rstrip("/") == path.rstrip("/"):
-                return out.get("md5")
-    return None
 
 
 def _client(p):
@@ -123,8 +107,13 @@ def register(p, policy: str, parent_run_id: str | None = None, ungated: str | No
                                   f"transformers=={transformers.__version__}", f"mlflow=={mlflow.__version__}"])
         shutil.rmtree(merged)  # a full copy of the model; the registry holds it now
         version = str(info.registered_model_version)
+    # the record of the pipeline run that made it (ppg.lineage.record): what `ppg reproduce` reads
+    made = c.get_run(parent_run_id).data.tags if parent_run_id else {}
     tags = {"ppg.policy": policy, "ppg.run_id": run["mlflow_run_id"], "ppg.parent_run_id": parent_run_id or "",
-            "ppg.dataset_md5": dvc_md5(p.build.out) or "", "ppg.git_commit": git_commit() or "",
+            "ppg.record": f"runs:/{parent_run_id}/{FOLDER}" if parent_run_id else "",
+            "ppg.dataset_md5": dvc_md5(p.build.out) or "", "ppg.git_commit": made.get("ppg.git_commit", ""),
+            "ppg.code_hash": made.get("ppg.code_hash", ""), "ppg.code_dirty": made.get("ppg.code_dirty", ""),
+            "ppg.dvc_remote": made.get("ppg.dvc_remote", ""), "ppg.steps": str(run.get("steps", "")),
             f"ppg.validation.{p.eval.primary}": str(metric(metrics, p.eval.primary))}
     for k, v in tags.items():
         c.set_model_version_tag(name, version, k, v)

@@ -87,6 +87,12 @@ def ws(tmp_path_factory, env, judge) -> Path:
                judge={"base_url": judge.url, "model": "judge", "retries": 1, "backoff_s": 0.01, "timeout_s": 10},
                registry={"thresholds": {"online.reward": 0.0}, "margin": 0.0, "personas": 6, "min_pairs": 6})
     write_incoming(ws, "batch-000.jsonl", seed=0)
+    # the first run merges this overlay (new training and data-split seeds): the record keeps it
+    (ws / "params.seeds.yaml").write_text("train: {seed: 7}\nbuild: {seed: 3}\n")
+    # the code is committed first, as in a real workspace: a registered version names that commit
+    subprocess.run(["git", "add", "dvc.yaml", "params.yaml", "params.tiny.yaml", ".dvcignore", ".dvc", "ppg",
+                    "data/incoming/README.md"], cwd=ws, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "the workspace's code and config"], cwd=ws, env=env, check=True)
     return ws
 
 
@@ -111,7 +117,8 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
 
     # 1. first run: every stage runs, the best policy is registered and (thresholds pass, no
     #    champion yet) promoted
-    r = ppg_pipeline(workspace=str(ws))
+    code_commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
+    r = ppg_pipeline(workspace=str(ws), overlay=str(ws / "params.seeds.yaml"))
     assert not r["skipped"] and r["trained"] == {"greedy": True, "k3": True}
     assert r["gate"]["promoted"] and r["champion"]["version"] == "1"
     assert r["gate"]["difference"] is None and "no champion yet" in r["why"]  # the thresholds decided
@@ -123,7 +130,7 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
     assert parent.info.status == "FINISHED" and parent.data.tags["ppg.best_policy"] == r["best"]
     # what the run cost, step by step, in the result and the parent run
     steps = ["sources", "prepare-model", "import", "judge", "validate", "build", "train@greedy", "train@k3",
-             "evaluate@greedy", "evaluate@k3", "register + gate", "dvc push"]
+             "evaluate@greedy", "evaluate@k3", "register + gate", "dvc push", "git commit"]
     assert list(r["stage_seconds"]) == steps and all(s >= 0 for s in r["stage_seconds"].values())
     assert parent.data.metrics["seconds.train.k3"] == pytest.approx(r["stage_seconds"]["train@k3"], abs=0.1)
     assert parent.data.metrics["seconds.register_gate"] > 0
@@ -135,6 +142,7 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
         assert 0.0 <= child.data.metrics["validation.online.reward"] <= 1.0
         assert child.data.metrics["validation.online.llm.consistency"] == 1.0  # the LLM judge said NO throughout
     assert "| greedy |" in r["table"] and "| k3 |" in r["table"]
+    the_run_is_recorded(ws, c, r, code_commit)
     assert (ws / ".dvc-remote").is_dir()  # outputs pushed to the default local remote
     # the champion loads from the registry and generates
     from ppg.config import load_params
@@ -300,6 +308,71 @@ def test_the_monitor_stays_quiet_on_good_logs_and_retrains_on_drifted_ones(ws, e
     assert after == before + [max(before, default=0) + 1]  # retrained on the new data and registered
     assert aliases["challenger"] == str(after[-1])
     assert c.get_model_version("ppg-chatting", str(after[-1])).tags["ppg.gate"]  # and the gate decided
+
+
+def the_run_is_recorded(ws: Path, c, r: dict, code_commit: str):
+    """The parent run's record (params, overlay, lock, code, environment), each training run's
+    datasets, the version's tags, and the workspace's commit of dvc.lock + params.yaml."""
+    import yaml as y
+
+    from ppg.lineage.record import dvc_md5
+
+    parent = r["parent_run_id"]
+    names = {Path(a.path).name for a in c.list_artifacts(parent, "lineage")}
+    assert names >= {"params.yaml", "overlay.yaml", "dvc.lock", "sources.json", "models.json", "code.json",
+                     "environment.json", "packages.txt"} and "code.diff" not in names  # committed, clean tree
+    code = json.loads(Path(c.download_artifacts(parent, "lineage/code.json", str(ws.parent))).read_text())
+    assert code["commit"] == code_commit and not code["dirty"] and code["dvc_remote"]["url"] == str(ws / ".dvc-remote")
+    params = y.safe_load(Path(c.download_artifacts(parent, "lineage/params.yaml", str(ws.parent))).read_text())
+    assert params["train"]["seed"] == 7 and params["build"]["seed"] == 3
+    for run_id in r["runs"].values():  # MLflow's own API lists which data trained which run
+        inputs = {d.dataset.name: d.dataset for d in c.get_run(run_id).inputs.dataset_inputs}
+        assert set(inputs) == {"data/built", "models/base"}
+        assert inputs["data/built"].digest == dvc_md5("data/built", ws / "dvc.lock")[:36]
+        assert json.loads(inputs["data/built"].source)["remote"] == str(ws / ".dvc-remote")
+    head = subprocess.run(["git", "log", "-1", "--format=%H %s"], cwd=ws, capture_output=True, text=True).stdout
+    assert head.split()[0] == r["workspace_commit"] and f"ppg run {parent}: promoted v1" in head
+    assert subprocess.run(["git", "status", "--porcelain", "dvc.lock", "params.yaml"], cwd=ws, capture_output=True,
+                          text=True).stdout == ""
+    assert "ppg/ppg-chatting/v1" in subprocess.run(["git", "tag", "--points-at", r["workspace_commit"]], cwd=ws,
+                                                   capture_output=True, text=True).stdout
+    tags = c.get_model_version("ppg-chatting", "1").tags
+    assert tags["ppg.record"] == f"runs:/{parent}/lineage" and tags["ppg.git_commit"] == code_commit
+    assert tags["ppg.workspace_commit"] == r["workspace_commit"] and tags["ppg.steps"] == "20"
+
+
+@pytest.mark.slow
+def test_a_registered_version_is_rebuilt_from_its_record_alone(ws, env, tmp_path):
+    """After the lifecycle and the monitor, v1 (the first run, with the seeds overlay) is rebuilt
+    from a fresh clone, with the workspace's outputs, DVC cache and checkpoints gone and its
+    params.yaml reset: trained anew into a new run, bit-identical, the same metrics."""
+    for rel in ("data/imported", "data/judged", "data/validation", "data/built", "models", "eval", ".dvc/cache",
+                ".ppg-work"):
+        shutil.rmtree(ws / rel, ignore_errors=True)
+    first = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=ws, capture_output=True,
+                           text=True).stdout.strip()
+    subprocess.run(["git", "checkout", first, "--", "params.yaml"], cwd=ws, env=env, check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ws), str(clone)], env=env, check=True)
+    e = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{ws}/mlflow/mlflow.db"}
+    ppg = str(BIN / "ppg")
+    res = subprocess.run([ppg, "reproduce", "ppg-chatting", "1", "--into", str(tmp_path / "rebuilt")], cwd=clone, env=e,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["weights_identical"] and out["max_abs_weight_diff"] == 0.0, out
+    assert out["metrics_identical"] and out["metrics"]["validation.online.reward"][0] is not None
+    assert out["mlflow_run_id"] != out["recorded_run_id"] and out["steps_trained"] == out["steps_recorded"] == 20
+    assert out["code_hash"][0] == out["code_hash"][1] and out["environment_mismatch"] == []
+    c, _, _ = registry_state(ws)
+    assert c.get_run(out["mlflow_run_id"]).info.status == "FINISHED"  # a new training run, in the same store
+    assert "pulling the inputs of train@" in res.stderr and "data/built" in res.stderr
+    shown = subprocess.run([ppg, "show", "ppg-chatting/1"], cwd=clone, env=e, capture_output=True, text=True)
+    assert shown.returncode == 0 and "ppg-chatting v1" in shown.stdout and "train.seed=7" in shown.stdout, shown
+    # the logged files of data.source are not in the clone: a rebuild from import is refused, naming one
+    again = subprocess.run([ppg, "reproduce", "ppg-chatting", "1", "--from", "import", "--into",
+                            str(tmp_path / "from-import")], cwd=clone, env=e, capture_output=True, text=True)
+    assert again.returncode == 2 and "batch-000.jsonl" in again.stderr and "gone" in again.stderr, again.stderr
 
 
 def test_workspace_lock_waits_times_out_and_is_released_by_a_dead_holder(tmp_path):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ppg.io import free_port
+from ppg.lineage.record import code_hash  # noqa: F401  (a run's identity hashes the code)
 from ppg.train import checkpoint
 
 
@@ -68,15 +69,6 @@ def ds_config(deepspeed_cfg: dict, micro_batch: int, world: int, total_steps: in
     if sched.get("params", {}).get("total_num_steps") == "auto":
         out["scheduler"] = {**sched, "params": {**sched["params"], "total_num_steps": total_steps}}
     return out
-
-
-def code_hash() -> str:
-    """The ppg package's Python source: a changed loss or trainer must not resume, as finished,
-    a checkpoint the old code made (DVC reruns the stage because the code changed)."""
-    from ppg.io import content_hash
-
-    return content_hash(*sorted(Path(__file__).parents[1].rglob("*.py")))
-
 
 
 def start(deepspeed, model, config: dict, gradient_checkpointing: bool = False):

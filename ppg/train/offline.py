@@ -16,6 +16,7 @@ import torch
 
 from ppg import tracking
 from ppg.data.build import check_tokenizer
+from ppg.lineage.record import input_datasets, run_environment
 from ppg.train import checkpoint, engine as eng
 from ppg.train.batching import collate, known_turns, length_batches, load_examples
 from ppg.losses import offline_ppg_loss, target_logprobs
@@ -94,10 +95,12 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
         run_id = tracking.open_run(
             c, p.mlflow, state["mlflow_run_id"], name=f"train-{name}",
             tags={"ppg.stage": "train", "ppg.policy": policy, "ppg.policy_class": kind, "ppg.k": str(k or ""),
-                  "ppg.fold": str(fold if fold is not None else "")},
+                  "ppg.fold": str(fold if fold is not None else ""), **run_environment()},
             params={"policy": policy, "model": p.model.spec, "fold": fold, **flat_params("train", asdict(cfg)),
                     "baseline": p.returns.baseline, "standardize": p.returns.standardize, "world_size": world,
                     "fingerprint": fp})
+        # which data and base model trained it, as MLflow datasets (digest: DVC's md5)
+        c.log_inputs(run_id, input_datasets({"training": str(data), "base_model": str(model_dir)}))
         if not resume:
             tracking.log_metrics(c, run_id, {"sequences": wstats["sequences"], "turns": wstats["turns"],
                                              "nan_weight_turns": wstats["nan_weight_turns"],

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ppg import tracking
+from ppg.lineage.record import input_datasets, run_environment
 from ppg.data.schema import write_dialogues
 from ppg.io import content_hash
 from ppg.judges.base import verdict_rates
@@ -109,10 +110,12 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     run_id = tracking.open_run(
         c, p.mlflow, state["mlflow_run_id"], name=f"train-{name}",
         tags={"ppg.stage": "train", "ppg.mode": "online", "ppg.policy": policy, "ppg.policy_class": kind,
-              "ppg.k": str(k or "")},
+              "ppg.k": str(k or ""), **run_environment()},
         params={"policy": policy, "mode": "online", "model": p.model.spec, "domain": domain, "fingerprint": fp,
                 **{f"online.{k2}": v for k2, v in asdict(oc).items()}})
     state["mlflow_run_id"] = run_id
+    inputs = {"base_model": str(model_dir), "personas": p.build.out, **({"warm_start": oc.init} if oc.init else {})}
+    c.log_inputs(run_id, input_datasets(inputs))  # as MLflow datasets (digest: DVC's md5)
     bar = eng.progress_bar(progress, oc.steps, state["step"], f"online {policy}")
     world = RolloutWorld(p, oc.partner, p.train.split, gen,  # partner and judge loaded once
                          domain if oc.partner == "simulator" else oc.domain, oc.turns)
