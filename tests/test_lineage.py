@@ -139,3 +139,23 @@ def test_weights_compare_by_sha256_and_by_the_largest_difference(tmp_path):
     a, b, c = (tmp_path / x for x in "abc")
     assert weight_files(a) == weight_files(b) != weight_files(c)
     assert max_abs_diff(a, b) == 0.0 and max_abs_diff(a, c) == 0.25
+
+
+def test_a_dirty_tree_is_rebuilt_as_it_ran_from_its_commit_and_recorded_diff(tmp_path):
+    from ppg.lineage.record import code_state
+    from ppg.lineage.reproduce import ReproduceError, checkout
+
+    ws, into = tmp_path / "ws", tmp_path / "into"
+    ws.mkdir()
+    into.mkdir()
+    (ws / "code.py").write_text("x = 1\n")
+    git("init", "-q", cwd=ws)
+    git("add", "-A", cwd=ws)
+    git("commit", "-qm", "c", cwd=ws)
+    (ws / "code.py").write_text("x = 2\n")  # ran uncommitted
+    code, diff = code_state(ws)
+    (ws / "code.py").write_text("x = 3\n")  # and changed again since
+    checkout(code["commit"], diff, into, repo=ws)
+    assert (into / "code.py").read_text() == "x = 2\n" and (into / ".git").is_dir()
+    with pytest.raises(ReproduceError, match="is not in the git repository"):
+        checkout("0" * 40, "", tmp_path / "elsewhere", repo=ws)
