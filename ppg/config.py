@@ -265,6 +265,9 @@ class SimConfig:
                              f"(consistent + contradict <= 1), got {b}")
 
 
+ONLINE_BASELINES = ("group_loo", "turn_mean", "batch_mean", "none")
+
+
 @dataclass
 class OnlineConfig:
     domain: str | None = None
@@ -291,14 +294,22 @@ class OnlineConfig:
     """Warm start from an offline PPG output folder (e.g. models/k3); empty = the base model."""
     generation: dict = field(default_factory=lambda: {"max_new_tokens": 32, "temperature": 1.0, "top_p": 1.0,
                                                       "batch_size": 16})
-    """Rollout sampling, as eval.generation (temperature 1: the policy's own distribution, as
-    REINFORCE assumes)."""
+    """Rollout sampling, as eval.generation. Online training refuses a temperature or top_p other
+    than 1 when it starts: REINFORCE's gradient is only unbiased for replies sampled from the
+    policy's own distribution, which it scores (a warped sampler would make it off-policy)."""
+    baseline: str = "group_loo"
+    """What each turn's partial return is measured against (its own, not returns.baseline, which
+    is offline training's): group_loo = the mean return at that turn of the OTHER rollouts of the
+    same persona (needs group >= 2); turn_mean / batch_mean = the step's mean at that turn / over
+    all turns; none = the raw return (every rollout pushed up: high variance). bc's weights are all
+    1, so any baseline (or returns.standardize) makes them 0: online bc is refused then."""
 
     def __post_init__(self):
         generation_config("online.generation", self.generation)
         one_of("online.partner", self.partner, ("simulator", "llm"))
         one_of("online.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
-        if self.group < 2:
+        one_of("online.baseline", self.baseline, ONLINE_BASELINES)
+        if self.baseline == "group_loo" and self.group < 2:
             raise ValueError(f"online.group: the leave-one-out baseline needs >= 2 rollouts, got {self.group}")
         if min(self.personas_per_step, self.steps) < 1:
             raise ValueError("online.personas_per_step and online.steps must be >= 1")

@@ -22,6 +22,20 @@ import torch
 from ppg.config_ops import BACKEND_NAMES, GenerationConfig, generation_config  # noqa: F401
 
 
+def generate_kwargs(gen: GenerationConfig, pad: int) -> dict:
+    """transformers' `generate` arguments that sample exactly what `warp` gives (temperature, then
+    top-p). generate fills every field left unset from the model's generation_config and then from
+    its own defaults, top_k=50 among them (None counts as unset), so every other warper and
+    penalty is switched off by name: the generate backend and the LLM partner then sample the
+    distribution the cache backend samples."""
+    neutral = dict(repetition_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=gen.max_new_tokens,
+                   pad_token_id=pad)
+    if gen.temperature == 0:
+        return dict(neutral, do_sample=False)
+    return dict(neutral, do_sample=True, temperature=gen.temperature, top_p=gen.top_p, top_k=0, min_p=0.0,
+                typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
+
+
 class Replier(Protocol):
     def reply(self, rows: list[int], new_ids: list[list[int]]) -> list[list[int]]:
         """Each listed row's reply to its context extended by its new ids. A row left out of rows
@@ -166,11 +180,8 @@ class Reencoded:
             ids[b, width - n:] = torch.tensor(self.context[r])
             attn[b, width - n:] = 1
         self.prefilled += int(attn.sum())
-        sample = self.gen.temperature > 0
         out = self.model.generate(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
-                                  max_new_tokens=self.gen.max_new_tokens, do_sample=sample,
-                                  temperature=self.gen.temperature if sample else None,
-                                  top_p=self.gen.top_p if sample else None, pad_token_id=self.pad)
+                                  **generate_kwargs(self.gen, self.pad))
         replies = []
         for b, r in enumerate(rows):
             new = out[b, width:].tolist()

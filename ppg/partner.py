@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ppg.data.build import assign_splits
 from ppg.data.turns import persona_groups, persona_id
+from ppg.generation import generate_kwargs
 from ppg.rollout import Episode
 
 ROLES = {  # domain -> (partner's role name, what the partner is asked to do)
@@ -128,11 +129,8 @@ class LLMPartner:
                                                 tokenize=False) for i in live]
         enc = self.tok(prompts, return_tensors="pt", padding=True, padding_side="left",
                        add_special_tokens=False).to(device)
-        sample = self.gen.temperature > 0
-        with torch.no_grad():
-            ids = self.model.generate(**enc, max_new_tokens=self.gen.max_new_tokens, do_sample=sample,
-                                      temperature=self.gen.temperature if sample else None,
-                                      top_p=self.gen.top_p if sample else None, pad_token_id=self.tok.pad_token_id)
+        with torch.no_grad():  # exactly gen's sampling, no model default (ppg.generation.generate_kwargs)
+            ids = self.model.generate(**enc, **generate_kwargs(self.gen, self.tok.pad_token_id))
         for i, row in zip(live, ids[:, enc["input_ids"].shape[1]:]):
             text = as_text(self.tok.decode(row, skip_special_tokens=True).strip())
             out[i] = text or "..."  # a line is never empty (the schema refuses one)

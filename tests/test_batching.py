@@ -25,9 +25,14 @@ def test_length_buckets_keep_padding_under_ten_percent(batch_size):
 
 
 def test_batches_are_reproducible_per_seed_and_epoch():
+    """The same (seed, epoch) gives the same batches from a fresh list; another seed or epoch
+    reorders them; every order holds each sequence once."""
     lengths = list(range(10, 210))
-    assert length_batches(lengths, 4, 5, 1, 0) == length_batches(lengths, 4, 5, 1, 0)
-    assert length_batches(lengths, 4, 5, 1, 0) != length_batches(lengths, 4, 5, 1, 1)
+    runs = {(seed, epoch): length_batches(list(lengths), 4, 5, seed, epoch) for seed in (0, 1, 7) for epoch in (0, 1)}
+    assert all(sorted(i for b in bs for i in b) == list(range(200)) for bs in runs.values())
+    assert len({str(bs) for bs in runs.values()}) == len(runs)  # each seed and epoch its own order
+    for (seed, epoch), bs in runs.items():
+        assert length_batches(list(lengths), 4, 5, seed, epoch) == bs  # a second call, its own list
 
 
 def test_collate_pads_right_and_marks_padding_as_non_target():

@@ -151,7 +151,9 @@ def test_stored_weights_equal_partial_returns_over_the_whole_dialogue(tiny_model
         for pid in POLICIES:
             policy, k = parse_policy_id(pid)
             want = partial_returns(r, m, policy, k=k, segments=2)[0].numpy()
-            for row in (x for x in rows if x["dialogue_id"] == d.dialogue_id):
+            mine = [x for x in rows if x["dialogue_id"] == d.dialogue_id]
+            assert mine  # every dialogue has its rows (windows of a long one): the loop checks something
+            for row in mine:
                 np.testing.assert_array_equal(row[f"w_{pid}"], want)
                 np.testing.assert_array_equal(row["reward"], r[0].numpy())
 

@@ -87,19 +87,66 @@ def test_cached_and_reencoding_backends_play_the_same_greedy_dialogues(tiny):
     assert stats["generate"]["prefilled"] == again > stats["cache"]["prefilled"]
 
 
-def test_sampling_warps_logits_as_transformers_does():
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+def chi_square(draws: torch.Tensor, target: torch.Tensor, bins: int = 10) -> tuple[float, int]:
+    """Pearson's statistic of draws against target over bins of about equal target mass (tokens by
+    descending probability), and its degrees of freedom. A truncation to the likeliest tokens
+    piles every draw into the first bins."""
+    order = target.argsort(descending=True)
+    before = target[order].cumsum(0) - target[order]
+    bin_of = torch.empty_like(order)
+    bin_of[order] = (before * bins).long().clamp(max=bins - 1)
+    expected = torch.zeros(bins, dtype=torch.float64).index_add_(0, bin_of, target.double()) * len(draws)
+    observed = torch.bincount(bin_of[draws], minlength=bins).double()
+    keep = expected > 0
+    return float(((observed - expected)[keep] ** 2 / expected[keep]).sum()), int(keep.sum()) - 1
 
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_both_backends_and_the_llm_partner_sample_the_distribution_warp_gives(tiny, temperature, top_p):
+    """The first sampled token of 3000 identical rows, by each path, against warp's distribution
+    over the model's next-token logits (chi-square over 10 equal-mass bins, p < 0.0005). transformers'
+    own default top-k of 50 (of a 2000-token vocabulary) fails it by orders of magnitude."""
+    from ppg.generation import BACKENDS
+    from ppg.partner import LLMPartner
+
+    model, tok = tiny
+    n = 3000
+    gen = GenerationConfig(max_new_tokens=1, temperature=temperature, top_p=top_p, batch_size=n)
+
+    def target_of(ids):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1]
+        return warp(logits[None].float(), gen).softmax(-1)[0]
+
+    prompt = tok("I am Maya and I", add_special_tokens=False).input_ids
+    target = target_of(prompt)
+    assert float(target.sort(descending=True).values[50:].sum()) > 0.5  # a top-50 cut would show
     torch.manual_seed(0)
-    logits = torch.randn(5, 50) * 3
-    logits[0, :10] = 2.0  # ties at the nucleus edge
-    for temperature, top_p in [(0.7, 0.9), (1.0, 0.5), (1.3, 1.0)]:
-        ours = warp(logits, GenerationConfig(temperature=temperature, top_p=top_p))
-        theirs = TemperatureLogitsWarper(temperature)(None, logits.clone())
-        if top_p < 1.0:
-            theirs = TopPLogitsWarper(top_p)(None, theirs)
-        assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
-        assert torch.allclose(ours[~torch.isinf(ours)], theirs[~torch.isinf(theirs)])
+    draws = {}
+    for name, cls in BACKENDS.items():
+        replies = cls(model, n, gen, set(), tok.pad_token_id).reply(list(range(n)), [prompt] * n)
+        draws[name] = (torch.tensor([r[0] for r in replies]), target)
+    seen = {}
+    generate = model.generate
+
+    def spy(**kw):  # the partner's own generate call, its draws read off the output ids
+        out = generate(**kw)
+        seen.update(prompt=kw["input_ids"][0].tolist(), first=out[:, kw["input_ids"].shape[1]])
+        return out
+
+    model.generate = spy
+    try:
+        e = Episode("e", 0, "Maya", "I am Maya.", "Friend", "chatting")
+        LLMPartner(model, tok, 1, gen).reply([e] * n)
+    finally:
+        del model.generate
+    draws["partner"] = (seen["first"], target_of(seen["prompt"]))
+    tests = {name: chi_square(d, t) for name, (d, t) in draws.items()}
+    assert {name: stat for name, (stat, df) in tests.items() if not (df >= 8 and stat < 30.0)} == {}
+    cut = torch.zeros_like(target)
+    top = target.argsort(descending=True)[:50]
+    cut[top] = target[top] / target[top].sum()
+    assert chi_square(torch.multinomial(cut, n, replacement=True), target)[0] > 1000  # what the test catches
 
 
 def test_generation_settings_name_the_key_they_break():

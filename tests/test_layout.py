@@ -132,6 +132,8 @@ def test_the_importer_formats_are_one_list():
     from ppg.data.importers import IMPORTERS
 
     assert tuple(IMPORTERS) == FORMATS
+    # each name reads with its own importer (a swapped pair would keep the count and the keys)
+    assert all(fn.__name__ == "import_" + fmt.replace("-", "_") for fmt, fn in IMPORTERS.items())
     doc = " ".join(field_doc(ROOT / "ppg" / "config.py", "DataConfig", "source").split())
     listed = re.search(r"formats: ([^;]+);", doc).group(1)
     assert tuple(x.strip() for x in listed.split(",")) == FORMATS

@@ -19,9 +19,48 @@ def params(tmp, **online):
                   mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp}/mlflow.db", artifacts=str(tmp / "artifacts")))
 
 
-def test_online_steps_judge_rollouts_and_start_at_zero_kl(tmp_path, tiny_model):
+IDS = [[5, 17, 42, 99, 3, 250, 11]]
+
+
+def final_logits(monkeypatch) -> dict:
+    """Catch the logits of the trained model on IDS just before the trainer saves it."""
+    import torch
+
+    from ppg.train import engine as eng
+
+    seen, write = {}, eng.write_output
+
+    def spy(engine, *args, **kwargs):
+        with torch.no_grad():
+            seen["logits"] = engine.module(input_ids=torch.tensor(IDS)).logits
+        return write(engine, *args, **kwargs)
+
+    monkeypatch.setattr(eng, "write_output", spy)
+    return seen
+
+
+def assert_reloads_to_the_trained_model(p, name: str, seen: dict, tmp_path):
+    """The saved output, loaded as evaluation loads it and as `ppg export` merges it for the
+    registry, gives the logits the model had at the end of training."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ppg.evaluate.run import load_trained
+    from ppg.models import export_merged
+
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        evaluated = load_trained(p, name)[0](input_ids=ids).logits
+        merged = export_merged(Path(p.train.out) / name, tmp_path / f"export-{name}")
+        exported = AutoModelForCausalLM.from_pretrained(merged)(input_ids=ids).logits
+    assert torch.allclose(evaluated, seen["logits"], atol=1e-5), float((evaluated - seen["logits"]).abs().max())
+    assert torch.allclose(exported, seen["logits"], atol=1e-5), float((exported - seen["logits"]).abs().max())
+
+
+def test_online_steps_judge_rollouts_and_start_at_zero_kl(tmp_path, tiny_model, monkeypatch):
     from ppg.train.online import train_online
 
+    seen = final_logits(monkeypatch)
     r = train_online(params(tmp_path), "k2", progress=False)
     assert r["steps"] == 3 and len(r["history"]) == 3
     first = r["history"][0]
@@ -33,7 +72,8 @@ def test_online_steps_judge_rollouts_and_start_at_zero_kl(tmp_path, tiny_model):
     assert d["source"] == "simulator" and all(ln["reward"] is not None
                                               for ln in d["lines"] if ln["speaker"] == "persona")
     out = json.loads((tmp_path / "models/k2-online/run.json").read_text())
-    assert out["mode"] == "online" and out["mlflow_run_id"] == r["mlflow_run_id"]
+    assert out["mode"] == "online" and out["mlflow_run_id"] == r["mlflow_run_id"] and out["saved"] == "adapters"
+    assert_reloads_to_the_trained_model(params(tmp_path), "k2-online", seen, tmp_path)
     # the online output is evaluated like any trained model
     from ppg.evaluate.run import evaluate
 
@@ -96,7 +136,8 @@ def test_rollouts_train_on_the_sampled_ids_and_a_cut_reply_gets_no_end_target(ti
         assert seen == {False, True}
 
 
-def test_the_reference_is_the_starting_policy_merged_from_adapters_and_in_the_policys_dtype(tmp_path, tiny_model):
+def test_the_reference_is_the_starting_policy_merged_from_adapters_and_in_the_policys_dtype(tmp_path, tiny_model,
+                                                                                           monkeypatch):
     import torch
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
@@ -120,17 +161,72 @@ def test_the_reference_is_the_starting_policy_merged_from_adapters_and_in_the_po
         now = model(input_ids=ids).logits
     assert torch.allclose(off, start, atol=1e-5) and torch.allclose(now, start, atol=1e-5)  # fresh B = 0
     assert not torch.allclose(off, base, atol=1e-3)  # adapters off is the warm start, not the untrained base
+    seen = final_logits(monkeypatch)
     r = train_online(p, "k2", progress=False)
     assert r["history"][0]["kl"] == pytest.approx(0.0, abs=1e-7)
+    # the output keeps the warm start: adapters alone would reload onto the bare base model
+    assert r["saved"] == "merged weights (warm start + online adapters)"
+    assert_reloads_to_the_trained_model(p, "k2-online", seen, tmp_path)
+    monkeypatch.undo()
     full = params(tmp_path / "bf16", steps=1)  # no LoRA, bf16: the reference in bf16 too
     full.train.lora = LoraConfig(enabled=False)
     full.train.deepspeed["bf16"] = {"enabled": True}
     assert train_online(full, "k2", progress=False)["history"][0]["kl"] == pytest.approx(0.0, abs=1e-7)
 
 
+def test_online_training_runs_in_training_mode_and_logs_the_reward_of_judged_turns_only(tmp_path, tiny_model,
+                                                                                          monkeypatch):
+    """Without LoRA the model comes from from_pretrained in eval mode: the layers must still train
+    in training mode (transformers checkpoints a layer only then). A turn the judge left without a
+    verdict is unknown: the logged reward is the mean of the judged turns, never NaN."""
+    import math
+
+    import torch
+
+    from ppg.train import online
+
+    p = params(tmp_path, steps=2)
+    p.train.lora, p.train.gradient_checkpointing = LoraConfig(enabled=False), True
+    modes, score, rewards = [], online.target_logprobs, online.rewards_tensor
+
+    def spy_score(net, *a, **kw):
+        if torch.is_grad_enabled():  # the policy's pass (the reference's runs under no_grad)
+            layers = [m for m in net.modules() if hasattr(m, "gradient_checkpointing")]
+            modes.append(net.training and bool(layers) and all(m.training and m.gradient_checkpointing for m in layers))
+        return score(net, *a, **kw)
+
+    def one_unjudged(dialogues):
+        r, mask = rewards(dialogues)
+        r[0, 0] = float("nan")
+        return r, mask
+
+    monkeypatch.setattr(online, "target_logprobs", spy_score)
+    monkeypatch.setattr(online, "rewards_tensor", one_unjudged)
+    seen = final_logits(monkeypatch)
+    r = online.train_online(p, "k2", progress=False)
+    assert modes == [True, True]
+    assert all(h["unjudged_turns"] == 1 and not math.isnan(h["reward"]) for h in r["history"])
+    assert r["saved"] == "weights"
+    assert_reloads_to_the_trained_model(p, "k2-online", seen, tmp_path)
+
+
+def test_online_training_refuses_what_it_cannot_do_right(tmp_path):
+    from ppg.train.online import refuse_off_policy
+
+    with pytest.raises(ValueError, match="bc's weights are all 1, so online.baseline 'group_loo'"):
+        refuse_off_policy(params(tmp_path), "bc", "bc")
+    refuse_off_policy(params(tmp_path, baseline="none"), "bc", "bc")  # nothing zeroes its weights
+    warped = {"max_new_tokens": 6, "temperature": 0.7, "top_p": 1.0, "batch_size": 4}
+    with pytest.raises(ValueError, match="temperature and top_p must be 1"):
+        refuse_off_policy(params(tmp_path, generation=warped), "k2", "k2")
+    with pytest.raises(ValueError, match="online.baseline: expected"):
+        OnlineConfig(baseline="turn_kind")
+
+
 def test_online_config_errors():
     with pytest.raises(ValueError, match="online.group"):
         OnlineConfig(group=1)
+    assert OnlineConfig(group=1, baseline="none").group == 1  # only the leave-one-out baseline needs a group
     with pytest.raises(ValueError, match="online.kl_estimator"):
         OnlineConfig(kl_estimator="k4")
 

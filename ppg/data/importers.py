@@ -270,7 +270,8 @@ def import_jsonl(path: Path, stats: ImportStats, label: str | None = None):
         yield d
 
 
-IMPORTERS = dict(zip(FORMATS, (import_consistent_llms, import_synthetic_persona_chat, import_chitchat, import_jsonl)))
+IMPORTERS = {"consistent-llms": import_consistent_llms, "synthetic-persona-chat": import_synthetic_persona_chat,
+             "chitchat": import_chitchat, "jsonl": import_jsonl}
 
 
 DATA_SUFFIXES = (".json", ".jsonl", ".ndjson")

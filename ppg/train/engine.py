@@ -118,12 +118,15 @@ def grad_norm(engine):
     return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
 
 
-def write_output(engine, tok, out: Path, result: dict):
-    """Adapters (LoRA) or full weights + tokenizer + run.json, swapped in atomically."""
+def write_output(engine, tok, out: Path, result: dict, merge: bool = False):
+    """Adapters (LoRA) or full weights + tokenizer + run.json, swapped in atomically. merge: fold
+    the adapters into the weights they were trained on and save those (when that starting point
+    is not the base model the adapters' config names, adapters alone would reload to another
+    model); the engine's module is spent afterwards."""
     from ppg.models import atomic_folder
 
     def build(tmp):
-        engine.module.save_pretrained(tmp)
+        (engine.module.merge_and_unload() if merge else engine.module).save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (Path(tmp) / "run.json").write_text(json.dumps(result, indent=1, default=str))
 

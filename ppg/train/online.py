@@ -65,13 +65,36 @@ def reference_logprobs(engine, ref, lora: bool, b) -> torch.Tensor:
         return target_logprobs(net, b["input_ids"], b["attention_mask"], b["turn_index"])
 
 
+def refuse_off_policy(p, kind: str, policy: str) -> None:
+    """What online training cannot do right, refused before anything loads: a warped sampler (the
+    REINFORCE gradient assumes replies drawn from the policy it scores), and bc with a baseline
+    (its all-ones weights become zero advantages: it would train the KL term alone)."""
+    from ppg.returns import shaping_zeroes_bc
+    from ppg.rollout import GenerationConfig
+
+    gen = GenerationConfig(**p.online.generation)
+    if gen.temperature != 1.0 or gen.top_p != 1.0:
+        raise ValueError(f"online.generation: online PPG samples the replies it scores, so temperature and top_p must "
+                         f"be 1 (got temperature {gen.temperature}, top_p {gen.top_p}); other settings make the "
+                         f"policy gradient off-policy")
+    if kind == "bc" and shaping_zeroes_bc(p.online.baseline, p.returns.standardize):
+        raise ValueError(f"online {policy}: bc's weights are all 1, so online.baseline {p.online.baseline!r}"
+                         f"{' and returns.standardize' if p.returns.standardize else ''} turn every one into 0 "
+                         f"and only the KL term would train; set online.baseline: none (and returns.standardize: "
+                         f"false), or train a policy class that credits rewards")
+
+
 def train_online(p, policy: str, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Online PPG for one policy class (ppg.config.Params p; module doc). Resumes from the working
+    folder of its run identity; writes train.out/<policy>-online, which reloads to the trained
+    model (a LoRA warm start is merged into the saved weights, not lost)."""
     kind, k = parse_policy_id(policy)
     cfg, oc = p.train, p.online
     name = f"{policy}-online"
     domain = oc.domain or p.sim.domain
     if oc.partner == "simulator" and domain not in p.sim.domains:
         raise ValueError(f"online.domain: {domain!r} is not one of {sorted(p.sim.domains)}")
+    refuse_off_policy(p, kind, policy)
     model_dir = base_model(p)
     config = eng.ds_config(dict(cfg.deepspeed, gradient_accumulation_steps=1), oc.personas_per_step * oc.group,
                        1, oc.steps)
@@ -103,6 +126,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         ref.to(engine.device)  # rotary buffers): anything else would not start at KL 0
         for a, b in zip([*ref.parameters(), *ref.buffers()], [*engine.module.parameters(), *engine.module.buffers()]):
             a.data = a.data.to(b.dtype)
+    engine.train()  # from_pretrained gives eval mode: layers would skip checkpointing, dropout would be off
     state = eng.resume(engine, workdir, resume, {"step": 0, "mlflow_run_id": None, "history": []})
     tok = load_tokenizer(model_dir)
     gen = GenerationConfig(**oc.generation)
@@ -135,7 +159,7 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
             segments_arg = segments
         w = partial_returns(r, mask, kind, k=k, segments=segments_arg, gamma=p.returns.gamma)
         groups = torch.tensor([e.group for e in eps])
-        adv = shape_weights(w, mask, "group_loo", p.returns.standardize, groups, clip=p.returns.clip)
+        adv = shape_weights(w, mask, oc.baseline, p.returns.standardize, groups, clip=p.returns.clip)
         b = collate([Example(*rollout_arrays(ro), adv[i].numpy()) for i, ro in enumerate(rollouts)], tok.pad_token_id)
         b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
         logp = target_logprobs(engine.module, b["input_ids"], b["attention_mask"], b["turn_index"])
@@ -147,7 +171,9 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         engine.step()
         state["step"] += 1
         rates = verdict_rates([ln for d in dialogues for ln in d.turns(d.evaluated_speakers[0])])
-        last = {"loss": out.loss.item(), "kl": out.kl.item(), "reward": float(r[mask].mean()),
+        judged = r[mask][~torch.isnan(r[mask])]  # a turn without a verdict is unknown, not 0 or NaN
+        last = {"loss": out.loss.item(), "kl": out.kl.item(), "reward": float(judged.mean()) if len(judged) else None,
+                "unjudged_turns": int(mask.sum()) - len(judged),
                 "consistency": rates["consistency"], "coverage": rates["coverage"], "grad_norm": norm,
                 "turns": out.turns, "excluded_turns": out.excluded, "seconds": time.perf_counter() - t0,
                 "cut_replies": sum(not e for ro in rollouts for e in ro.ended)}
@@ -156,7 +182,8 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         write_dialogues(workdir / "rollouts" / f"step-{state['step']:07d}.jsonl", dialogues)
         if bar:
             bar.update(1)
-            bar.set_postfix(reward=f"{last['reward']:.3f}", kl=f"{last['kl']:.4f}")
+            shown = "-" if last["reward"] is None else f"{last['reward']:.3f}"
+            bar.set_postfix(reward=shown, kl=f"{last['kl']:.4f}")
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == oc.steps:
             eng.save(engine, workdir, state, fp, ident, cfg.keep_checkpoints)
         if stop_after is not None and state["step"] >= stop_after:
@@ -168,7 +195,11 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
               "tokenizer_hash": tokenizer_hash(model_dir),
               "history": state["history"], "init": p.online.init,
               "reward_judge": world.judge.identity() if oc.partner == "llm" else None}  # evaluation grades apart
-    eng.write_output(engine, tok, Path(cfg.out) / name, result)
+    # a warm start is folded into the starting weights under fresh adapters: adapters alone would
+    # reload onto the bare base model, without it, so the merged weights are saved instead
+    merge = lora and bool(oc.init)
+    result["saved"] = "merged weights (warm start + online adapters)" if merge else ("adapters" if lora else "weights")
+    eng.write_output(engine, tok, Path(cfg.out) / name, result, merge=merge)
     c.set_terminated(run_id, "FINISHED")
     engine.destroy()
     return json.loads(json.dumps(result, default=str))
