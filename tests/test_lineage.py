@@ -159,3 +159,23 @@ def test_a_dirty_tree_is_rebuilt_as_it_ran_from_its_commit_and_recorded_diff(tmp
     assert (into / "code.py").read_text() == "x = 2\n" and (into / ".git").is_dir()
     with pytest.raises(ReproduceError, match="is not in the git repository"):
         checkout("0" * 40, "", tmp_path / "elsewhere", repo=ws)
+
+
+def test_a_version_without_a_complete_record_is_refused_with_the_reason(tmp_path):
+    from mlflow import MlflowClient
+
+    from ppg.lineage.reproduce import ReproduceError, reproduce
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = c.create_experiment("ppg", artifact_location=(tmp_path / "art").as_uri())
+    parent = c.create_run(exp).info.run_id
+    c.log_text(parent, "{}", "lineage/code.json")  # a run that died before its stages finished
+    c.create_registered_model("ppg-x")
+    bare = c.create_model_version("ppg-x", (tmp_path / "m").as_uri()).version
+    made = c.create_model_version("ppg-x", (tmp_path / "m").as_uri(),
+                                  tags={"ppg.parent_run_id": parent, "ppg.policy": "k3"}).version
+    with pytest.raises(ReproduceError, match="has no record"):
+        reproduce(c, "ppg-x", bare, tmp_path / "a")
+    with pytest.raises(ReproduceError, match="lacks environment.json, params.yaml, dvc.lock"):
+        reproduce(c, "ppg-x", made, tmp_path / "b")
+    assert not (tmp_path / "b").exists()  # nothing half-built

@@ -57,10 +57,14 @@ def reproduce(
         fail(f"--from: expected train or import, got {from_!r}")
     c = tracking.client(read_params(params).mlflow)
     into = into or Path(".ppg-work/reproduce") / f"{name}-v{version}"
+    from mlflow.exceptions import MlflowException
+
     try:
         out = rebuild(c, name, version, into.resolve(), from_, say=lambda m: typer.echo(m, err=True))
     except ReproduceError as e:
         fail(str(e))
+    except MlflowException as e:  # no such model or version in this store
+        fail(f"{name} v{version}: {e.message}")
     typer.echo(json.dumps(out))
     if not out["weights_identical"]:
         raise typer.Exit(1)

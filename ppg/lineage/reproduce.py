@@ -102,8 +102,17 @@ def reproduce(c, name: str, version: str, into: Path, start: str = "train", say=
                              f"registered before runs were recorded, or by hand")
     rec = Path(tempfile.mkdtemp(prefix="ppg-record-"))
     try:
-        c.download_artifacts(parent, FOLDER, str(rec))
+        from mlflow.exceptions import MlflowException
+
+        try:
+            c.download_artifacts(parent, FOLDER, str(rec))
+        except (MlflowException, OSError) as e:
+            raise ReproduceError(f"cannot read the record of pipeline run {parent} ({name} v{version}): {e}") from None
         rec = rec / FOLDER
+        missing = [f for f in ("code.json", "environment.json", "params.yaml", "dvc.lock") if not (rec / f).exists()]
+        if missing:
+            raise ReproduceError(f"the record of pipeline run {parent} ({name} v{version}) lacks {', '.join(missing)}: "
+                                 f"the run ended before its stages finished, or predates recording")
         code = json.loads((rec / "code.json").read_text())
         env_recorded = json.loads((rec / "environment.json").read_text())
         lock = yaml.safe_load((rec / "dvc.lock").read_text())
