@@ -25,11 +25,13 @@ from ppg.config_ops import BACKEND_NAMES, GenerationConfig, generation_config  #
 def generate_kwargs(gen: GenerationConfig, pad: int) -> dict:
     """transformers' `generate` arguments that sample exactly what `warp` gives (temperature, then
     top-p). generate fills every field left unset from the model's generation_config and then from
-    its own defaults, top_k=50 among them (None counts as unset), so every other warper and
-    penalty is switched off by name: the generate backend and the LLM partner then sample the
-    distribution the cache backend samples."""
-    neutral = dict(repetition_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=gen.max_new_tokens,
-                   pad_token_id=pad)
+    its own defaults, top_k=50 among them (None counts as unset), so the other warpers, the
+    penalties, beams and a minimum length are switched off by name: the generate backend and the
+    LLM partner then sample the distribution the cache backend samples. (List-valued settings a
+    model's generation_config may carry, such as suppress_tokens, cannot be unset this way; the
+    distribution test in tests/test_generation.py would show one.)"""
+    neutral = dict(repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, min_new_tokens=0,
+                   max_new_tokens=gen.max_new_tokens, pad_token_id=pad)
     if gen.temperature == 0:
         return dict(neutral, do_sample=False)
     return dict(neutral, do_sample=True, temperature=gen.temperature, top_p=gen.top_p, top_k=0, min_p=0.0,

@@ -46,7 +46,8 @@ def test_closure_follows_helpers_function_level_and_relative_imports(tmp_path):
         "ppg/cli/cmds.py": "from ppg.cli.app import app, read_params\n\n\n"
                            "def _helper():\n    from ppg.train import run\n\n\n"
                            "@app.command()\ndef train_model():\n    read_params()\n    _helper()\n\n\n"
-                           "@app.command('other')\ndef other():\n    import ppg.heavy\n",
+                           "@app.command('other')\ndef other():\n    import ppg.heavy\n\n\n"
+                           "@app.command(name='named')\ndef third():\n    import ppg.unused\n",
         "ppg/config.py": "X = 1\n",
         "ppg/train/__init__.py": "",
         "ppg/train/run.py": "def f():\n    from . import helper\n    from .deep.leaf import g\n",
@@ -61,6 +62,7 @@ def test_closure_follows_helpers_function_level_and_relative_imports(tmp_path):
                    "ppg/train/__init__.py", "ppg/train/deep/__init__.py", "ppg/train/deep/leaf.py",
                    "ppg/train/helper.py", "ppg/train/run.py"]
     assert "ppg/heavy.py" in files(command_closure("other", root), root)
+    assert "ppg/unused.py" in files(command_closure("named", root), root)
     # a folder is named once when every module under it runs, else file by file
     assert as_deps(got, root) == ["ppg/__init__.py", "ppg/cli", "ppg/config.py", "ppg/train"]
     assert as_deps([g for g in got if g != "ppg/train/helper.py"], root)[-3:] == [
@@ -112,6 +114,11 @@ def test_code_state_records_the_code_diff_but_not_params_or_the_lock(tmp_path):
     (tmp_path / "code.py").write_text("x = 2\n")
     code, diff = code_state(tmp_path)
     assert code["dirty"] and "+x = 2" in diff and "params.yaml" not in diff and code["diff_bytes"] == len(diff)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "ppg").mkdir()
+    (tmp_path / "ppg/new.py").write_text("y = 3\n")  # new code a stage may import, not yet added
+    code, diff = code_state(tmp_path)
+    assert code["dirty"] and "+y = 3" in diff and "ppg/new.py" in code["untracked"]
     assert len(code["code_hash"]) == 16  # the package this process imported
 
 

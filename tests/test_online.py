@@ -206,6 +206,13 @@ def test_online_training_runs_in_training_mode_and_logs_the_reward_of_judged_tur
     r = online.train_online(p, "k2", progress=False)
     assert modes == [True, True]
     assert all(h["unjudged_turns"] == 1 and not math.isnan(h["reward"]) for h in r["history"])
+    for step, h in enumerate(r["history"], 1):  # the mean of every judged turn but the one left unjudged
+        saved = Path(r["workdir"]) / f"rollouts/step-{step:07d}.jsonl"
+        dialogues = [json.loads(x) for x in saved.read_text().splitlines()]
+        judged = [ln["reward"] for i, d in enumerate(dialogues)
+                  for t, ln in enumerate(x for x in d["lines"] if x["speaker"] == d["evaluated_speakers"][0])
+                  if (i, t) != (0, 0)]
+        assert h["reward"] == pytest.approx(sum(judged) / len(judged), abs=1e-6)
     assert r["saved"] == "weights"
     assert_reloads_to_the_trained_model(p, "k2-online", seen, tmp_path)
 

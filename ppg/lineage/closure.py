@@ -93,6 +93,9 @@ def _command_name(fn: ast.FunctionDef) -> str | None:
         if isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command":
             if d.args and isinstance(d.args[0], ast.Constant):
                 return d.args[0].value
+            named = next((k.value for k in d.keywords if k.arg == "name" and isinstance(k.value, ast.Constant)), None)
+            if named is not None:
+                return named.value
             return fn.name.replace("_", "-")
     return None
 

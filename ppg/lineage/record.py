@@ -85,6 +85,8 @@ def code_state(cwd=".") -> tuple[dict, str]:
     rest = [".", *(f":(exclude,glob)**/{x}" for x in RECORDED_WHOLE)]
     diff = git("diff", "HEAD", "--binary", "--", *rest, cwd=cwd).stdout if commit else ""
     untracked = git("ls-files", "--others", "--exclude-standard", cwd=cwd).stdout.split()
+    for f in (u for u in untracked if u.startswith("ppg/") and u.endswith(".py")):  # new code the stages run
+        diff += git("diff", "--no-index", "--binary", "/dev/null", f, cwd=cwd).stdout if commit else ""
     remote = git("branch", "-r", "--contains", commit, cwd=cwd).stdout.split() if commit else []
     origin = git("remote", "get-url", "origin", cwd=cwd)
     return {"commit": commit, "dirty": bool(diff), "diff_bytes": len(diff.encode()),

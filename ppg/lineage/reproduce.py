@@ -126,10 +126,15 @@ def reproduce(c, name: str, version: str, into: Path, start: str = "train", say=
         checkout(code["commit"], diff, into)
         for f in ("params.yaml", "dvc.lock"):
             shutil.copy(rec / f, into / f)
+        for s in (f"train@{policy}", f"evaluate@{policy}"):
+            if s not in lock.get("stages", {}):
+                raise ReproduceError(f"the recorded dvc.lock has no stage {s}: {name} v{version} was not trained by "
+                                     f"the stages of that run")
         if start == "import":
-            sources = json.loads((rec / "sources.json").read_text())
-            _refuse_unreachable(sources, json.loads((rec / "models.json").read_text()) if (
-                rec / "models.json").exists() else {})
+            if not (rec / "sources.json").exists():
+                raise ReproduceError(f"--from import: the record of {parent} has no sources.json")
+            _bring_sources(json.loads((rec / "sources.json").read_text()), json.loads(
+                (rec / "models.json").read_text()) if (rec / "models.json").exists() else {}, into)
     finally:
         shutil.rmtree(rec.parent if rec.name == FOLDER else rec, ignore_errors=True)
 
@@ -144,8 +149,8 @@ def reproduce(c, name: str, version: str, into: Path, start: str = "train", say=
         mismatch.append(f"torch_threads of the training run: {trained_with}, set for the rebuild")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                            "MASTER_PORT", "PPG_PARENT_RUN_ID")}
-    env.update(PYTHONPATH=str(into.resolve()), OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
-               MLFLOW_TRACKING_URI=c.tracking_uri,
+    env.update(PYTHONPATH=str(into.resolve()), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS=threads,
+               MKL_NUM_THREADS=threads, MLFLOW_TRACKING_URI=c.tracking_uri,
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     probe = _run([sys.executable, "-c", "import json, ppg, ppg.lineage.record as r; "
                                        "print(json.dumps([ppg.__file__, r.code_hash()]))"], into, env, "importing ppg")
@@ -192,10 +197,11 @@ def reproduce(c, name: str, version: str, into: Path, start: str = "train", say=
     return out
 
 
-def _refuse_unreachable(sources: dict, models: dict) -> None:
+def _bring_sources(sources: dict, models: dict, into: Path) -> None:
     """--from import needs every input the record names, unchanged: the simulator can always be
-    rerun; logged files must still be there with their recorded sha256; an LLM judge's answers
-    cannot be replayed from the record."""
+    rerun; a logged file must still be there (a relative path: in the folder reproduce runs from,
+    the workspace or a clone) with its recorded sha256, and is copied to the same place in the
+    rebuild; an LLM judge's answers cannot be replayed from the record."""
     if sources.get("source") != "simulator":
         for f in sources.get("files", []):
             p = Path(f["path"])
@@ -203,6 +209,9 @@ def _refuse_unreachable(sources: dict, models: dict) -> None:
                 raise ReproduceError(f"--from import: {p} (read by data.source {sources['source']!r}) is "
                                      f"{'gone' if not p.is_file() else 'changed'}; the recorded sources cannot be "
                                      f"reached: reproduce from train (the built data is in the DVC remote)")
+            if not p.is_absolute():
+                (into / p).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(p, into / p)
     for role, m in models.items():
         if m.get("kind") == "llm":
             raise ReproduceError(f"--from import: the {role} was the LLM endpoint {m.get('base_url')} "
@@ -239,6 +248,7 @@ def _compare(c, name, version, policy, into, tags, env, mismatch, code, code_now
                                                    for f in sorted(set(recorded_files) | set(rebuilt_files))},
             "metrics": metrics, "metrics_identical": all(a == b for a, b in metrics.values()),
             "mlflow_run_id": run.get("mlflow_run_id"), "recorded_run_id": tags.get("ppg.run_id"),
-            "steps_trained": run.get("steps"), "steps_recorded": int(tags["ppg.steps"]) if tags.get("ppg.steps")
-            else None, "code_hash": [code.get("code_hash"), code_now], "commit": code.get("commit"),
+            "code_identical": code.get("code_hash") == code_now, "steps_trained": run.get("steps"),
+            "steps_recorded": int(tags["ppg.steps"]) if tags.get("ppg.steps") else None,
+            "code_hash": [code.get("code_hash"), code_now], "commit": code.get("commit"),
             "environment_mismatch": mismatch, "stages": stages, "into": str(into)}

@@ -60,9 +60,14 @@ def reference_logprobs(engine, ref, lora: bool, b) -> torch.Tensor:
     """The starting policy's token log-probs on the batch: adapters off (LoRA) or the frozen copy."""
     from contextlib import nullcontext
 
-    with torch.no_grad(), (engine.module.disable_adapter() if lora else nullcontext()):
-        net = engine.module if lora else ref
-        return target_logprobs(net, b["input_ids"], b["attention_mask"], b["turn_index"])
+    net = engine.module if lora else ref
+    training = net.training
+    net.eval()  # the reference has no dropout, whatever mode the policy trains in
+    try:
+        with torch.no_grad(), (engine.module.disable_adapter() if lora else nullcontext()):
+            return target_logprobs(net, b["input_ids"], b["attention_mask"], b["turn_index"])
+    finally:
+        net.train(training)
 
 
 def refuse_off_policy(p, kind: str, policy: str) -> None:
@@ -138,7 +143,8 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
         params={"policy": policy, "mode": "online", "model": p.model.spec, "domain": domain, "fingerprint": fp,
                 **{f"online.{k2}": v for k2, v in asdict(oc).items()}})
     state["mlflow_run_id"] = run_id
-    inputs = {"base_model": str(model_dir), "personas": p.build.out, **({"warm_start": oc.init} if oc.init else {})}
+    inputs = {"base_model": str(model_dir), **({"warm_start": oc.init} if oc.init else {}),
+              **({"personas": str(Path(p.judge.out) / "dialogues.jsonl")} if oc.partner == "llm" else {})}
     c.log_inputs(run_id, input_datasets(inputs))  # as MLflow datasets (digest: DVC's md5)
     bar = eng.progress_bar(progress, oc.steps, state["step"], f"online {policy}")
     world = RolloutWorld(p, oc.partner, p.train.split, gen,  # partner and judge loaded once
