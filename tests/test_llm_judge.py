@@ -174,6 +174,13 @@ def test_against_ppg_serve_judge_over_real_http(tiny_model, monkeypatch):
         other = httpx.post(f"{url}/v1/chat/completions", timeout=30, json={
             "model": "someone-else", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
         assert other.status_code == 400 and "pinned to 'judge'" in other.text
+        # on the CPU its continuous-batching cache is bounded: transformers' default (60% of the
+        # machine's memory) had two such servers killed by the kernel for want of memory
+        import psutil
+
+        server = psutil.Process(proc.pid)
+        rss = sum(x.memory_info().rss for x in [server, *server.children(recursive=True)])
+        assert rss < 3 * 2 ** 30, f"the judge server holds {rss / 2 ** 30:.1f} GiB"
     finally:
         os.killpg(proc.pid, 15)
         out = proc.communicate(timeout=30)[0]

@@ -22,9 +22,28 @@ from pathlib import Path
 from ppg.io import free_port
 
 
+CPU_KV_SHARE = 0.1
+"""The share of the machine's memory continuous batching may give its KV cache on CPU.
+transformers serve takes 60% there by default (it sizes the cache from total memory), so two
+servers, or one beside a training run, exhaust the RAM (seen: two test servers of the tiny model,
+11 GB each, one killed by the kernel); a judge's requests are a few hundred tokens each."""
+
+
+def kv_share(device: str) -> float | None:
+    """CPU_KV_SHARE when the server runs on the CPU, else None (transformers' own GPU default)."""
+    if device == "cpu":
+        return CPU_KV_SHARE
+    if device == "auto":
+        import torch
+
+        return None if torch.cuda.is_available() else CPU_KV_SHARE
+    return None
+
+
 def serve_command(model_dir: Path, name: str = "judge", host: str = "127.0.0.1", port: int = 8765,
                   batching: bool = True, device: str = "auto") -> tuple[list[str], Path]:
-    """(argv, working directory) of `transformers serve` answering as NAME for MODEL_DIR."""
+    """(argv, working directory) of `transformers serve` answering as NAME for MODEL_DIR; on the
+    CPU its continuous-batching cache is bounded (CPU_KV_SHARE)."""
     if not name or name.startswith("/") or ".." in Path(name).parts:
         raise ValueError(f"--name: {name!r} must be a relative model id such as 'judge' or 'org/judge'")
     exe = Path(sys.executable).parent / "transformers"
@@ -38,6 +57,8 @@ def serve_command(model_dir: Path, name: str = "judge", host: str = "127.0.0.1",
     argv = [exe, "serve", name, "--host", host, "--port", str(port),
             "--device", device, "--continuous-batching" if batching else "--no-continuous-batching",
             "--log-level", "warning"]
+    if batching and (share := kv_share(device)) is not None:
+        argv += ["--cb-max-memory-percent", str(share)]
     return argv, cwd
 
 
