@@ -170,8 +170,8 @@ def commit_workspace(p, c, parent: str, why: str, gate: dict | None, log) -> str
         log.warning("the workspace has no git commit: dvc.lock and params.yaml are recorded in MLflow only")
         return None
     lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").exists() else {}
-    ignores = {str(Path(o["path"]).parent / ".gitignore") for st in (lock or {}).get("stages", {}).values()
-               for o in st.get("outs", [])}  # DVC lists its outputs there: part of its state (its docs)
+    # DVC lists its outputs in their folders' .gitignore: part of its state (its docs)
+    ignores = {str(Path(out).parent / ".gitignore") for out in record.lock_outs(lock)}
     paths = sorted(x for x in {"dvc.lock", "params.yaml", *ignores} if Path(x).exists())
     record.git("add", "--", *paths)
     if not record.git("diff", "--cached", "--quiet", "--", *paths).returncode:

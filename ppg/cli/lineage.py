@@ -48,6 +48,8 @@ def reproduce(
     params.yaml and dvc.lock, inputs from the recorded remote), train and evaluate it anew, and
     compare with the registered weights and metrics. Prints one JSON line; exit 1 when the weights
     differ."""
+    from mlflow.exceptions import MlflowException
+
     from ppg import tracking
     from ppg.lineage.reproduce import ReproduceError, reproduce as rebuild
 
@@ -57,8 +59,6 @@ def reproduce(
         fail(f"--from: expected train or import, got {from_!r}")
     c = tracking.client(read_params(params).mlflow)
     into = into or Path(".ppg-work/reproduce") / f"{name}-v{version}"
-    from mlflow.exceptions import MlflowException
-
     try:
         out = rebuild(c, name, version, into.resolve(), from_, say=lambda m: typer.echo(m, err=True))
     except ReproduceError as e:

@@ -34,8 +34,8 @@ def _imported(node: ast.AST, module: str, root: Path) -> set[str]:
     """The project modules the import statements under node name (a name imported from a
     package counts as its submodule when there is one)."""
     found = set()
-    package = module if module_file(module, root) and module_file(module, root).name == "__init__.py" \
-        else module.rpartition(".")[0]
+    f = module_file(module, root)
+    package = module if f is not None and f.name == "__init__.py" else module.rpartition(".")[0]
     for n in ast.walk(node):
         if isinstance(n, ast.Import):
             found |= {a.name for a in n.names}
@@ -164,7 +164,7 @@ def stage_command(cmd: str) -> str | None:
     """The ppg command a dvc.yaml stage runs (`ppg X ...`, `... $(command -v ppg) X ...`)."""
     words = cmd.split()
     for i, w in enumerate(words[:-1]):
-        if w == PACKAGE or w.endswith(f" {PACKAGE})") or w == f"{PACKAGE})":
+        if w in (PACKAGE, f"{PACKAGE})"):  # `ppg X` or `$(command -v ppg) X`
             return words[i + 1]
     return None
 

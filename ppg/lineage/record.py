@@ -35,15 +35,27 @@ def git_commit(cwd=".") -> str | None:
     return r.stdout.strip() if r.returncode == 0 else None
 
 
+def lock_outs(lock: dict | None, stages=None) -> dict[str, str | None]:
+    """Output path -> md5 in a parsed dvc.lock, of every stage or of the named ones."""
+    recorded = (lock or {}).get("stages", {})
+    return {o["path"].rstrip("/"): o.get("md5") for s in (recorded if stages is None else stages)
+            for o in recorded.get(s, {}).get("outs", [])}
+
+
 def dvc_md5(path: str, lock: Path = Path("dvc.lock")) -> str | None:
     """The md5 dvc.lock records for an output path (the dataset version a model was trained on)."""
-    if not lock.exists():
-        return None
-    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
-        for out in stage.get("outs", []):
-            if out.get("path", "").rstrip("/") == path.rstrip("/"):
-                return out.get("md5")
-    return None
+    return lock_outs(yaml.safe_load(lock.read_text())).get(path.rstrip("/")) if lock.exists() else None
+
+
+def read_record(c, run_id: str) -> dict[str, str]:
+    """The record a pipeline run logged under FOLDER: file name -> text (empty when it logged none)."""
+    import tempfile
+
+    if not c.list_artifacts(run_id, FOLDER):
+        return {}
+    with tempfile.TemporaryDirectory(prefix="ppg-record-") as tmp:
+        root = Path(c.download_artifacts(run_id, FOLDER, tmp))
+        return {f.name: f.read_text() for f in root.iterdir() if f.is_file()}
 
 
 def dvc_remote(root: Path = Path(".")) -> dict:
@@ -104,12 +116,13 @@ def packages() -> list[str]:
                   key=str.lower)
 
 
-def environment() -> dict:
+def environment(pk: list[str] | None = None) -> dict:
     """What decides whether a CPU rerun is bit-identical: the thread count (the order of float
-    sums in a matmul), the CPU instruction set torch dispatches to, and the library versions."""
+    sums in a matmul), the CPU instruction set torch dispatches to, and the library versions
+    (pk: packages(), when the caller has it already)."""
     import torch
 
-    pk = packages()
+    pk = packages() if pk is None else pk
     versions = {n: v for n, v in (x.split("==") for x in pk)
                 if n.lower() in ("torch", "transformers", "deepspeed", "peft", "numpy", "mlflow", "dvc")}
     return {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
@@ -150,9 +163,10 @@ def log_start(c, run_id: str, overlay: str = "") -> dict:
     c.log_dict(run_id, code, f"{FOLDER}/code.json")
     if diff:
         c.log_text(run_id, diff, f"{FOLDER}/code.diff")
-    env = environment()
+    pk = packages()
+    env = environment(pk)
     c.log_dict(run_id, env, f"{FOLDER}/environment.json")
-    c.log_text(run_id, "\n".join(packages()) + "\n", f"{FOLDER}/packages.txt")
+    c.log_text(run_id, "\n".join(pk) + "\n", f"{FOLDER}/packages.txt")
     tags = {"ppg.git_commit": code["commit"] or "", "ppg.code_hash": code["code_hash"],
             "ppg.code_dirty": str(code["dirty"]).lower(), "ppg.dvc_remote": code["dvc_remote"]["url"] or "",
             "ppg.overlay": overlay, "ppg.env.torch_threads": str(env["torch_threads"]),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from ppg.lineage.record import FOLDER, environment, environment_mismatch, git
+from ppg.lineage.record import environment, environment_mismatch, git, lock_outs, read_record
 
 
 class ReproduceError(RuntimeError):
@@ -59,10 +59,7 @@ def max_abs_diff(a: Path, b: Path) -> float:
 
 def _stage_deps(lock: dict, stage: str) -> list[str]:
     """The data deps of a stage in dvc.lock (code under ppg/ comes from git, not the remote)."""
-    st = lock.get("stages", {}).get(stage)
-    if st is None:
-        raise ReproduceError(f"dvc.lock of the record has no stage {stage!r}")
-    return [d["path"] for d in st.get("deps", []) if not d["path"].startswith("ppg/")]
+    return [d["path"] for d in lock["stages"][stage].get("deps", []) if not d["path"].startswith("ppg/")]
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, what: str) -> str:
@@ -100,52 +97,45 @@ def reproduce(c, name: str, version: str, into: Path, start: str = "train", say=
     if not parent or not policy:
         raise ReproduceError(f"{name} v{version} has no record (tags ppg.parent_run_id, ppg.policy): it was "
                              f"registered before runs were recorded, or by hand")
-    rec = Path(tempfile.mkdtemp(prefix="ppg-record-"))
+    from mlflow.exceptions import MlflowException
+
     try:
-        from mlflow.exceptions import MlflowException
+        rec = read_record(c, parent)
+    except (MlflowException, OSError) as e:
+        raise ReproduceError(f"cannot read the record of pipeline run {parent} ({name} v{version}): {e}") from None
+    missing = [f for f in ("code.json", "environment.json", "params.yaml", "dvc.lock") if f not in rec]
+    if missing:
+        raise ReproduceError(f"the record of pipeline run {parent} ({name} v{version}) lacks {', '.join(missing)}: "
+                             f"the run ended before its stages finished, or predates recording")
+    code, env_recorded = json.loads(rec["code.json"]), json.loads(rec["environment.json"])
+    lock = yaml.safe_load(rec["dvc.lock"])
+    for s in (f"train@{policy}", f"evaluate@{policy}"):
+        if s not in lock.get("stages", {}):
+            raise ReproduceError(f"the recorded dvc.lock has no stage {s}: {name} v{version} was not trained by "
+                                 f"the stages of that run")
+    if start == "import" and "sources.json" not in rec:
+        raise ReproduceError(f"--from import: the record of {parent} has no sources.json")
+    if into.exists() and any(into.iterdir()):
+        raise ReproduceError(f"--into {into}: not empty; reproduce builds in an empty folder")
+    if not code.get("commit"):
+        raise ReproduceError(f"the run {parent} recorded no commit (the workspace had none): its code cannot be "
+                             f"checked out")
+    into.mkdir(parents=True, exist_ok=True)
+    checkout(code["commit"], rec.get("code.diff", ""), into)
+    for f in ("params.yaml", "dvc.lock"):
+        (into / f).write_text(rec[f])
+    if start == "import":
+        _bring_sources(json.loads(rec["sources.json"]), json.loads(rec.get("models.json", "{}")), into)
 
-        try:
-            c.download_artifacts(parent, FOLDER, str(rec))
-        except (MlflowException, OSError) as e:
-            raise ReproduceError(f"cannot read the record of pipeline run {parent} ({name} v{version}): {e}") from None
-        rec = rec / FOLDER
-        missing = [f for f in ("code.json", "environment.json", "params.yaml", "dvc.lock") if not (rec / f).exists()]
-        if missing:
-            raise ReproduceError(f"the record of pipeline run {parent} ({name} v{version}) lacks {', '.join(missing)}: "
-                                 f"the run ended before its stages finished, or predates recording")
-        code = json.loads((rec / "code.json").read_text())
-        env_recorded = json.loads((rec / "environment.json").read_text())
-        lock = yaml.safe_load((rec / "dvc.lock").read_text())
-        diff = (rec / "code.diff").read_text() if (rec / "code.diff").exists() else ""
-        if into.exists() and any(into.iterdir()):
-            raise ReproduceError(f"--into {into}: not empty; reproduce builds in an empty folder")
-        if not code.get("commit"):
-            raise ReproduceError(f"the run {parent} recorded no commit (the workspace had none): its code cannot be "
-                                 f"checked out")
-        into.mkdir(parents=True, exist_ok=True)
-        checkout(code["commit"], diff, into)
-        for f in ("params.yaml", "dvc.lock"):
-            shutil.copy(rec / f, into / f)
-        for s in (f"train@{policy}", f"evaluate@{policy}"):
-            if s not in lock.get("stages", {}):
-                raise ReproduceError(f"the recorded dvc.lock has no stage {s}: {name} v{version} was not trained by "
-                                     f"the stages of that run")
-        if start == "import":
-            if not (rec / "sources.json").exists():
-                raise ReproduceError(f"--from import: the record of {parent} has no sources.json")
-            _bring_sources(json.loads((rec / "sources.json").read_text()), json.loads(
-                (rec / "models.json").read_text()) if (rec / "models.json").exists() else {}, into)
-    finally:
-        shutil.rmtree(rec.parent if rec.name == FOLDER else rec, ignore_errors=True)
-
-    mismatch = environment_mismatch(env_recorded, environment())
+    here = environment()
+    mismatch = environment_mismatch(env_recorded, here)
     for m in mismatch:
         say(f"environment differs from the record ({m}): weights may differ for that reason alone")
     # the training process's own thread count (its run's tag) decides its sums' order
     trained_with = (c.get_run(tags["ppg.run_id"]).data.tags.get("ppg.env.torch_threads")
                     if tags.get("ppg.run_id") else None)
     threads = str(trained_with or env_recorded.get("torch_threads") or os.cpu_count())
-    if trained_with and str(trained_with) != str(environment()["torch_threads"]):
+    if trained_with and str(trained_with) != str(here["torch_threads"]):
         mismatch.append(f"torch_threads of the training run: {trained_with}, set for the rebuild")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                            "MASTER_PORT", "PPG_PARENT_RUN_ID")}
@@ -170,7 +160,7 @@ def reproduce(c, name: str, version: str, into: Path, start: str = "train", say=
         if not remote:
             raise ReproduceError("the record names no DVC remote to pull the training inputs from")
         _run(dvc + ["remote", "add", "--local", "-f", "-d", "recorded", remote], into, env, "dvc remote add")
-        produced = {o["path"] for s in stages for o in lock["stages"][s].get("outs", [])}
+        produced = set(lock_outs(lock, stages))
         need = sorted({d for s in stages for d in _stage_deps(lock, s)} - produced)
         say(f"pulling the inputs of {', '.join(stages)} from {remote}: {', '.join(need)}")
         _run(dvc + ["pull", *need], into, env, "dvc pull")
@@ -185,11 +175,9 @@ def reproduce(c, name: str, version: str, into: Path, start: str = "train", say=
         _run(dvc + ["repro", "-f", "-s", "--no-run-cache", stage], into, env, f"dvc repro {stage}")
     out = _compare(c, name, version, policy, into, tags, env, mismatch, code, code_now, stages)
     if start == "import":  # the data stages' outputs against the recorded lock
-        now = yaml.safe_load((into / "dvc.lock").read_text())
-        outs = {o["path"]: [o.get("md5"), next((x.get("md5") for x in now["stages"][s].get("outs", [])
-                                                 if x["path"] == o["path"]), None)]
-                for s in stages if not s.startswith(("train@", "evaluate@"))
-                for o in lock["stages"][s].get("outs", [])}
+        data = [s for s in stages if not s.startswith(("train@", "evaluate@"))]
+        rebuilt = lock_outs(yaml.safe_load((into / "dvc.lock").read_text()), data)
+        outs = {path: [md5, rebuilt.get(path)] for path, md5 in lock_outs(lock, data).items()}
         # judged and validation outputs hold wall times and GX run ids, so their md5 differs by
         # design; what training read must not
         fed = _stage_deps(lock, f"train@{policy}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from ppg.lineage.record import FOLDER
+from ppg.lineage.record import FOLDER, lock_outs, read_record
 
 
 def resolve(c, ref: str) -> tuple[str, str]:
@@ -59,21 +59,19 @@ def provenance(c, ref: str) -> dict:
                                                         if k.startswith("ppg.validation.")}}
     if not parent:
         return {**out, "record": None}
-    with tempfile.TemporaryDirectory() as tmp:
-        files = {}
-        for a in c.list_artifacts(parent, FOLDER) + [x for x in c.list_artifacts(parent) if x.path == "gate.json"]:
-            if not a.is_dir:
-                files[Path(a.path).name] = Path(c.download_artifacts(parent, a.path, tmp)).read_text()
+    files = read_record(c, parent)
+    gate = {}
+    if any(a.path == "gate.json" for a in c.list_artifacts(parent)):  # the gate's verdict, beside the record
+        with tempfile.TemporaryDirectory() as tmp:
+            gate = json.loads(Path(c.download_artifacts(parent, "gate.json", tmp)).read_text()).get("decision", {})
     code = json.loads(files.get("code.json", "{}"))
-    lock = yaml.safe_load(files.get("dvc.lock", "")) or {}
-    outs = {o["path"]: o.get("md5") for st in lock.get("stages", {}).values() for o in st.get("outs", [])}
+    outs = lock_outs(yaml.safe_load(files.get("dvc.lock", "")))
     params = yaml.safe_load(files.get("params.yaml", "")) or {}
     sources = json.loads(files.get("sources.json", "{}"))
-    gate = json.loads(files.get("gate.json", "{}")).get("decision", {})
+    changed, against = changed_params(params, code.get("commit"))
     return {**out, "record": f"runs:/{parent}/{FOLDER}", "dirty": code.get("dirty"),
             "diff_bytes": code.get("diff_bytes"), "pushed": code.get("pushed"), "dvc_remote": code.get("dvc_remote"),
-            "overlay": "overlay.yaml" in files, **dict(zip(("changed_params", "params_against"),
-                                                            changed_params(params, code.get("commit")))),
+            "overlay": "overlay.yaml" in files, "changed_params": changed, "params_against": against,
             "data": {k: outs.get(k) for k in ((params.get("build") or {}).get("out", "data/built"),
                                               (params.get("judge") or {}).get("out", "data/judged"))},
             "sources": {"source": sources.get("source"), "files": len(sources.get("files", []))},
