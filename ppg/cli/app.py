@@ -1,7 +1,7 @@
 """The one `ppg` Typer app, its errors and params loading; the commands register on it in
-ppg.cli.stages (the pipeline's stages) and ppg.cli.pipeline (the runs around them). Heavy
-libraries load inside commands, and Prefect only in the commands that start flows, so
-`ppg --help` stays fast."""
+ppg.cli.stages (the pipeline's stages), ppg.cli.judges, ppg.cli.pipeline (the runs around them)
+and ppg.cli.lineage. Heavy libraries load inside commands, and Prefect only in the commands that
+start flows, so `ppg --help` stays fast."""
 
 import os
 from pathlib import Path
