@@ -21,7 +21,7 @@ from ppg.data.schema import Dialogue, as_text
 from ppg.generation import BACKENDS, GenerationConfig, end_ids
 from ppg.judges.base import Judge
 
-__all__ = ["GenerationConfig", "Episode", "Partner", "Rollout", "play", "rewards_tensor", "rollout_arrays"]
+__all__ = ["GenerationConfig", "Episode", "Partner", "Rollout", "play", "rollout_arrays"]
 
 
 @dataclass
@@ -138,16 +138,3 @@ def play(model, tok, episodes: list[Episode], partner: Partner, judge: Judge, ge
 def rollout_arrays(r: Rollout) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, turn_index) of a rollout in the training layout of ppg build."""
     return np.asarray(r.input_ids, dtype=np.int64), np.asarray(r.turn_index, dtype=np.int64)
-
-
-def rewards_tensor(dialogues) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rewards [B, T], mask [B, T]) of each rollout's evaluated speaker, left-aligned: NaN where
-    the judge gave no verdict, mask False past a dialogue's last turn (the ppg.returns layout)."""
-    rows = [[ln.reward for ln in d.turns(d.evaluated_speakers[0])] for d in dialogues]
-    width = max((len(x) for x in rows), default=0)
-    r = torch.zeros(len(rows), width, dtype=torch.float32)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, x in enumerate(rows):
-        r[i, :len(x)] = torch.tensor([float("nan") if v is None else v for v in x], dtype=torch.float32)
-        mask[i, :len(x)] = True
-    return r, mask

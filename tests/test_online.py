@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from reloads import assert_reloads_to_the_trained_model, final_logits
+
 from ppg.config import LoraConfig, MlflowConfig, ModelConfig, OnlineConfig, Params, TrainConfig
 
 
@@ -17,44 +19,6 @@ def params(tmp, **online):
                                     lora=LoraConfig(enabled=True, r=4)),
                   online=OnlineConfig(**oc),
                   mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp}/mlflow.db", artifacts=str(tmp / "artifacts")))
-
-
-IDS = [[5, 17, 42, 99, 3, 250, 11]]
-
-
-def final_logits(monkeypatch) -> dict:
-    """Catch the logits of the trained model on IDS just before the trainer saves it."""
-    import torch
-
-    from ppg.train import engine as eng
-
-    seen, write = {}, eng.write_output
-
-    def spy(engine, *args, **kwargs):
-        with torch.no_grad():
-            seen["logits"] = engine.module(input_ids=torch.tensor(IDS)).logits
-        return write(engine, *args, **kwargs)
-
-    monkeypatch.setattr(eng, "write_output", spy)
-    return seen
-
-
-def assert_reloads_to_the_trained_model(p, name: str, seen: dict, tmp_path):
-    """The saved output, loaded as evaluation loads it and as `ppg export` merges it for the
-    registry, gives the logits the model had at the end of training."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from ppg.evaluate.run import load_trained
-    from ppg.models import export_merged
-
-    ids = torch.tensor(IDS)
-    with torch.no_grad():
-        evaluated = load_trained(p, name)[0](input_ids=ids).logits
-        merged = export_merged(Path(p.train.out) / name, tmp_path / f"export-{name}")
-        exported = AutoModelForCausalLM.from_pretrained(merged)(input_ids=ids).logits
-    assert torch.allclose(evaluated, seen["logits"], atol=1e-5), float((evaluated - seen["logits"]).abs().max())
-    assert torch.allclose(exported, seen["logits"], atol=1e-5), float((exported - seen["logits"]).abs().max())
 
 
 def test_online_steps_judge_rollouts_and_start_at_zero_kl(tmp_path, tiny_model, monkeypatch):
@@ -187,7 +151,7 @@ def test_online_training_runs_in_training_mode_and_logs_the_reward_of_judged_tur
 
     p = params(tmp_path, steps=2)
     p.train.lora, p.train.gradient_checkpointing = LoraConfig(enabled=False), True
-    modes, score, rewards = [], online.target_logprobs, online.rewards_tensor
+    modes, score, batch_of = [], online.target_logprobs, online.turn_batch
 
     def spy_score(net, *a, **kw):
         if torch.is_grad_enabled():  # the policy's pass (the reference's runs under no_grad)
@@ -195,13 +159,13 @@ def test_online_training_runs_in_training_mode_and_logs_the_reward_of_judged_tur
             modes.append(net.training and bool(layers) and all(m.training and m.gradient_checkpointing for m in layers))
         return score(net, *a, **kw)
 
-    def one_unjudged(dialogues):
-        r, mask = rewards(dialogues)
-        r[0, 0] = float("nan")
-        return r, mask
+    def one_unjudged(dialogues, segments):
+        batch = batch_of(dialogues, segments)
+        batch.rewards[0, 0] = float("nan")
+        return batch
 
     monkeypatch.setattr(online, "target_logprobs", spy_score)
-    monkeypatch.setattr(online, "rewards_tensor", one_unjudged)
+    monkeypatch.setattr(online, "turn_batch", one_unjudged)
     seen = final_logits(monkeypatch)
     r = online.train_online(p, "k2", progress=False)
     assert modes == [True, True]

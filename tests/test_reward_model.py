@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from ppg.config import JudgeConfig, MlflowConfig, ModelConfig, Params
+from ppg.config import JudgeConfig, MlflowConfig, ModelConfig, Params, TrainConfig
 from ppg.config_ops import RewardModelConfig
 from ppg.data.schema import Dialogue, read_dialogues, write_dialogues
 
@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("reward-model")
     write_dialogues(tmp / "logged" / "dialogues.jsonl", dog_lovers(60, 0))
-    p = Params(model=ModelConfig(spec="tiny", base=""),
+    p = Params(model=ModelConfig(spec="tiny", base=""), train=TrainConfig(workdir=str(tmp / "work")),
                judge=JudgeConfig(kind="reward-model", reward_model=RewardModelConfig(
                    path=str(tmp / "judge"), steps=150, batch_size=16, lr=0.01, max_length=128)),
                mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp}/mlflow.db", artifacts=str(tmp / "artifacts")))
@@ -98,6 +98,29 @@ def test_training_needs_both_kinds_of_verdict(trained, tmp_path):
     write_dialogues(tmp_path / "d.jsonl", only_good)
     with pytest.raises(ValueError, match="need consistent and contradicting lines"):
         train_judge(p, tmp_path / "d.jsonl", tmp_path / "judge", progress=False)
+
+
+def test_a_stopped_run_resumes_to_the_reward_model_an_uninterrupted_run_trains(trained, tmp_path):
+    """Checkpoints hold the head's weights, the optimizer and the batch sampler's state: stopped
+    after 3 of 6 steps and run again, it continues in the same MLflow run and ends with the same
+    losses and the same saved weights as a run that was never stopped."""
+    from ppg.train.judge import train_judge
+
+    p, tmp, _ = trained
+
+    def at(folder):
+        rm = dataclasses.replace(p.judge.reward_model, steps=6, batch_size=8, path=str(folder / "judge"))
+        return dataclasses.replace(p, train=TrainConfig(workdir=str(folder / "work"), checkpoint_every=2),
+                                   judge=dataclasses.replace(p.judge, reward_model=rm))
+
+    whole = train_judge(at(tmp_path / "whole"), tmp / "logged", tmp_path / "whole" / "judge", progress=False)
+    stopped = train_judge(at(tmp_path / "split"), tmp / "logged", tmp_path / "split" / "judge", progress=False,
+                          stop_after=3)
+    assert stopped["stopped_at"] == 3 and not (tmp_path / "split" / "judge").exists()
+    done = train_judge(at(tmp_path / "split"), tmp / "logged", tmp_path / "split" / "judge", progress=False)
+    assert done["mlflow_run_id"] == stopped["mlflow_run_id"] != whole["mlflow_run_id"]
+    assert done["loss_history"] == whole["loss_history"] and len(done["loss_history"]) == 6
+    assert done["fingerprint"] == whole["fingerprint"]  # the saved weights, by content
 
 
 def test_its_card_lists_the_training_personas_and_online_ppg_trains_against_it(trained, tmp_path):

@@ -8,7 +8,8 @@ import torch
 
 from ppg.data.schema import Dialogue
 from ppg.judges.base import LabelJudge, both_hold, verdict_rates
-from ppg.rollout import Episode, GenerationConfig, play, rewards_tensor
+from ppg.data.turns import turn_batch
+from ppg.rollout import Episode, GenerationConfig, play
 
 
 class ScriptedPartner:
@@ -71,7 +72,8 @@ def test_a_policy_plays_any_partner_to_the_length_it_chooses(tiny_model):
     assert judge.counts["turns"] == sum(lengths.values())
     assert partner.calls == (3 + 1) + (3 + 1)  # two batches, each asked once past its longest dialogue
 
-    r, mask = rewards_tensor(dialogues)
+    b = turn_batch(dialogues, {"length": 1})  # what online training credits
+    r, mask = b.rewards, b.mask
     assert mask.sum(1).tolist() == [1, 3, 2, 3] and r.shape == (4, 3)
     assert r[0, 1:].tolist() == [0.0, 0.0]  # padding is 0, and masked
 
@@ -84,8 +86,9 @@ def two_turns(first: float | None, second: float | None) -> Dialogue:
                   {"speaker": "user", "text": "job?"}, {"speaker": "bot", "text": "pilot", "reward": second}]})
 
 
-def test_rewards_tensor_keeps_unknown_verdicts_unknown():
-    r, mask = rewards_tensor([two_turns(1.0, None)])
+def test_the_rollouts_turn_batch_keeps_unknown_verdicts_unknown():
+    b = turn_batch([two_turns(1.0, None)], {"length": 1})
+    r, mask = b.rewards, b.mask
     assert r[0, 0].item() == 1.0 and math.isnan(r[0, 1].item()) and mask.tolist() == [[True, True]]
 
 

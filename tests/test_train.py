@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reloads import assert_reloads_to_the_trained_model, final_logits
 from safetensors.torch import load_file
 
 from ppg.train.checkpoint import POINTER
@@ -68,8 +69,11 @@ def weights_of(folder):
                                          .exists() else "model.safetensors")))
 
 
-def test_loss_falls_and_every_parameter_changes(tmp_path, data, tiny_model):
-    r = run(params(tmp_path, data, max_steps=40, lr=3e-3), "greedy")
+def test_loss_falls_and_every_parameter_changes_and_the_output_reloads_to_it(tmp_path, data, tiny_model,
+                                                                            monkeypatch):
+    seen = final_logits(monkeypatch)
+    p = params(tmp_path, data, max_steps=40, lr=3e-3)
+    r = run(p, "greedy")
     h = r["loss_history"]
     assert len(h) == 40 and sum(h[-8:]) / 8 < 0.5 * sum(h[:8]) / 8, h
     before, after = weights_of(tiny_model), weights_of(tmp_path / "models/greedy")
@@ -78,14 +82,18 @@ def test_loss_falls_and_every_parameter_changes(tmp_path, data, tiny_model):
     assert unchanged == [], unchanged
     run_json = json.loads((tmp_path / "models/greedy/run.json").read_text())
     assert run_json["steps"] == 40 and run_json["mlflow_run_id"] == r["mlflow_run_id"]
+    assert_reloads_to_the_trained_model(p, "greedy", seen, tmp_path)
 
 
-def test_lora_changes_only_adapter_parameters(tmp_path, data, tiny_model):
+def test_lora_changes_only_adapter_parameters_and_the_output_reloads_to_the_trained_model(tmp_path, data, tiny_model,
+                                                                                         monkeypatch):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    seen = final_logits(monkeypatch)
     p = params(tmp_path, data, max_steps=6, lora=LoraConfig(enabled=True, r=4, target_modules=["q_proj", "v_proj"]))
     run(p, "full")
+    assert_reloads_to_the_trained_model(p, "full", seen, tmp_path)
     adapters = weights_of(tmp_path / "models/full")
     assert adapters and all("lora_" in k for k in adapters)
     assert all(v.abs().sum() > 0 for k, v in adapters.items() if "lora_B" in k)  # B starts at zero

@@ -1,6 +1,7 @@
-"""The DeepSpeed engine both trainers share: rendezvous for a launcher-less process, the config
+"""The DeepSpeed engine every trainer shares: rendezvous for a launcher-less process, the config
 filled from params.yaml's train.deepspeed, seeding and the generators' state for checkpoints,
 resume, the gradient norm, and the final output (adapters or weights + tokenizer + run.json).
+ppg.train.run.TrainingRun puts these together around a trainer's loop.
 
 One process without a launcher sets its own rendezvous variables; `deepspeed --num_gpus N
 $(which ppg) train ...` runs N ranks (CPU ranks here, GPUs elsewhere).
@@ -20,8 +21,9 @@ from ppg.lineage.record import code_hash  # noqa: F401  (a run's identity hashes
 from ppg.train import checkpoint
 
 
-def setup_distributed():
-    """Rendezvous for a launcher-less single process; CPU accelerator when there is no GPU."""
+def setup_distributed(one_rank: str | None = None):
+    """Rendezvous for a launcher-less single process; CPU accelerator when there is no GPU.
+    one_rank: why this trainer runs on one rank only (refused with it when started on several)."""
     if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
     if "RANK" not in os.environ:
@@ -36,7 +38,11 @@ def setup_distributed():
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed()
-    return deepspeed, torch.distributed.get_rank(), torch.distributed.get_world_size()
+    world = torch.distributed.get_world_size()
+    if one_rank and world > 1:
+        raise ValueError(f"{one_rank}; got {world} ranks: start it without a launcher (train.launcher applies to "
+                         f"offline training)")
+    return deepspeed, torch.distributed.get_rank(), world
 
 
 def seed_all(seed):
@@ -118,16 +124,20 @@ def grad_norm(engine):
     return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
 
 
-def write_output(engine, tok, out: Path, result: dict, merge: bool = False):
-    """Adapters (LoRA) or full weights + tokenizer + run.json, swapped in atomically. merge: fold
-    the adapters into the weights they were trained on and save those (when that starting point
-    is not the base model the adapters' config names, adapters alone would reload to another
-    model); the engine's module is spent afterwards."""
+def write_output(engine, tok, out: Path, result: dict | None, merge: bool = False, also=None):
+    """Adapters (LoRA) or full weights + tokenizer + run.json (the result; None: no run.json),
+    swapped in atomically. merge: fold the adapters into the weights they were trained on and save
+    those (when that starting point is not the base model the adapters' config names, adapters
+    alone would reload to another model); the engine's module is spent afterwards. also(folder)
+    writes a trainer's own files into the output before it is swapped in."""
     from ppg.models import atomic_folder
 
     def build(tmp):
         (engine.module.merge_and_unload() if merge else engine.module).save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (Path(tmp) / "run.json").write_text(json.dumps(result, indent=1, default=str))
+        if result is not None:
+            (Path(tmp) / "run.json").write_text(json.dumps(result, indent=1, default=str))
+        if also:
+            also(Path(tmp))
 
     atomic_folder(out, build)

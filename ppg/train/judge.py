@@ -9,7 +9,8 @@ forward pass, which a CPU can pay for a 135M model; with reward_model.lora_r LoR
 attention train with it (a backward pass too), merged into the saved weights. The output folder is the judge
 (judge.kind reward-model): weights, tokenizer, judge.json (AUC with a persona-group bootstrap
 interval, pooled and per domain, a reliability table, what it was trained on), calibration.png;
-it is logged to MLflow (and `ppg train-judge` registers it as its own model).
+it is logged to MLflow (and `ppg train-judge` registers it as its own model). Checkpoints and
+resume as the policy trainers have them (ppg.train.run.TrainingRun).
 """
 
 import json
@@ -23,6 +24,7 @@ from ppg.data.turns import persona_groups, persona_key
 from ppg.judges.reward_model import score_texts, turn_texts
 from ppg.stats import grouped_auc
 from ppg.train import engine as eng
+from ppg.train.run import TrainingRun
 
 
 def judge_examples(dialogues, history: int) -> list[dict]:
@@ -48,6 +50,16 @@ def split_groups(examples: list[dict], share: float, seed: int) -> tuple[list[di
         random.Random(f"{seed}:{dom}").shuffle(groups)
         held |= set(groups[:max(1, math.ceil(share * len(groups)))])
     return [e for e in examples if e["group"] not in held], [e for e in examples if e["group"] in held]
+
+
+def judge_sets(src: Path, history: int, share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation) examples of the dialogues in src (split_groups), each with both labels."""
+    train, val = split_groups(judge_examples(read_dialogues(src), history), share, seed)
+    for name, part in (("training", train), ("validation", val)):
+        if len({e["label"] for e in part}) < 2:
+            raise ValueError(f"{src}: the {name} persona groups need consistent and contradicting lines with "
+                             f"verdicts (got {len(part)} lines, labels {sorted({e['label'] for e in part})})")
+    return train, val
 
 
 def reliability(p: list[float], y: list[float], bins: int = 10) -> tuple[list[dict], float]:
@@ -92,56 +104,37 @@ def plot_calibration(rows: list[dict], path: Path):
     plt.close(fig)
 
 
-def train_judge(p, data: Path, out: Path, progress: bool = True) -> dict:
+def train_judge(p, data: Path, out: Path, progress: bool = True, stop_after: int | None = None) -> dict:
     """Train the reward model on DATA (a folder with dialogues.jsonl, or a .jsonl file) into OUT;
-    ppg.registry.register_judge registers it."""
+    ppg.registry.register_judge registers it. Resumes from the working folder of its identity
+    (train.workdir/judge) like the policy trainers; stop_after=N exits after N steps."""
     import torch
-    from transformers import AutoModelForSequenceClassification
 
-    from ppg import tracking
     from ppg.io import content_hash
-    from ppg.models import atomic_folder, base_model, load_tokenizer, resolve_model
+    from ppg.models import base_model, load_tokenizer, resolve_model
 
     rm, t0 = p.judge.reward_model, time.perf_counter()
     src = data / "dialogues.jsonl" if data.is_dir() else data
-    train, val = split_groups(judge_examples(read_dialogues(src), rm.history), rm.validation, rm.seed)
-    for name, part in (("training", train), ("validation", val)):
-        if len({e["label"] for e in part}) < 2:
-            raise ValueError(f"{src}: the {name} persona groups need consistent and contradicting lines with "
-                             f"verdicts (got {len(part)} lines, labels {sorted({e['label'] for e in part})})")
+    train, val = judge_sets(src, rm.history, rm.validation, rm.seed)
     base = resolve_model(rm.base) if rm.base else base_model(p)
-    deepspeed, _, world = eng.setup_distributed()
-    if world > 1:
-        raise ValueError("train-judge runs on one rank (the head is small; the backbone only runs forward)")
-    eng.seed_all(rm.seed)
+    deepspeed, _, _ = eng.setup_distributed(one_rank="train-judge runs on one rank (the head is small; the "
+                                                      "backbone only runs forward)")
+    ds = judge_deepspeed(p.train.deepspeed, rm.lr)
+    knobs = {k: v for k, v in vars(rm).items() if k != "path"}  # where it is written changes nothing
+    ident = {"mode": "judge", "base": content_hash(base), "data": content_hash(src), "code": eng.code_hash(),
+             "reward_model": knobs, "deepspeed": ds}
+    run = TrainingRun("judge", ident, p.train, rm.steps, {}, rm.seed, stop_after=stop_after)
     tok = load_tokenizer(base)
     tok.padding_side, tok.truncation_side = "right", "left"
-    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
-    model.config.pad_token_id = tok.pad_token_id
-    if rm.lora_r:  # PEFT's SEQ_CLS task trains the score head beside the adapters
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import get_peft_model
-
-        model = get_peft_model(model, PeftLoraConfig(task_type="SEQ_CLS", r=rm.lora_r, lora_alpha=2 * rm.lora_r,
-                                                     lora_dropout=0.0,
-                                                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-    else:
-        for name, q in model.named_parameters():
-            q.requires_grad = name.startswith("score")  # the frozen backbone needs no backward pass
-    ds = {k: v for k, v in p.train.deepspeed.items() if k != "scheduler"}
-    opt = ds.get("optimizer", {"type": "AdamW"})
-    ds["optimizer"] = {**opt, "params": {**opt.get("params", {}), "lr": rm.lr}}
-    engine = eng.start(deepspeed, model, eng.ds_config(dict(ds, gradient_accumulation_steps=1), rm.batch_size, 1,
-                                                       rm.steps))
-    c = tracking.client(p.mlflow)
-    run_id = tracking.open_run(c, p.mlflow, name="train-judge", tags={"ppg.stage": "train-judge"},
-                               params={"base": str(base), "data": str(src), "train_lines": len(train),
-                                       "validation_lines": len(val),
-                                       **{f"reward_model.{k}": v for k, v in vars(rm).items()}})
-    bar = eng.progress_bar(progress, rm.steps, 0, "train-judge")
-    rng, history = random.Random(rm.seed), []
-    engine.train()
-    for step in range(1, rm.steps + 1):
+    engine = run.start(deepspeed, judge_model(base, tok.pad_token_id, rm.lora_r),
+                       eng.ds_config(ds, rm.batch_size, 1, rm.steps))
+    run.track(p.mlflow, tags={"ppg.stage": "train-judge"}, inputs={"training": str(src), "base_model": str(base)},
+              params={"base": str(base), "data": str(src), "train_lines": len(train), "validation_lines": len(val),
+                      **{f"reward_model.{k}": v for k, v in vars(rm).items()}}, progress=progress)
+    rng = random.Random(rm.seed)  # the batch sampler: its state travels in the checkpoints
+    if "sampler" in run.state:
+        rng.setstate(run.state["sampler"])
+    while run.state["step"] < rm.steps:
         batch = [train[rng.randrange(len(train))] for _ in range(rm.batch_size)]
         enc = tok([e["text"] for e in batch], return_tensors="pt", padding=True, truncation=True,
                   max_length=rm.max_length).to(engine.device)
@@ -150,39 +143,65 @@ def train_judge(p, data: Path, out: Path, progress: bool = True) -> dict:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
         engine.backward(loss)
         engine.step()
-        history.append(loss.item())
-        tracking.log_metrics(c, run_id, {"loss": history[-1]}, step)
-        if bar:
-            bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]:.4f}")
-    if bar:
-        bar.close()
-    engine.eval()
+        run.state["history"].append(loss.item())
+        run.state["sampler"] = rng.getstate()
+        if run.step_done({"loss": loss.item()}, loss=f"{loss.item():.4f}"):
+            return run.stopped()
+    card = judge_card(p, run, tok, src, train, val)
+    card["wall_s"] = time.perf_counter() - t0
+    held = card["validation"]
+    run.log({"validation.auc": held["auc"].get("mean"), "validation.auc.lo": held["auc"].get("lo"),
+             "validation.auc.hi": held["auc"].get("hi"), "validation.ece": held["ece"],
+             "scored_lines_per_s": card["scored_lines_per_s"]})
+
+    def also(folder: Path):
+        card["fingerprint"] = content_hash(*sorted(folder.glob("*.safetensors")))  # the judge's identity
+        (folder / "judge.json").write_text(json.dumps(card, indent=1, default=str))
+        plot_calibration(held["calibration"], folder / "calibration.png")
+
+    # adapters merged: the judge loads as a plain sequence-classification model either way
+    run.finish(tok, out, None, merge=bool(rm.lora_r), also=also, artifacts=("judge.json", "calibration.png"))
+    return {**card, "mlflow_run_id": run.run_id}
+
+
+def judge_deepspeed(deepspeed_cfg: dict, lr: float) -> dict:
+    """train.deepspeed for the reward model: its own learning rate, constant (no scheduler), and
+    no accumulation."""
+    ds = {k: v for k, v in deepspeed_cfg.items() if k != "scheduler"}
+    opt = ds.get("optimizer", {"type": "AdamW"})
+    return dict(ds, optimizer={**opt, "params": {**opt.get("params", {}), "lr": lr}}, gradient_accumulation_steps=1)
+
+
+def judge_model(base: Path, pad_token_id: int, lora_r: int):
+    """The sequence-classification model on the base: a frozen backbone under a trainable head,
+    or with lora_r LoRA adapters on the attention training beside the head."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
+    model.config.pad_token_id = pad_token_id
+    if lora_r:  # PEFT's SEQ_CLS task trains the score head beside the adapters
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        return get_peft_model(model, PeftLoraConfig(task_type="SEQ_CLS", r=lora_r, lora_alpha=2 * lora_r,
+                                                    lora_dropout=0.0,
+                                                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    for name, q in model.named_parameters():
+        q.requires_grad = name.startswith("score")  # the frozen backbone needs no backward pass
+    return model
+
+
+def judge_card(p, run, tok, src: Path, train: list[dict], val: list[dict]) -> dict:
+    """judge.json: held-out scores of the trained model (eval mode) and what it was trained on."""
+    from ppg.io import content_hash
+
+    rm = p.judge.reward_model
+    run.engine.eval()
     t_score = time.perf_counter()
-    p_val = score_texts(engine.module, tok, [e["text"] for e in val], rm.max_length)
+    p_val = score_texts(run.engine.module, tok, [e["text"] for e in val], rm.max_length)
     lines_per_s = len(val) / (time.perf_counter() - t_score)
-    held = held_out_scores(val, p_val, p.eval.min_contradictions, rm.seed)
-    card = {"base": str(p.judge.reward_model.base or p.model.spec), "data": str(src), "data_hash": content_hash(src),
-            "train_lines": len(train), "steps": rm.steps, "loss_history": history, "validation": held,
+    return {"base": str(rm.base or p.model.spec), "data": str(src), "data_hash": content_hash(src),
+            "train_lines": len(train), "steps": run.state["step"], "loss_history": run.state["history"],
+            "validation": held_out_scores(val, p_val, p.eval.min_contradictions, rm.seed),
             "train_personas": sorted({e["persona"] for e in train}),  # what another judge must not share
-            "scored_lines_per_s": lines_per_s, "config": vars(rm), "wall_s": time.perf_counter() - t0}
-
-    def build(tmp):
-        # adapters merged: the judge loads as a plain sequence-classification model either way
-        (engine.module.merge_and_unload() if rm.lora_r else engine.module).save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        card["fingerprint"] = content_hash(*sorted(Path(tmp).glob("*.safetensors")))
-        (Path(tmp) / "judge.json").write_text(json.dumps(card, indent=1, default=str))
-        plot_calibration(held["calibration"], Path(tmp) / "calibration.png")
-
-    atomic_folder(out, build)
-    auc = held["auc"].get("mean")
-    tracking.log_metrics(c, run_id, {"validation.auc": auc, "validation.auc.lo": held["auc"].get("lo"),
-                                     "validation.auc.hi": held["auc"].get("hi"), "validation.ece": held["ece"],
-                                     "scored_lines_per_s": lines_per_s}, rm.steps)
-    c.log_artifact(run_id, str(out / "judge.json"))
-    c.log_artifact(run_id, str(out / "calibration.png"))
-    c.set_terminated(run_id, "FINISHED")
-    engine.destroy()
-    return {**card, "mlflow_run_id": run_id}
-
+            "scored_lines_per_s": lines_per_s, "config": vars(rm), "run_fingerprint": run.fp}

@@ -3,6 +3,7 @@ engine (ppg.train.engine), resumable.
 
     loss = -(1/N) sum_t w_t log pi(a_t | x_t)      w_t = shaped partial return of the policy class
 
+Around the loop, ppg.train.run.TrainingRun (identity, checkpoints, resume, MLflow, output).
 One code path: DeepSpeed's config (params.yaml train.deepspeed) decides ZeRO stage, bf16,
 accumulation, clipping, optimizer and schedule. With several ranks the data is sharded by batch
 across them and only rank 0 writes.
@@ -14,10 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ppg import tracking
 from ppg.data.build import check_tokenizer
-from ppg.lineage.record import input_datasets, run_environment
-from ppg.train import checkpoint, engine as eng
+from ppg.train import engine as eng
+from ppg.train.run import TrainingRun
 from ppg.train.batching import collate, known_turns, length_batches, load_examples
 from ppg.losses import offline_ppg_loss, target_logprobs
 from ppg.models import base_model, load_model, load_tokenizer, tokenizer_hash
@@ -61,123 +61,98 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     this run's fingerprint (run_identity) when a complete checkpoint is there, else starts fresh in
     a new MLflow run. stop_after=N exits after N optimizer steps (tests of resume)."""
     kind, k = parse_policy_id(policy)
-    cfg = p.train
-    name = run_name(policy, fold)
-    model_dir = base_model(p)
-    data = Path(cfg.data)
+    cfg, name = p.train, run_name(policy, fold)
+    model_dir, data = base_model(p), Path(cfg.data)
     check_tokenizer(data / f"{cfg.split}.parquet", model_dir)
     examples, wstats = load_examples(data, cfg.split, policy, p.returns.baseline, p.returns.standardize,
                                      fold, cfg.subsample, cfg.seed, p.returns.clip)
     deepspeed, rank, world = eng.setup_distributed()
-    rank0 = rank == 0
-    accum = int(cfg.deepspeed.get("gradient_accumulation_steps", 1))
-    per_step = accum * world  # micro-batches per optimizer step, all ranks together
+    per_step = int(cfg.deepspeed.get("gradient_accumulation_steps", 1)) * world  # micro-batches, all ranks
     lengths = [len(e.input_ids) for e in examples]
     steps_per_epoch = len(length_batches(lengths, cfg.batch_size, cfg.bucket_batches, cfg.seed, 0)) // per_step
     if steps_per_epoch < 1:
         raise ValueError(f"train: {len(examples)} sequences make no full step of {per_step} batches "
                          f"of {cfg.batch_size}; lower train.batch_size or gradient_accumulation_steps")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    config = eng.ds_config(cfg.deepspeed, cfg.batch_size, world, total)
     ident = run_identity(p, policy, fold, model_dir, data / f"{cfg.split}.parquet", world, total)
-    fp = checkpoint.fingerprint(ident)
-    workdir = checkpoint.workdir_for(Path(cfg.workdir) / name, fp, ident, rank0)
-    resume = checkpoint.find_resume(workdir, fp, ident)
-
-    eng.seed_all(cfg.seed)
-    engine = eng.start(deepspeed, load_model(model_dir, cfg.lora), config, cfg.gradient_checkpointing)
-    state = eng.resume(engine, workdir, resume,
-                       {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "mlflow_run_id": None, "history": []})
+    run = TrainingRun(name, ident, cfg, total, {"epoch": 0, "batch": 0, "tokens": 0}, cfg.seed, rank == 0, stop_after)
+    run.start(deepspeed, load_model(model_dir, cfg.lora), eng.ds_config(cfg.deepspeed, cfg.batch_size, world, total),
+              cfg.gradient_checkpointing)
     tok = load_tokenizer(model_dir)
-    c = tracking.client(p.mlflow) if rank0 else None
-    run_id = None
-    if rank0:
-        run_id = tracking.open_run(
-            c, p.mlflow, state["mlflow_run_id"], name=f"train-{name}",
-            tags={"ppg.stage": "train", "ppg.policy": policy, "ppg.policy_class": kind, "ppg.k": str(k or ""),
-                  "ppg.fold": str(fold if fold is not None else ""), **run_environment()},
-            params={"policy": policy, "model": p.model.spec, "fold": fold, **flat_params("train", asdict(cfg)),
-                    "baseline": p.returns.baseline, "standardize": p.returns.standardize, "world_size": world,
-                    "fingerprint": fp})
-        # which data and base model trained it, as MLflow datasets (digest: DVC's md5)
-        c.log_inputs(run_id, input_datasets({"training": str(data), "base_model": str(model_dir)}))
-        if not resume:
-            tracking.log_metrics(c, run_id, {"sequences": wstats["sequences"], "turns": wstats["turns"],
-                                             "nan_weight_turns": wstats["nan_weight_turns"],
-                                             "weight_mean": wstats["weight_mean"],
-                                             "weight_std": wstats["weight_std"]}, 0)
-            for t, m in enumerate(wstats["weight_mean_by_turn"]):
-                tracking.log_metrics(c, run_id, {"weight_mean_by_turn": m}, t)
-        state["mlflow_run_id"] = run_id
-
-    bar = eng.progress_bar(rank0 and progress, total, state["step"], f"train {name}")
-    engine.train()
+    run.track(p.mlflow, progress=progress, inputs={"training": str(data), "base_model": str(model_dir)},
+              tags={"ppg.stage": "train", "ppg.policy": policy, "ppg.policy_class": kind, "ppg.k": str(k or ""),
+                    "ppg.fold": str(fold if fold is not None else "")},
+              params={"policy": policy, "model": p.model.spec, "fold": fold, **flat_params("train", asdict(cfg)),
+                      "baseline": p.returns.baseline, "standardize": p.returns.standardize, "world_size": world})
+    if not run.resumed:
+        run.log({key: wstats[key] for key in ("sequences", "turns", "nan_weight_turns", "weight_mean", "weight_std")})
+        for t, m in enumerate(wstats["weight_mean_by_turn"]):
+            run.log({"weight_mean_by_turn": m}, t)
     last = {}
-    window = _new_window()
-    while state["step"] < total:
-        batches = length_batches(lengths, cfg.batch_size, cfg.bucket_batches, cfg.seed, state["epoch"])
-        usable = len(batches) // per_step * per_step
-        mine = batches[:usable][rank::world]
-        while state["batch"] < len(mine) and state["step"] < total:
-            if state["batch"] % accum == 0:  # an optimizer step starts: count its turns on every rank
-                denominator = step_denominator(
-                    [examples[i] for bi in mine[state["batch"]:state["batch"] + accum] for i in bi], accum, world)
-            b = collate([examples[i] for i in mine[state["batch"]]], tok.pad_token_id)
-            b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
-            logp = target_logprobs(engine.module, b["input_ids"], b["attention_mask"], b["turn_index"])
-            out = offline_ppg_loss(logp, b["turn_index"], b["weights"], cfg.reduction, denominator)
-            engine.backward(out.loss)
-            boundary = engine.is_gradient_accumulation_boundary()
-            norm = eng.grad_norm(engine) if boundary else None
-            engine.step()
-            target = b["turn_index"] >= 0
-            window["loss"] += out.loss.item() / accum
-            window["nll"] += float(-(logp.detach() * target).sum() / target.sum().clamp(min=1)) / accum
-            for key in ("tokens", "padded"):
-                window[key] += b[key]
-            window["turns"] += out.turns
-            window["excluded"] += out.excluded
-            state["batch"] += 1
-            state["tokens"] += b["tokens"]
-            if not boundary:
-                continue
-            state["step"] += 1
-            if world > 1:  # log what the step saw on every rank: sums, and means of the losses
-                keys = ("loss", "nll", "tokens", "padded", "turns", "excluded")
-                t = torch.tensor([float(window[key]) for key in keys], dtype=torch.float64)
-                torch.distributed.all_reduce(t)
-                window.update({key: float(v) for key, v in zip(keys, t)})
-                window["loss"], window["nll"] = window["loss"] / world, window["nll"] / world
-            dt = time.perf_counter() - window["t0"]
-            last = {"loss": window["loss"], "nll": window["nll"], "lr": engine.get_lr()[0],
-                    "grad_norm": norm, "tokens_per_s": window["tokens"] / dt,
-                    "padding_share": 1 - window["tokens"] / max(window["padded"], 1),
-                    "turns": window["turns"], "excluded_turns": window["excluded"], "epoch": state["epoch"]}
-            state["history"].append(last["loss"])
-            if rank0:
-                tracking.log_metrics(c, run_id, last, state["step"])
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-            window = _new_window()
-            if state["step"] % cfg.checkpoint_every == 0 or state["step"] == total:
-                eng.save(engine, workdir, state, fp, ident, cfg.keep_checkpoints, rank0)
-            if stop_after is not None and state["step"] >= stop_after:
-                return {"stopped_at": state["step"], "mlflow_run_id": run_id}
-        if state["batch"] >= len(mine):
-            state["epoch"], state["batch"] = state["epoch"] + 1, 0
-    if bar:
-        bar.close()
-    result = {"policy": policy, "fold": fold, "steps": state["step"], "tokens": state["tokens"],
-              "mlflow_run_id": run_id, "fingerprint": fp, "workdir": str(workdir), "model_spec": p.model.spec,
-              "loss_history": state["history"],
+    while run.state["step"] < total:
+        last, stop = train_epoch(run, tok, examples, lengths, cfg, rank, world, last)
+        if stop:
+            return run.stopped()
+    result = {"policy": policy, "fold": fold, **run.record(), "tokens": run.state["tokens"],
+              "model_spec": p.model.spec, "loss_history": run.state["history"],
               "tokenizer_hash": tokenizer_hash(model_dir), "final": last, "weights": wstats}
-    if rank0:
-        eng.write_output(engine, tok, Path(cfg.out) / name, result)
-        tracking.log_metrics(c, run_id, {"steps": state["step"]}, state["step"])
-        c.set_terminated(run_id, "FINISHED")
-    engine.destroy()
+    run.finish(tok, Path(cfg.out) / name, result)
     return result
+
+
+def train_epoch(run, tok, examples, lengths, cfg, rank: int, world: int, last: dict) -> tuple[dict, bool]:
+    """This rank's share of the current epoch's batches, from state["batch"] on, one optimizer
+    step per `accum` micro-batches. (the last step's metrics, whether stop_after was reached)"""
+    engine, state = run.engine, run.state
+    accum = int(cfg.deepspeed.get("gradient_accumulation_steps", 1))
+    batches = length_batches(lengths, cfg.batch_size, cfg.bucket_batches, cfg.seed, state["epoch"])
+    mine = batches[:len(batches) // (accum * world) * accum * world][rank::world]  # whole steps only
+    window = _new_window()
+    while state["batch"] < len(mine) and state["step"] < run.total:
+        if state["batch"] % accum == 0:  # an optimizer step starts: count its turns on every rank
+            denominator = step_denominator(
+                [examples[i] for bi in mine[state["batch"]:state["batch"] + accum] for i in bi], accum, world)
+        b = collate([examples[i] for i in mine[state["batch"]]], tok.pad_token_id)
+        b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
+        logp = target_logprobs(engine.module, b["input_ids"], b["attention_mask"], b["turn_index"])
+        out = offline_ppg_loss(logp, b["turn_index"], b["weights"], cfg.reduction, denominator)
+        engine.backward(out.loss)
+        boundary = engine.is_gradient_accumulation_boundary()
+        norm = eng.grad_norm(engine) if boundary else None
+        engine.step()
+        target = b["turn_index"] >= 0
+        window["loss"] += out.loss.item() / accum
+        window["nll"] += float(-(logp.detach() * target).sum() / target.sum().clamp(min=1)) / accum
+        for key in ("tokens", "padded"):
+            window[key] += b[key]
+        window["turns"] += out.turns
+        window["excluded"] += out.excluded
+        state["batch"] += 1
+        state["tokens"] += b["tokens"]
+        if not boundary:
+            continue
+        last = step_metrics(window, engine, norm, state["epoch"], world)
+        state["history"].append(last["loss"])
+        if run.step_done(last, loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}"):
+            return last, True
+        window = _new_window()
+    if state["batch"] >= len(mine):
+        state["epoch"], state["batch"] = state["epoch"] + 1, 0
+    return last, False
+
+
+def step_metrics(window: dict, engine, norm, epoch: int, world: int) -> dict:
+    """What one optimizer step logs, over every rank's micro-batches (sums; the losses averaged)."""
+    if world > 1:
+        keys = ("loss", "nll", "tokens", "padded", "turns", "excluded")
+        t = torch.tensor([float(window[key]) for key in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        window.update({key: float(v) for key, v in zip(keys, t)})
+        window["loss"], window["nll"] = window["loss"] / world, window["nll"] / world
+    dt = time.perf_counter() - window["t0"]
+    return {"loss": window["loss"], "nll": window["nll"], "lr": engine.get_lr()[0], "grad_norm": norm,
+            "tokens_per_s": window["tokens"] / dt, "padding_share": 1 - window["tokens"] / max(window["padded"], 1),
+            "turns": window["turns"], "excluded_turns": window["excluded"], "epoch": epoch}
 
 
 def step_denominator(step_examples, accum: int, world: int) -> float:

@@ -13,7 +13,7 @@ The reference is the starting policy: with LoRA the same model with its adapters
 (a warm start from adapters is merged into the base first, and fresh adapters train on top);
 without LoRA a frozen copy in the policy's own dtype, so the KL is 0 at step 0 either way.
 Same DeepSpeed engine, checkpoints, resume and MLflow handling as offline training
-(ppg.train.engine). Rollouts are saved as canonical dialogues in the working folder.
+(ppg.train.run.TrainingRun). Rollouts are saved as canonical dialogues in the working folder.
 """
 
 import copy
@@ -24,17 +24,17 @@ from pathlib import Path
 
 import torch
 
-from ppg import tracking
-from ppg.lineage.record import input_datasets, run_environment
 from ppg.data.schema import write_dialogues
+from ppg.data.turns import turn_batch
 from ppg.io import content_hash
 from ppg.judges.base import verdict_rates
 from ppg.losses import online_ppg_loss, target_logprobs
 from ppg.models import base_model, load_tokenizer, tokenizer_hash, with_lora
 from ppg.returns import parse_policy_id, partial_returns, shape_weights
-from ppg.rollout import GenerationConfig, play, rewards_tensor, rollout_arrays
+from ppg.rollout import GenerationConfig, play, rollout_arrays
 from ppg.partner import RolloutWorld
-from ppg.train import checkpoint, engine as eng
+from ppg.train import engine as eng
+from ppg.train.run import TrainingRun
 from ppg.train.batching import Example, collate
 
 
@@ -89,123 +89,103 @@ def refuse_off_policy(p, kind: str, policy: str) -> None:
                          f"false), or train a policy class that credits rewards")
 
 
+def online_identity(p, policy: str, model_dir: Path) -> dict:
+    """What an online run's result depends on (ppg.train.offline.run_identity's rule): the base
+    model's and the warm start's content, not their paths, and every knob including the step
+    budget; with real personas also who plays them, who judges and the personas' content."""
+    cfg, oc = p.train, p.online
+    ident = {"mode": "online", "model": p.model.spec, "base_model": content_hash(model_dir), "code": eng.code_hash(),
+             "policy": policy, "init": content_hash(oc.init, skip=("run.json",)) if oc.init else None,
+             "online": asdict(oc), "sim": asdict(p.sim), "lora": asdict(cfg.lora), "deepspeed": cfg.deepspeed,
+             "seed": cfg.seed, "reduction": cfg.reduction,
+             "returns": {k2: getattr(p.returns, k2) for k2 in ("segments", "standardize", "clip", "gamma")}}
+    if oc.partner == "llm":
+        ident.update(partner_model=p.eval.partner_model or p.model.spec, judge=asdict(p.judge), build=asdict(p.build),
+                     personas=content_hash(Path(p.judge.out) / "dialogues.jsonl"))
+    return ident
+
+
 def train_online(p, policy: str, progress: bool = True, stop_after: int | None = None) -> dict:
     """Online PPG for one policy class (ppg.config.Params p; module doc). Resumes from the working
     folder of its run identity; writes train.out/<policy>-online, which reloads to the trained
-    model (a LoRA warm start is merged into the saved weights, not lost)."""
+    model (a LoRA warm start is merged into the saved weights, not lost). stop_after=N exits
+    after N steps (tests of resume)."""
     kind, k = parse_policy_id(policy)
-    cfg, oc = p.train, p.online
-    name = f"{policy}-online"
+    cfg, oc, name = p.train, p.online, f"{policy}-online"
     domain = oc.domain or p.sim.domain
     if oc.partner == "simulator" and domain not in p.sim.domains:
         raise ValueError(f"online.domain: {domain!r} is not one of {sorted(p.sim.domains)}")
     refuse_off_policy(p, kind, policy)
     model_dir = base_model(p)
-    config = eng.ds_config(dict(cfg.deepspeed, gradient_accumulation_steps=1), oc.personas_per_step * oc.group,
-                       1, oc.steps)
-    deepspeed, rank, world = eng.setup_distributed()
-    if world > 1:
-        raise ValueError(f"online training runs on one rank (rollouts are generated in process), got {world} "
-                         f"ranks: start it without a launcher (train.launcher applies to offline training)")
-    # what the result depends on (ppg.train.offline.run_identity's rule): the base model's and the warm
-    # start's content, not their paths, and every knob including the step budget
-    ident = {"mode": "online", "model": p.model.spec, "base_model": content_hash(model_dir), "code": eng.code_hash(),
-             "policy": policy,
-             "init": content_hash(oc.init, skip=("run.json",)) if oc.init else None,
-             "online": asdict(oc), "sim": asdict(p.sim), "lora": asdict(cfg.lora), "deepspeed": cfg.deepspeed,
-             "seed": cfg.seed, "reduction": cfg.reduction,
-             "returns": {k2: getattr(p.returns, k2) for k2 in ("segments", "standardize", "clip", "gamma")}}
-    if oc.partner == "llm":  # real personas: who plays them, who judges, and the personas' content
-        ident.update(partner_model=p.eval.partner_model or p.model.spec, judge=asdict(p.judge), build=asdict(p.build),
-                     personas=content_hash(Path(p.judge.out) / "dialogues.jsonl"))
-    fp = checkpoint.fingerprint(ident)
-    workdir = checkpoint.workdir_for(Path(cfg.workdir) / name, fp, ident)
-    resume = checkpoint.find_resume(workdir, fp, ident)
-
-    eng.seed_all(cfg.seed)
+    deepspeed, _, _ = eng.setup_distributed(one_rank="online training runs on one rank (rollouts are generated "
+                                                      "in process)")
+    run = TrainingRun(name, online_identity(p, policy, model_dir), cfg, oc.steps, {}, cfg.seed, stop_after=stop_after)
     model = start_policy(p, model_dir)
     lora = cfg.lora.enabled
     ref = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
-    engine = eng.start(deepspeed, model, config, cfg.gradient_checkpointing)
+    config = eng.ds_config(dict(cfg.deepspeed, gradient_accumulation_steps=1), oc.personas_per_step * oc.group,
+                           1, oc.steps)
+    engine = run.start(deepspeed, model, config, cfg.gradient_checkpointing)
     if ref is not None:  # every tensor in the dtype DeepSpeed gave the policy's (bf16 weights, fp32
         ref.to(engine.device)  # rotary buffers): anything else would not start at KL 0
         for a, b in zip([*ref.parameters(), *ref.buffers()], [*engine.module.parameters(), *engine.module.buffers()]):
             a.data = a.data.to(b.dtype)
-    engine.train()  # from_pretrained gives eval mode: layers would skip checkpointing, dropout would be off
-    state = eng.resume(engine, workdir, resume, {"step": 0, "mlflow_run_id": None, "history": []})
     tok = load_tokenizer(model_dir)
+    run.track(p.mlflow, progress=progress,
+              tags={"ppg.stage": "train", "ppg.mode": "online", "ppg.policy": policy, "ppg.policy_class": kind,
+                    "ppg.k": str(k or "")},
+              params={"policy": policy, "mode": "online", "model": p.model.spec, "domain": domain,
+                      **{f"online.{k2}": v for k2, v in asdict(oc).items()}},
+              inputs={"base_model": str(model_dir), **({"warm_start": oc.init} if oc.init else {}),
+                      **({"personas": str(Path(p.judge.out) / "dialogues.jsonl")} if oc.partner == "llm" else {})})
     gen = GenerationConfig(**oc.generation)
-    c = tracking.client(p.mlflow)
-    run_id = tracking.open_run(
-        c, p.mlflow, state["mlflow_run_id"], name=f"train-{name}",
-        tags={"ppg.stage": "train", "ppg.mode": "online", "ppg.policy": policy, "ppg.policy_class": kind,
-              "ppg.k": str(k or ""), **run_environment()},
-        params={"policy": policy, "mode": "online", "model": p.model.spec, "domain": domain, "fingerprint": fp,
-                **{f"online.{k2}": v for k2, v in asdict(oc).items()}})
-    state["mlflow_run_id"] = run_id
-    inputs = {"base_model": str(model_dir), **({"warm_start": oc.init} if oc.init else {}),
-              **({"personas": str(Path(p.judge.out) / "dialogues.jsonl")} if oc.partner == "llm" else {})}
-    c.log_inputs(run_id, input_datasets(inputs))  # as MLflow datasets (digest: DVC's md5)
-    bar = eng.progress_bar(progress, oc.steps, state["step"], f"online {policy}")
     world = RolloutWorld(p, oc.partner, p.train.split, gen,  # partner and judge loaded once
                          domain if oc.partner == "simulator" else oc.domain, oc.turns)
-    segments = p.returns.segments.get("length") or None
-    while state["step"] < oc.steps:
-        t0 = time.perf_counter()
-        step_seed = cfg.seed * 100_003 + state["step"]
-        eps, partner, judge = world.draw(step_seed, oc.personas_per_step, oc.group)
-        dialogues, rollouts = play(engine.module, tok, eps, partner, judge, gen, step_seed, with_tokens=True)
-        r, mask = rewards_tensor(dialogues)
-        if kind == "segment" and not segments:  # {from: meta.segment_starts}: the probe windows
-            starts = torch.zeros_like(mask)
-            for i, d in enumerate(dialogues):
-                starts[i, d.meta["segment_starts"][d.evaluated_speakers[0]]] = True
-            segments_arg = starts
-        else:
-            segments_arg = segments
-        w = partial_returns(r, mask, kind, k=k, segments=segments_arg, gamma=p.returns.gamma)
-        groups = torch.tensor([e.group for e in eps])
-        adv = shape_weights(w, mask, oc.baseline, p.returns.standardize, groups, clip=p.returns.clip)
-        b = collate([Example(*rollout_arrays(ro), adv[i].numpy()) for i, ro in enumerate(rollouts)], tok.pad_token_id)
-        b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
-        logp = target_logprobs(engine.module, b["input_ids"], b["attention_mask"], b["turn_index"])
-        ref_logp = reference_logprobs(engine, ref, lora, b)
-        out = online_ppg_loss(logp, ref_logp, b["turn_index"], b["weights"], oc.kl_coef, oc.kl_estimator,
-                              cfg.reduction)
-        engine.backward(out.loss)
-        norm = eng.grad_norm(engine)
-        engine.step()
-        state["step"] += 1
-        rates = verdict_rates([ln for d in dialogues for ln in d.turns(d.evaluated_speakers[0])])
-        judged = r[mask][~torch.isnan(r[mask])]  # a turn without a verdict is unknown, not 0 or NaN
-        last = {"loss": out.loss.item(), "kl": out.kl.item(), "reward": float(judged.mean()) if len(judged) else None,
-                "unjudged_turns": int(mask.sum()) - len(judged),
-                "consistency": rates["consistency"], "coverage": rates["coverage"], "grad_norm": norm,
-                "turns": out.turns, "excluded_turns": out.excluded, "seconds": time.perf_counter() - t0,
-                "cut_replies": sum(not e for ro in rollouts for e in ro.ended)}
-        state["history"].append(last)
-        tracking.log_metrics(c, run_id, last, state["step"])
-        write_dialogues(workdir / "rollouts" / f"step-{state['step']:07d}.jsonl", dialogues)
-        if bar:
-            bar.update(1)
-            shown = "-" if last["reward"] is None else f"{last['reward']:.3f}"
-            bar.set_postfix(reward=shown, kl=f"{last['kl']:.4f}")
-        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == oc.steps:
-            eng.save(engine, workdir, state, fp, ident, cfg.keep_checkpoints)
-        if stop_after is not None and state["step"] >= stop_after:
-            return {"stopped_at": state["step"], "mlflow_run_id": run_id}
-    if bar:
-        bar.close()
-    result = {"policy": policy, "mode": "online", "steps": state["step"], "mlflow_run_id": run_id,
-              "fingerprint": fp, "workdir": str(workdir), "model_spec": p.model.spec,
-              "tokenizer_hash": tokenizer_hash(model_dir),
-              "history": state["history"], "init": p.online.init,
-              "reward_judge": world.judge.identity() if oc.partner == "llm" else None}  # evaluation grades apart
+    while run.state["step"] < oc.steps:
+        last, dialogues = online_step(p, run, world, gen, tok, ref, kind, k)
+        run.state["history"].append(last)
+        write_dialogues(run.workdir / "rollouts" / f"step-{run.state['step'] + 1:07d}.jsonl", dialogues)
+        if run.step_done(last, reward="-" if last["reward"] is None else f"{last['reward']:.3f}",
+                         kl=f"{last['kl']:.4f}"):
+            return run.stopped()
     # a warm start is folded into the starting weights under fresh adapters: adapters alone would
     # reload onto the bare base model, without it, so the merged weights are saved instead
     merge = lora and bool(oc.init)
-    result["saved"] = "merged weights (warm start + online adapters)" if merge else ("adapters" if lora else "weights")
-    eng.write_output(engine, tok, Path(cfg.out) / name, result, merge=merge)
-    c.set_terminated(run_id, "FINISHED")
-    engine.destroy()
+    result = {"policy": policy, "mode": "online", **run.record(), "model_spec": p.model.spec,
+              "tokenizer_hash": tokenizer_hash(model_dir), "history": run.state["history"], "init": oc.init,
+              "reward_judge": world.judge.identity() if oc.partner == "llm" else None,  # evaluation grades apart
+              "saved": ("merged weights (warm start + online adapters)" if merge else
+                        "adapters" if lora else "weights")}
+    run.finish(tok, Path(cfg.out) / name, result, merge=merge)
     return json.loads(json.dumps(result, default=str))
+
+
+def online_step(p, run, world, gen, tok, ref, kind: str, k: int | None) -> tuple[dict, list]:
+    """One REINFORCE step: draw personas, play and judge the rollouts, credit each turn with its
+    policy class's partial return less the baseline, update. (the step's metrics, its dialogues)"""
+    oc, engine, t0 = p.online, run.engine, time.perf_counter()
+    step_seed = p.train.seed * 100_003 + run.state["step"]
+    eps, partner, judge = world.draw(step_seed, oc.personas_per_step, oc.group)
+    dialogues, rollouts = play(engine.module, tok, eps, partner, judge, gen, step_seed, with_tokens=True)
+    # one row per rollout (each has one evaluated speaker); segment starts only where the class reads them
+    batch = turn_batch(dialogues, p.returns.segments if kind == "segment" else {"length": 1})
+    r, mask = batch.rewards, batch.mask
+    w = partial_returns(r, mask, kind, k=k, segments=batch.segment_starts, gamma=p.returns.gamma)
+    adv = shape_weights(w, mask, oc.baseline, p.returns.standardize, torch.tensor([e.group for e in eps]),
+                        clip=p.returns.clip)
+    b = collate([Example(*rollout_arrays(ro), adv[i].numpy()) for i, ro in enumerate(rollouts)], tok.pad_token_id)
+    b = {key: v.to(engine.device) if torch.is_tensor(v) else v for key, v in b.items()}
+    logp = target_logprobs(engine.module, b["input_ids"], b["attention_mask"], b["turn_index"])
+    ref_logp = reference_logprobs(engine, ref, p.train.lora.enabled, b)
+    out = online_ppg_loss(logp, ref_logp, b["turn_index"], b["weights"], oc.kl_coef, oc.kl_estimator,
+                          p.train.reduction)
+    engine.backward(out.loss)
+    norm = eng.grad_norm(engine)
+    engine.step()
+    rates = verdict_rates([ln for d in dialogues for ln in d.turns(d.evaluated_speakers[0])])
+    judged = r[mask][~torch.isnan(r[mask])]  # a turn without a verdict is unknown, not 0 or NaN
+    last = {"loss": out.loss.item(), "kl": out.kl.item(), "reward": float(judged.mean()) if len(judged) else None,
+            "unjudged_turns": int(mask.sum()) - len(judged), "consistency": rates["consistency"],
+            "coverage": rates["coverage"], "grad_norm": norm, "turns": out.turns, "excluded_turns": out.excluded,
+            "seconds": time.perf_counter() - t0, "cut_replies": sum(not e for ro in rollouts for e in ro.ended)}
+    return last, dialogues
