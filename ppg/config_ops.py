@@ -110,12 +110,16 @@ class JudgeConfig:
     api_key_env: str = "PPG_JUDGE_API_KEY"
     """llm: the environment variable that holds the API key (never written anywhere)."""
     timeout_s: float = 60.0
-    """llm: seconds per request."""
+    """llm: the whole of one attempt in seconds (connecting, sending, and the answer's last byte:
+    a server that trickles its answer is cut off here)."""
     retries: int = 3
     """llm: retries of a request that timed out, got HTTP 429/5xx or an answer that is not a chat
-    completion (exponential backoff); then the stage fails and writes nothing."""
+    completion (exponential backoff); then the stage fails and writes nothing. A redirect or
+    another 4xx fails it at once (the key is never sent anywhere but base_url)."""
     backoff_s: float = 0.5
     """llm: the first retry's wait; each next one doubles it."""
+    retry_after_max_s: float = 60.0
+    """llm: the longest wait a 429's Retry-After header is honoured for (longer asks wait this)."""
     concurrency: int = 4
     """llm: requests in flight at once."""
     max_tokens: int = 96
@@ -140,6 +144,8 @@ class JudgeConfig:
                 raise ValueError(f"judge.redact.{name}: not a regular expression ({e})") from None
         if self.retries < 0 or self.concurrency < 1 or self.max_tokens < 1:
             raise ValueError("judge: retries must be >= 0, concurrency and max_tokens >= 1")
+        if not (self.timeout_s > 0 and self.backoff_s >= 0 and self.retry_after_max_s >= 0):
+            raise ValueError("judge: timeout_s must be > 0, backoff_s and retry_after_max_s >= 0")
 
 
 def judge_with(base: JudgeConfig, overrides: dict, key: str) -> JudgeConfig:

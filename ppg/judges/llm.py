@@ -1,13 +1,15 @@
 """LLMJudge: consistency verdicts from any OpenAI-compatible chat-completions endpoint (vLLM,
 Ollama, TGI, OpenAI, or `ppg serve-judge`).
 
-Prompt-to-line: does the line contradict the speaker's backstory? The verdict is the LAST
-standalone YES/NO of the answer (YES = contradicts -> 0, NO -> 1). Line-to-line: which earlier
-lines of the same speaker does it contradict? The last bracketed list of integers. An answer
-without a verdict is null and counted, never read as 0 or 1. Transport faults (timeouts,
-connection errors, HTTP 429/5xx, a body that is not a chat completion) are retried with
-exponential backoff, then raise JudgeError. The API key is read from the environment variable
-named in the config and appears in no message, log line or result. With a VerdictCache, an answer
+Prompt-to-line: does the line contradict the speaker's backstory? The answer must name exactly
+one of the standalone verdict words YES/NO (YES = contradicts -> 0, NO -> 1). Line-to-line: which
+earlier lines of the same speaker does it contradict? The last bracketed list of plain integers,
+each the index of a line the judge was shown. Anything else is no verdict: null and counted by
+reason (`unknown.no_verdict`, `both_words`, `malformed_list`, `unshown_index`, and the endpoint's
+own `cut_off`, `other_model`, `oversized`: ppg.judges.endpoint), never read as 0 or 1. Who
+answered is recorded in each verdict's `judge.by.answered_by`. Transport faults are retried, then
+raise JudgeError (ppg.judges.endpoint). The API key is read from the environment variable named
+in the config and appears in no message, log line or result. With a VerdictCache, an answer
 already given for the same model, budget and prompt is reused, and every new one is stored as it
 arrives. The config is the judge section of params.yaml (ppg.config_ops.JudgeConfig).
 """
@@ -15,12 +17,15 @@ arrives. The config is the judge section of params.yaml (ppg.config_ops.JudgeCon
 import asyncio
 import hashlib
 import os
-import random
+import re
 import sys
 
-from ppg.data.importers import conflict_list, prompt_verdict
+from ppg.data.importers import INT_LIST, VERDICT
 from ppg.data.schema import Dialogue
 from ppg.judges.base import both_hold
+from ppg.judges.endpoint import Answer, JudgeError, ask
+
+__all__ = ["LLMJudge", "JudgeError", "read_verdict", "read_conflicts"]
 
 PROMPT_TO_LINE = (
     "You check whether a character stays consistent with their background.\n"
@@ -42,8 +47,27 @@ QA = (
     "consistent, NO if it is not.")
 
 
-class JudgeError(RuntimeError):
-    """The endpoint failed after every retry."""
+def read_verdict(text: str | None) -> tuple[float | None, str | None]:
+    """(YES -> 0.0 / NO -> 1.0, None), or (None, why): no_verdict when the answer names neither
+    standalone word, both_words when it names both (which one it meant is a guess)."""
+    found = set(VERDICT.findall(text or ""))
+    if len(found) != 1:
+        return None, "no_verdict" if not found else "both_words"
+    return (0.0 if found == {"YES"} else 1.0), None
+
+
+def read_conflicts(text: str | None, shown: set[int]) -> tuple[list[int] | None, str | None]:
+    """(the indices of the last bracketed integer list, None), or (None, why): no_verdict without
+    a list, malformed_list for an entry that is not a plain index (a sign, a leading zero),
+    unshown_index for an index the judge was not shown."""
+    found = INT_LIST.findall(text or "")
+    if not found:
+        return None, "no_verdict"
+    items = [x.strip() for x in found[-1].strip("[]").split(",") if x.strip()]
+    if not all(re.fullmatch(r"0|[1-9][0-9]*", x) for x in items):
+        return None, "malformed_list"
+    idx = [int(x) for x in items]
+    return (idx, None) if set(idx) <= shown else (None, "unshown_index")
 
 
 class LLMJudge:
@@ -65,58 +89,29 @@ class LLMJudge:
         prompts = hashlib.sha256("\0".join((PROMPT_TO_LINE, LINE_TO_LINE, QA)).encode()).hexdigest()[:16]
         return {"kind": "llm", "model": self.cfg.model, "prompts": prompts, "require": self.cfg.require}
 
-    async def _complete(self, client, sem, prompt: str) -> str:
+    async def _complete(self, client, sem, prompt: str) -> Answer:
         cache = self.cache
         key = cache.key(self.cfg.model, self.cfg.max_tokens, prompt) if cache is not None else None
         answer = cache.get(key) if cache is not None else None
         if answer is not None:
             self.counts["cache_hits"] += 1
         else:
-            answer, usage = await self._ask(client, sem, prompt)
-            self.counts["tokens_in"] += usage.get("prompt_tokens") or 0
-            self.counts["tokens_out"] += usage.get("completion_tokens") or 0
-            if cache is not None:
-                cache.put(key, self.cfg.model, answer, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+            api_key = os.environ.get(self.cfg.api_key_env, "")
+            body = {"model": self.cfg.model, "messages": [{"role": "user", "content": prompt}],
+                    "temperature": 0.0, "max_tokens": self.cfg.max_tokens}
+            answer = await ask(client, sem, self.cfg, body, {"Authorization": f"Bearer {api_key}"} if api_key else {},
+                               self.counts)
+            self.counts["tokens_in"] += answer.tokens_in or 0
+            self.counts["tokens_out"] += answer.tokens_out or 0
+            if cache is not None and answer.unknown in (None, "cut_off"):  # what the asked model said, bounded
+                cache.put(key, answer)
         if self._bar is not None:
             self._bar.update(1)
         return answer
 
-    async def _ask(self, client, sem, prompt: str) -> tuple[str, dict]:
-        import httpx
-
-        key = os.environ.get(self.cfg.api_key_env, "")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        body = {"model": self.cfg.model, "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0.0, "max_tokens": self.cfg.max_tokens}
-        last = "no attempt"
-        for attempt in range(self.cfg.retries + 1):
-            if attempt:
-                self.counts["retries"] += 1
-                await asyncio.sleep(self.cfg.backoff_s * 2 ** (attempt - 1) * (1 + random.random() / 4))
-            async with sem:
-                self.counts["requests"] += 1
-                try:
-                    r = await client.post("/chat/completions", json=body, headers=headers)
-                except (httpx.TimeoutException, httpx.TransportError) as e:
-                    last = f"{type(e).__name__}"
-                    continue
-            if r.status_code == 429 or r.status_code >= 500:
-                last = f"HTTP {r.status_code}"
-                continue
-            if r.status_code >= 400:  # a client error will not heal by retrying
-                raise JudgeError(f"judge endpoint {self.cfg.base_url}: HTTP {r.status_code} "
-                                 f"(check the model name and the key in ${self.cfg.api_key_env})")
-            try:
-                body = r.json()
-                content = body["choices"][0]["message"]["content"]
-                if not isinstance(content, str):
-                    raise TypeError("content is not a string")
-                usage = body.get("usage")
-                return content, usage if isinstance(usage, dict) else {}
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                last = f"not a chat completion ({type(e).__name__})"
-        raise JudgeError(f"judge endpoint {self.cfg.base_url}: failed after {self.cfg.retries + 1} "
-                         f"attempts (last: {last})")
+    def _unknown(self, why: str | None):
+        if why:
+            self.counts[f"unknown.{why}"] = self.counts.get(f"unknown.{why}", 0) + 1
 
     async def _judge(self, dialogues: list[Dialogue]) -> list[Dialogue]:
         import httpx
@@ -124,44 +119,53 @@ class LLMJudge:
         sem = asyncio.Semaphore(self.cfg.concurrency)
         out = [d.model_copy(deep=True) for d in dialogues]
         jobs = []
-        async with httpx.AsyncClient(base_url=self.cfg.base_url, timeout=self.cfg.timeout_s,
+        async with httpx.AsyncClient(base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, follow_redirects=False,
                                      transport=self._transport) as client:
             for d in out:
                 for s in d.evaluated_speakers:
-                    history = []
+                    history, shown = [], []  # the earlier lines the judge sees, and their indices
                     for i, ln in enumerate(d.lines):
                         if ln.speaker != s:
                             continue
                         if self.keep_logged and ln.reward is not None:
                             self.counts["kept_turns"] += 1
                             history.append(f"[{i}] {ln.text}")
+                            shown.append(i)
                             continue
                         p2l = PROMPT_TO_LINE.format(role=s, backstory=d.personas[s], line=ln.text)
                         l2l = LINE_TO_LINE.format(role=s, history="\n".join(history), line=ln.text) if history else None
                         jobs.append((ln, self._complete(client, sem, p2l),
-                                     self._complete(client, sem, l2l) if l2l else None))
+                                     self._complete(client, sem, l2l) if l2l else None, set(shown)))
                         history.append(f"[{i}] {ln.text}")
+                        shown.append(i)
             if self.progress and jobs:
                 from tqdm import tqdm
 
-                self._bar = tqdm(total=sum(1 + (b is not None) for _, _, b in jobs), desc="judge",
+                self._bar = tqdm(total=sum(1 + (b is not None) for _, _, b, _ in jobs), desc="judge",
                                  unit="prompt", file=sys.stderr)
             try:
-                answers = await asyncio.gather(*(asyncio.gather(a, b) if b else a for _, a, b in jobs))
+                answers = await asyncio.gather(*(asyncio.gather(a, b) if b else a for _, a, b, _ in jobs))
             finally:
                 if self._bar is not None:
                     self._bar.close()
                     self._bar = None
         who = self.identity()
-        for (ln, _, has_l2l), ans in zip(jobs, answers):
-            p_text, l_text = (ans if has_l2l else (ans, None))
-            verdict = prompt_verdict(p_text)
-            conflicts = conflict_list(l_text) if l_text is not None else []
+        for (ln, _, has_l2l, shown), ans in zip(jobs, answers):
+            p_ans, l_ans = ans if has_l2l else (ans, None)
+            verdict, p_why = (None, p_ans.unknown) if p_ans.unknown else read_verdict(p_ans.text)
+            conflicts, l_why = [], None  # a first turn has no earlier line to contradict
+            if l_ans is not None:
+                conflicts, l_why = (None, l_ans.unknown) if l_ans.unknown else read_conflicts(l_ans.text, shown)
+            self._unknown(p_why)
+            self._unknown(l_why)
             self.counts["null_prompt_to_line"] += verdict is None
             self.counts["null_line_to_line"] += conflicts is None
-            ln.judge = {"prompt_to_line": p_text, "line_to_line": conflicts, "line_to_line_text": l_text,
+            answered = sorted({a.model for a in (p_ans, l_ans) if a is not None and a.model})
+            ln.judge = {"prompt_to_line": p_ans.text, "line_to_line": conflicts,
+                        "line_to_line_text": l_ans.text if l_ans else None,
                         "persona": None if verdict is None else int(verdict),
-                        "commitment": None if conflicts is None else int(not conflicts), "by": who}
+                        "commitment": None if conflicts is None else int(not conflicts),
+                        "unknown": [w for w in (p_why, l_why) if w] or None, "by": {**who, "answered_by": answered}}
             ln.reward = self.reward(verdict, conflicts)
             self.counts["judged_turns"] += 1
         return out
@@ -184,7 +188,7 @@ class LLMJudge:
         import httpx
 
         sem = asyncio.Semaphore(self.cfg.concurrency)
-        async with httpx.AsyncClient(base_url=self.cfg.base_url, timeout=self.cfg.timeout_s,
+        async with httpx.AsyncClient(base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, follow_redirects=False,
                                      transport=self._transport) as client:
             return await asyncio.gather(*(self._complete(client, sem, QA.format(**it)) for it in items))
 
@@ -192,8 +196,9 @@ class LLMJudge:
         """Q&A consistency: items {role, backstory, question, answer} -> 1 (answer fits the
         backstory: YES), 0 (NO), None (no verdict, counted)."""
         out = []
-        for text in asyncio.run(self._qa(items)):
-            v = prompt_verdict(text)  # YES -> 0.0 there; here YES means consistent
+        for ans in asyncio.run(self._qa(items)):
+            v, why = (None, ans.unknown) if ans.unknown else read_verdict(ans.text)
+            self._unknown(why)
             self.counts["null_qa"] = self.counts.get("null_qa", 0) + (v is None)
-            out.append(None if v is None else 1.0 - v)
+            out.append(None if v is None else 1.0 - v)  # YES -> 0.0 in read_verdict; here YES means consistent
         return out
