@@ -8,8 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from ppg.config_check import check_fields, read_yaml, short
 from ppg.config_ops import (EvalConfig, JudgeConfig, MlflowConfig, MonitorConfig, PipelineConfig,  # noqa: F401
                             RegistryConfig, generation_config, one_of)
 from ppg.config_study import StudyConfig  # noqa: F401
@@ -365,18 +364,22 @@ class Params:
         return _build(Params, data, where)
 
 
-def _build(cls, data, where):
+def _build(cls, data, where, key=""):
+    """cls from its mapping; errors read `FILE: section.key: what was expected`."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ValueError(f"{where}: {key or 'the top level'}: expected a mapping, got {type(data).__name__} "
+                         f"{short(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        raise ValueError(f"{where}: {key + ': ' if key else ''}unknown key(s) {', '.join(short(k) for k in unknown)}; "
+                         f"known: {sorted(fields)}")
+    check_fields(cls, data, where, key)
     kwargs = {}
     for name, value in data.items():
         sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
-            value = _build(sub, value, f"{where}.{name}")
+            value = _build(sub, value, where, f"{key}.{name}" if key else name)
         kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -389,4 +392,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         return Params()
-    return Params.from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
+    return Params.from_dict(read_yaml(path), str(path))

@@ -5,16 +5,17 @@ A mapping merges into a mapping; any other value replaces; `key: null` REMOVES t
 overlay can drop what it does not want (e.g. `registry: {thresholds: {online.reward: null}}` for
 an offline-mode run), and the field falls back to its default. So an overlay cannot SET a value
 to null: where the default is not null (inside a data mapping such as study.weights.raw, the
-removed key is simply absent), edit params.yaml instead. The merged tree is validated before
-anything is written: a bad overlay leaves params.yaml untouched.
+removed key is simply absent), edit params.yaml instead. Both files are read strictly first
+(ppg.config_check.read_yaml: parse errors, duplicated keys and aliases refused with file, line
+and column), and the merged tree is validated field by field before anything is written: a bad
+overlay leaves params.yaml byte-identical.
 """
 
 import io
 from pathlib import Path
 
-import yaml
-
 from ppg.config import Params, load_params
+from ppg.config_check import read_yaml
 from ppg.io import atomic_open
 
 
@@ -35,11 +36,13 @@ def merged_text(params: Path, overlay: Path) -> str:
     rt = YAML()
     rt.preserve_quotes, rt.width = True, 110
     rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    over = read_yaml(overlay)  # strict reads first: the round trip below trusts both files
+    read_yaml(params)
     base = rt.load(params.read_text()) or {}
-    _merge(base, YAML(typ="safe").load(overlay.read_text()) or {})
+    _merge(base, over)
     text = io.StringIO()
     rt.dump(base, text)
-    Params.from_dict(yaml.safe_load(text.getvalue()) or {}, f"{params} + {overlay}")
+    Params.from_dict(read_yaml(f"{params} + {overlay}", text.getvalue()), f"{params} + {overlay}")
     return text.getvalue()
 
 
@@ -47,7 +50,8 @@ def merged_params(params: Path, overlay: Path | None) -> Params:
     """The validated tree of params with the overlay merged in (params alone for no overlay)."""
     if not overlay:
         return load_params(params)
-    return Params.from_dict(yaml.safe_load(merged_text(Path(params), Path(overlay))) or {}, f"{params} + {overlay}")
+    return Params.from_dict(read_yaml(f"{params} + {overlay}", merged_text(Path(params), Path(overlay))),
+                            f"{params} + {overlay}")
 
 
 def apply_overlay(params: Path, overlay: Path) -> None:

@@ -77,7 +77,7 @@ def test_unknown_config_key_is_an_error_naming_file_and_key(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("returns:\n  gama: 0.9\n")
     res = runner.invoke(app, ["returns", str(EXAMPLES), "--params", str(params)])
-    assert res.exit_code == 2 and f"{params}.returns: unknown key(s) ['gama']" in res.output
+    assert res.exit_code == 2 and f"{params}: returns: unknown key(s) 'gama'; known:" in res.output
     params.write_text("returns:\n  policies: [greedy, k0]\n")
     res = runner.invoke(app, ["returns", str(EXAMPLES), "--params", str(params)])
     assert res.exit_code == 2 and "policy id 'k0'" in res.output

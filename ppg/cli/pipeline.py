@@ -42,6 +42,19 @@ def prepare_model(
         fail(str(e))
 
 
+def merged_or_fail(workspace: Path, overlay: Path | None):
+    """The workspace's params.yaml with the overlay merged in, validated: a file that can never
+    pass fails the command here, before Prefect starts or any stage runs (params.yaml untouched)."""
+    from ppg.overlay import merged_params
+
+    if overlay is not None and not overlay.exists():
+        fail(f"{overlay}: no such params overlay")
+    try:
+        return merged_params(workspace / "params.yaml", overlay) if overlay else read_params(workspace / "params.yaml")
+    except (ValueError, OSError) as e:
+        fail(str(e))
+
+
 @app.command()
 def run(
     params: Path = typer.Option(None, "--params", help="An overlay (e.g. params.tiny.yaml) merged into "
@@ -50,15 +63,7 @@ def run(
 ):
     """The whole pipeline once (Prefect's embedded engine): DVC stages, per-policy evaluation,
     registration of the best policy and the promotion gate."""
-    if params is not None and not params.exists():
-        fail(f"{params}: no such params overlay")
-    from ppg.overlay import merged_params
-
-    try:  # a config that can never pass is refused here, before Prefect starts or any stage runs
-        p = merged_params(workspace / "params.yaml", params) if params else read_params(workspace / "params.yaml")
-    except (ValueError, OSError) as e:
-        fail(str(e))
-    _prefect_env(p)
+    _prefect_env(merged_or_fail(workspace, params))
     from flows.pipeline import ppg_pipeline
 
     result = ppg_pipeline(workspace=str(workspace), overlay=str(params.resolve()) if params else "")
@@ -95,9 +100,7 @@ def deploy(
     ppg-monitor on monitor.schedule when --logs is given. A worker of the pool runs them."""
     if not os.environ.get("PREFECT_API_URL"):
         fail("PREFECT_API_URL is not set: deployments need a Prefect server (eval \"$(deploy/services.sh env)\")")
-    if params is not None and not params.exists():
-        fail(f"{params}: no such params overlay")
-    _prefect_env(read_params(workspace / "params.yaml"))
+    _prefect_env(merged_or_fail(workspace, params))
     from flows.deploy import deploy as make
 
     try:
@@ -169,12 +172,16 @@ def monitor(
         typer.echo(f"serving ppg-monitor/{name} on cron {p.monitor.schedule!r}")
         ppg_monitor.serve(name=name, cron=p.monitor.schedule, parameters=args)
         return
-    from ppg.data.schema import DataError
+    from prefect.exceptions import FailedRun
 
     try:
         report = ppg_monitor(**args)
-    except (DataError, ValueError) as e:
+    except FailedRun as e:  # the flow says what went wrong in one line (flows/monitor.py)
         fail(str(e))
+    for reason, n in sorted(report["skipped"].items()):
+        typer.echo(f"skipped {n} log record(s): {reason} (first: {report['examples'].get(reason, '-')})")
+    for version, n in report["unregistered"].items():
+        typer.echo(f"{version}: not a registered version: {n} dialogue(s) not scored")
     for version, r in report["versions"].items():
         typer.echo(f"{version}: {r['why']}")
     typer.echo("DRIFT: retrained" if report["fired"] and retraining else "DRIFT" if report["fired"]
