@@ -59,7 +59,8 @@ def main():
     logged = [json.loads(x) for x in (ROOT / "data/examples/therapy.jsonl").read_text().splitlines()]
     lines = list(dict.fromkeys(ln["text"] for d in logged for ln in d["lines"] if ln["speaker"] == "therapist"))
     if POOL.exists():
-        personas, source = [p["persona"] for p in import_personas(POOL)][:a.dialogues], "consistent-llms therapy pool"
+        pool, _ = import_personas(POOL)
+        personas, source = [p["persona"] for p in pool][:a.dialogues], "consistent-llms therapy pool"
     else:
         personas = list(dict.fromkeys(d["personas"]["patient"] for d in logged))[:a.dialogues]
         source = "shipped example personas"

@@ -21,7 +21,7 @@ def import_personas(
     from ppg.data.personas import write_personas
 
     try:
-        personas = read_pool(src)
+        personas, merged = read_pool(src)
     except (OSError, ValueError) as e:
         fail(str(e))
     if domain:
@@ -35,4 +35,5 @@ def import_personas(
     if not kept:
         fail(f"{src}: no persona{f' of domain {domain!r}' if domain else ''}")
     write_personas(out, kept)
-    typer.echo(f"wrote {len(kept)} personas to {out}: {by}")
+    typer.echo(f"wrote {len(kept)} personas to {out}: {by}"
+               + (f"; merged {merged} exact repeat{'s' * (merged != 1)} into their first" if merged else ""))
