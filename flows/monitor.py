@@ -6,8 +6,11 @@ import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 
 from ppg.config import load_params
+from ppg.data.schema import DataError
+from ppg.judges.endpoint import JudgeError
 from ppg.monitor import check
 
 
@@ -38,10 +41,19 @@ def ppg_monitor(logs: str, workspace: str = ".", retraining: bool = True) -> dic
     logs = str(Path(logs).resolve())
     os.chdir(workspace)  # the state, the incoming folder and the embedded stores are workspace-relative
     try:
-        p = load_params()
-        report = check(p, Path(logs))
+        try:
+            p = load_params()
+            report = check(p, Path(logs))
+        except (DataError, ValueError, OSError, JudgeError) as e:
+            # what a user can fix, said in one line: the run ends Failed with it, no traceback printed
+            log.error(str(e))
+            return Failed(message=str(e))
         if not report["files"]:
             log.info("no new log files since the last check")
+        if report["skipped"]:
+            log.warning(f"skipped log records by reason: {report['skipped']} (first of each: {report['examples']})")
+        for version, n in report["unregistered"].items():
+            log.warning(f"{version}: {n} dialogues of a version the registry does not have: not scored")
         for version, r in report["versions"].items():
             verdict = "DRIFT" if r["fires"] else "ok" if r["fires"] is False else "undecided"
             log.info(f"{version}: {verdict}: {r['why']}")

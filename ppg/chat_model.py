@@ -6,9 +6,8 @@ the pipeline's rollouts put them (ppg.rollout). `max_tokens`, `temperature` (0 =
 and `stop` are honoured; defaults come from the model_config logged with the model. With
 PPG_REQUEST_LOG set to a folder, every answered request is appended to
 <folder>/requests-<UTC date>.jsonl as a dialogue in the canonical format (reward null: not yet
-judged), named by PPG_MODEL_VERSION, which is what `ppg monitor --logs <folder>` reads. One file
-per day: the monitor rereads a file whose content changed, so a single growing file would be read
-whole at every check; finished days stay unchanged and are read once.
+judged), named by PPG_MODEL_VERSION, which is what `ppg monitor --logs <folder>` reads (record by
+record, each file from where its last check stopped). One file per day.
 
 Logged as code (MLflow's models-from-code): this file is copied into the registered model and
 imports nothing from ppg, so `models:/ppg-<domain>@champion` loads and serves without this

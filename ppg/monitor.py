@@ -1,10 +1,12 @@
 """`ppg monitor`: the deployed champion's logged dialogues, judged and scored, and the drift rule
 that sends them back as training data.
 
-Each check reads the log files that arrived (or changed) since the last one, in any importer
-format; every dialogue names the model that produced it in `meta.model_version`
-("NAME/VERSION", e.g. "ppg-therapy/3": a served model does not reload when the alias moves, so
-the champion of the moment is not evidence). The logs are redacted and judged like the judge stage
+Each check reads what the logs gained since the last one (ppg.served_logs: record by record, a
+record it cannot use skipped and counted by reason, nothing read twice); every dialogue names the
+model that produced it in `meta.model_version` ("NAME/VERSION", e.g. "ppg-therapy/3": a served
+model does not reload when the alias moves, so the champion of the moment is not evidence). A
+version the registry does not have is not scored (it would get a baseline of its own): its
+dialogues are counted under `unregistered`. The logs are redacted and judged like the judge stage
 (same judge, same cache), and each version gets the per-dialogue mean of `monitor.metric` with a
 95% interval, and the drift curve. Its baseline is the first batch of the same version scored by
 the SAME judge with at least `monitor.min_turns` turns. The rule fires on an interval bound, not a
@@ -19,8 +21,9 @@ import json
 import time
 from pathlib import Path
 
-from ppg.data.schema import DataError, write_dialogues
+from ppg.data.schema import write_dialogues
 from ppg.io import atomic_open, content_hash
+from ppg.served_logs import head_hash, read_logs
 from ppg.train.checkpoint import fingerprint
 
 
@@ -32,24 +35,37 @@ def source_folder_reads(source: str, folder: Path) -> bool:
     return fmt == "jsonl" and any(Path(x).resolve() == folder.resolve() for x in paths)
 
 
-def new_files(logs: Path, fmt: str, seen: dict) -> dict:
-    """{path: content hash} of the log files not seen with this content."""
-    from ppg.data.importers import source_files
-
-    hashes = {str(f): content_hash(f) for f in source_files(fmt, [logs])}
-    return {f: h for f, h in hashes.items() if seen.get(f) != h}
+def progress_of(state: dict, fmt: str) -> dict:
+    """Where each log file was read up to. A state of the older layout ({path: content hash} of
+    whole files read) counts a file whose content is unchanged as read to its end."""
+    if "read" in state:
+        return state["read"]
+    out = {}
+    for f, h in state.get("seen", {}).items():
+        if Path(f).is_file() and content_hash(Path(f)) == h:
+            size = Path(f).stat().st_size
+            out[f] = {"hash": h} if fmt != "jsonl" else {"offset": size, "head": head_hash(Path(f), size)}
+    return out
 
 
 def by_version(dialogues) -> dict:
-    """{"NAME/VERSION": dialogues}; a dialogue that does not name its model is refused."""
+    """{"NAME/VERSION": dialogues} (ppg.served_logs keeps only dialogues that name one)."""
     out: dict[str, list] = {}
     for d in dialogues:
-        v = d.meta.get("model_version")
-        if not isinstance(v, str) or "/" not in v:
-            raise DataError(f"dialogue {d.dialogue_id!r}: field meta.model_version: expected the model that "
-                            f"produced it as NAME/VERSION (e.g. ppg-therapy/3), got {v!r}")
-        out.setdefault(v, []).append(d)
+        out.setdefault(d.meta["model_version"], []).append(d)
     return out
+
+
+def registered(c, version: str) -> bool:
+    """Whether the registry has this NAME/VERSION."""
+    from mlflow.exceptions import MlflowException
+
+    name, _, number = version.rpartition("/")
+    try:
+        c.get_model_version(name, number)
+        return True
+    except MlflowException:
+        return False
 
 
 def whole_conversations(dialogues) -> list:
@@ -98,27 +114,31 @@ def check(p, logs: Path) -> dict:
     """One monitoring check of the logs folder (params p); returns the report, also written to
     <monitor.state>/last.json and logged to MLflow as one run per model version."""
     from ppg import tracking
-    from ppg.data.importers import import_paths
     from ppg.judges.stage import redact, stage_judge
 
     cfg, t0 = p.monitor, time.time()
     state_dir = Path(cfg.state)
     state_path = state_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"seen": {}, "baselines": {}, "checks": 0}
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"read": {}, "baselines": {}, "checks": 0}
     incoming = Path(cfg.incoming)
     if not source_folder_reads(p.data.source, incoming):
         raise ValueError(f"monitor.incoming: data.source {p.data.source!r} does not read {incoming}, so drifted "
                          f"logs put there would never become training data (use jsonl:{incoming})")
-    fresh = new_files(logs, cfg.format, state["seen"])
-    report = {"logs": str(logs), "files": sorted(fresh), "versions": {}, "fired": False}
-    if fresh:
-        dialogues, _ = import_paths(cfg.format, [Path(f) for f in fresh])  # bad logs stop here, nothing moved
-        groups = by_version(whole_conversations(dialogues))
+    dialogues, progress, read = read_logs(logs, cfg.format, progress_of(state, cfg.format))
+    report = {"logs": str(logs), "files": sorted(progress), "versions": {}, "fired": False, **read,
+              "unregistered": {}}
+    if dialogues:
+        c = tracking.client(p.mlflow)
+        groups = {}
+        for version, ds in by_version(whole_conversations(dialogues)).items():
+            if registered(c, version):
+                groups[version] = ds
+            else:  # scoring it would start a baseline for a model nobody registered
+                report["unregistered"][version] = len(ds)
         judge = stage_judge(p.judge)
         ident = judge.identity()
         key_judge = fingerprint(ident)  # a baseline belongs to the judge that scored it
         judged_all = []
-        c = tracking.client(p.mlflow)
         for version, ds in sorted(groups.items()):
             judged = judge.judge(redact(ds, p.judge.redact)[0])
             judged_all += judged
@@ -147,7 +167,8 @@ def check(p, logs: Path) -> dict:
         old = sorted((state_dir / "batches").glob("*.jsonl"))[:-cfg.keep_batches or None]
         for f in old:  # retention: the newest keep_batches judged batches stay
             f.unlink()
-    state["seen"].update(fresh)
+    state["read"] = {**progress_of(state, cfg.format), **progress}  # only now: the batch is judged
+    state.pop("seen", None)
     state["checks"] += 1
     report["seconds"] = time.time() - t0
     with atomic_open(state_path) as f:

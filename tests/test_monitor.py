@@ -1,5 +1,6 @@
 """ppg monitor: each model version scored against its own baseline under the same judge, a rule
-that fires on an interval bound, drifted logs handed to training, bad logs refused, retention."""
+that fires on an interval bound, drifted logs handed to training, retention (bad log records:
+tests/test_monitor_logs.py)."""
 
 import dataclasses
 import random
@@ -7,7 +8,7 @@ import random
 import pytest
 
 from ppg.config import DataConfig, JudgeConfig, MlflowConfig, MonitorConfig, Params
-from ppg.data.schema import DataError, Dialogue, read_dialogues, write_dialogues
+from ppg.data.schema import Dialogue, read_dialogues, write_dialogues
 
 
 def served(n: int, seed: int, version: str = "ppg-chatting/1", bad_share: float = 0.0) -> list[Dialogue]:
@@ -23,13 +24,25 @@ def served(n: int, seed: int, version: str = "ppg-chatting/1", bad_share: float 
         for i in range(n)]
 
 
+def register(p, tmp_path, name="ppg-chatting", versions=2):
+    """The registered versions the logs name (the monitor scores only those)."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(p.mlflow.tracking_uri)
+    c.create_registered_model(name)
+    for _ in range(versions):
+        c.create_model_version(name, source=str(tmp_path / "weights"))
+    return p
+
+
 @pytest.fixture
 def p(tmp_path):
     incoming = tmp_path / "incoming"
-    return Params(data=DataConfig(source=f"jsonl:{incoming}"), judge=JudgeConfig(),
+    return register(Params(data=DataConfig(source=f"jsonl:{incoming}"), judge=JudgeConfig(),
                   monitor=MonitorConfig(incoming=str(incoming), state=str(tmp_path / "state"), min_turns=40,
                                         keep_batches=1),
-                  mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "a")))
+                  mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "a"))),
+                    tmp_path)
 
 
 def test_good_logs_set_the_baseline_and_drifted_ones_fire_and_become_training_data(p, tmp_path):
@@ -69,20 +82,6 @@ def test_the_rule_waits_for_enough_turns_and_fires_on_the_bound_not_the_mean(p, 
     assert decide({**s, "turns": 39}, None, cfg)[0] is None
     assert decide({**s, "mean": 0.8, "hi": 0.85}, {"mean": 0.97}, cfg)[0] is True  # 0.97 - 0.85 > 0.1
     assert decide({**s, "mean": 0.8, "hi": 0.9}, {"mean": 0.97}, cfg)[0] is False
-
-
-def test_bad_logs_stop_the_monitor_and_nothing_moves(p, tmp_path):
-    from ppg.monitor import check
-
-    logs = tmp_path / "logs"
-    unnamed = [d.model_copy(update={"meta": {}}) for d in served(3, 0)]
-    write_dialogues(logs / "a.jsonl", unnamed)
-    with pytest.raises(DataError, match="meta.model_version"):
-        check(p, logs)
-    (logs / "a.jsonl").write_text('{"dialogue_id": 1}\n')
-    with pytest.raises(DataError, match="a.jsonl"):
-        check(p, logs)
-    assert not (tmp_path / "incoming").exists() and not (tmp_path / "state" / "state.json").exists()
 
 
 def test_the_monitor_refuses_an_incoming_folder_training_never_reads(p, tmp_path):
