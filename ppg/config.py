@@ -55,11 +55,12 @@ class ReturnsConfig:
 @dataclass
 class DataConfig:
     source: str = "jsonl:data/examples/dialogues.jsonl"
-    """What `ppg import --source` reads: FORMAT:PATH[,PATH...] (formats: consistent-llms,
-    synthetic-persona-chat, chitchat, jsonl; `chitchat:-` = the packaged corpus; a folder means
-    its *.json/*.jsonl files, e.g. the drop folder data/incoming), or `simulator` (generated with
-    the sim section). The `sources` stage hashes every file it reads and `import` depends on that
-    manifest, so a new or edited file re-runs import -> ... -> gate at the next pipeline run."""
+    """What `ppg import --source` reads: FORMAT:PATH[,PATH...] (FORMAT: a name of
+    ppg.data.importers.IMPORTERS, `ppg import --help` lists them; `chitchat:-` = the packaged
+    corpus; a folder means its files of the format's suffixes, e.g. the drop folder
+    data/incoming), or `simulator` (generated with the sim section). The `sources` stage hashes
+    every file it reads and `import` depends on that manifest, so a new or edited file re-runs
+    import -> ... -> gate at the next pipeline run."""
     imported: str = "data/imported"
     """Folder of the imported canonical dataset (dialogues.jsonl + summary.json); a DVC output."""
 

@@ -4,6 +4,8 @@ out for length; the K study's sections are ppg.config_study.)"""
 
 from dataclasses import asdict, dataclass, field
 
+from ppg.judges.kinds import judge_kind
+
 
 BACKEND_NAMES = ("cache", "generate")
 """The repliers of ppg.generation.BACKENDS, by name (here, so params load without torch)."""
@@ -42,7 +44,6 @@ def generation_config(key: str, d) -> GenerationConfig:
     return gen
 
 
-JUDGE_KINDS = ("labels", "llm", "reward-model")
 
 
 def one_of(key: str, value, options) -> None:
@@ -133,7 +134,7 @@ class JudgeConfig:
     def __post_init__(self):
         import re
 
-        one_of("judge.kind", self.kind, JUDGE_KINDS)
+        judge_kind(self.kind)  # the judges table (ppg.judges.kinds) names every kind
         one_of("judge.require", self.require, ("both", "persona", "commitment"))
         if not isinstance(self.redact, dict):
             raise ValueError(f"judge.redact: expected {{name: regular expression}}, got {self.redact!r}")
@@ -162,16 +163,6 @@ def judge_with(base: JudgeConfig, overrides: dict, key: str) -> JudgeConfig:
         return JudgeConfig(**{**data, "reward_model": RewardModelConfig(**data["reward_model"])})
     except (TypeError, ValueError) as e:
         raise ValueError(f"{key}: {str(e).removeprefix('judge.')}") from None
-
-
-def same_judge(a: JudgeConfig, b: JudgeConfig) -> bool:
-    """Do two judge sections name the same judge (kind, and the endpoint's model or the reward
-    model's folder)?"""
-    if a.kind != b.kind:
-        return False
-    if a.kind == "llm":
-        return (a.base_url.rstrip("/"), a.model) == (b.base_url.rstrip("/"), b.model)
-    return a.kind == "labels" or a.reward_model.path == b.reward_model.path
 
 
 @dataclass

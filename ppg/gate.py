@@ -28,9 +28,8 @@ import random
 
 import numpy as np
 
-from ppg.metrics import direction
+from ppg.metrics import direction, metric_spec
 
-METHODS = ("sign_flip", "paired_t", "cluster_bootstrap")
 EXACT_UP_TO = 16  # pairs: beyond this, 20,000 random sign vectors instead of all 2^n
 
 
@@ -86,16 +85,6 @@ def paired_t_interval(d, confidence: float = 0.95) -> tuple[float | None, float 
     return float(d.mean() - h), float(d.mean() + h)
 
 
-def _offline_stat(name: str, turns: list[dict]) -> float:
-    from ppg.stats import auc
-
-    if name == "offline.auc":
-        known = [t for t in turns if t["reward"] == t["reward"]]
-        return auc([t["score"] for t in known], [t["reward"] >= 0.5 for t in known])
-    w = [t["nll_term"] for t in turns if t["nll_term"] == t["nll_term"]]
-    return float(np.mean(w)) if w else float("nan")
-
-
 def cluster_bootstrap(name: str, chal: list[dict], champ: list[dict], confidence: float, boots: int,
                       seed: int = 0) -> dict:
     """Improvement of an offline metric with a persona-group bootstrap that recomputes both
@@ -104,10 +93,12 @@ def cluster_bootstrap(name: str, chal: list[dict], champ: list[dict], confidence
     pairs = [(t, by_key[t["key"]]) for t in chal if t["key"] in by_key]
     groups = sorted({a["group"] for a, _ in pairs})
     by_group = {g: [(a, b) for a, b in pairs if a["group"] == g] for g in groups}
-    sign = direction(name)
+    sign, stat = direction(name), metric_spec(name).offline_stat
+    if stat is None:
+        raise ValueError(f"{name}: not an offline metric (ppg.metrics.METRICS gives it no offline statistic)")
 
     def diff(sample):
-        return sign * (_offline_stat(name, [a for a, _ in sample]) - _offline_stat(name, [b for _, b in sample]))
+        return sign * (stat([a for a, _ in sample]) - stat([b for _, b in sample]))
 
     mean = diff(pairs) if pairs else float("nan")
     rng, reps = random.Random(seed), []
@@ -124,7 +115,7 @@ def cluster_bootstrap(name: str, chal: list[dict], champ: list[dict], confidence
 def paired_difference(name: str, chal: dict, champ: dict, chal_turns, champ_turns, cfg, seed: int = 0) -> dict:
     """The challenger's improvement on one metric: {mean, lo, hi, n, method}; bounds may be None
     when the data cannot give them. cfg: ppg.config_ops.RegistryConfig."""
-    if name.startswith("offline."):
+    if metric_spec(name).offline_stat is not None:
         return cluster_bootstrap(name, chal_turns or [], champ_turns or [], cfg.confidence, cfg.boots, seed)
     a, b = _per_unit(chal, name), _per_unit(champ, name)
     units = sorted(set(a) & set(b))
@@ -158,6 +149,7 @@ def decide(primary: str, chal: dict, champ: dict | None, chal_turns, champ_turns
     from ppg.metrics import metric
     from ppg.metrics import passes
 
+    metric_spec(primary, "eval.primary")  # an unknown metric is refused, never read as absent
     x = metric(chal, primary)
     failed = [f"{k} = {metric(chal, k)} ({'minimum' if direction(k) > 0 else 'maximum'} {t})"
               for k, t in cfg.thresholds.items() if not passes(metric(chal, k), t, k)]

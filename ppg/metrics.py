@@ -1,53 +1,109 @@
-"""Every metric the evaluation can produce: its dotted path into metrics.json, whether higher or
-lower is better, and which eval settings produce it. The best-on-validation choice, the
-promotion gate's thresholds and differences, and the config checks all read this one table.
+"""Every metric the evaluation can produce, in one table: its dotted path into metrics.json,
+whether higher or lower is better, which eval settings produce it, how it is computed (an online
+metric per dialogue from its judged turns; an offline one as the statistic the gate recomputes on
+resampled held-out turns) and whether the evaluation table shows it. The best-on-validation
+choice, the promotion gate's thresholds and differences, the table and the config checks all
+read it. A new metric is one entry (and, for a family that does not exist yet, its producer);
+an unknown metric is refused everywhere, never computed as another.
 """
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 HIGHER, LOWER = 1, -1
 
-# path -> (direction, what produces it: an eval.mode family, or a switch inside online mode)
+
+def _rate(key: str) -> Callable:
+    def per_dialogue(lines, settings: dict):
+        from ppg.judges.base import verdict_rates
+
+        return verdict_rates(lines)[key]
+    return per_dialogue
+
+
+def engagement(lines, words: int) -> float | None:
+    """How fully a speaker takes part: the mean over its replies of min(1, words in the reply /
+    `words`). A consistency-only reward favours bland or evasive replies ("I'd rather not say"),
+    which are short; a reply of `words` words or more counts fully. A floor the gate holds, not a
+    quality score: a long reply that contradicts the persona still counts as engaged."""
+    if not lines:
+        return None
+    return sum(min(1.0, len(ln.text.split()) / words) for ln in lines) / len(lines)
+
+
+def _engagement(lines, settings: dict):
+    return engagement(lines, settings.get("engagement_words", 12))
+
+
+def _auc(turns: list[dict]) -> float:
+    from ppg.stats import auc
+
+    known = [t for t in turns if t["reward"] == t["reward"]]
+    return auc([t["score"] for t in known], [t["reward"] >= 0.5 for t in known])
+
+
+def _mean_nll_term(turns: list[dict]) -> float:
+    w = [t["nll_term"] for t in turns if t["nll_term"] == t["nll_term"]]
+    return sum(w) / len(w) if w else float("nan")
+
+
+@dataclass(frozen=True)
+class Metric:
+    direction: int  # HIGHER or LOWER is better
+    family: str  # what produces it (FAMILIES): online | sim | qa | llm | offline
+    per_dialogue: Callable | None = None  # online: (a dialogue's judged turns, settings) -> value or None
+    offline_stat: Callable | None = None  # offline: held-out turns (evaluate.offline.offline_turns) -> value
+    column: bool = True  # a column of the evaluation's table
+
+
 METRICS = {
-    "online.reward": (HIGHER, "online"),  # the judge's reward: consistent AND answering
-    "online.consistency": (HIGHER, "online"),  # prompt-to-line and line-to-line both hold
-    "online.persona": (HIGHER, "online"),  # prompt-to-line
-    "online.commitment": (HIGHER, "online"),  # line-to-line
-    "online.engagement": (HIGHER, "online"),  # replies' length against eval.engagement_words (evasion is short)
-    "online.coverage": (HIGHER, "sim"),  # asked facts the reply states (the simulator knows what it asked)
-    "online.qa": (HIGHER, "qa"),  # backstory Q&A after the dialogue (eval.qa)
-    "online.llm.consistency": (HIGHER, "llm"),  # the LLM judge's verdicts (eval.llm_judge)
-    "online.llm.unknown_share": (LOWER, "llm"),  # turns the LLM judge left without a verdict
-    "offline.auc": (HIGHER, "offline"),  # likelihood-ratio AUC on logged verdicts
-    "offline.weighted_nll": (LOWER, "offline"),  # held-out offline PPG objective
+    "online.reward": Metric(HIGHER, "online", _rate("reward")),  # the judge's reward: consistent AND answering
+    "online.consistency": Metric(HIGHER, "online", _rate("consistency")),  # prompt-to-line and line-to-line hold
+    "online.persona": Metric(HIGHER, "online", _rate("persona")),  # prompt-to-line
+    "online.commitment": Metric(HIGHER, "online", _rate("commitment")),  # line-to-line
+    "online.engagement": Metric(HIGHER, "online", _engagement),  # reply length against eval.engagement_words
+    "online.coverage": Metric(HIGHER, "sim", _rate("coverage")),  # asked facts the reply states (sim knows)
+    "online.qa": Metric(HIGHER, "qa"),  # backstory Q&A after the dialogue (eval.qa)
+    "online.llm.consistency": Metric(HIGHER, "llm", column=False),  # the LLM judge's verdicts (eval.llm_judge)
+    "online.llm.unknown_share": Metric(LOWER, "llm", column=False),  # turns the LLM judge left without a verdict
+    "offline.auc": Metric(HIGHER, "offline", offline_stat=_auc),  # likelihood-ratio AUC on logged verdicts
+    "offline.weighted_nll": Metric(LOWER, "offline", offline_stat=_mean_nll_term),  # held-out PPG objective
 }
+
+# family -> (is it produced under these eval settings, why not)
+FAMILIES = {
+    "online": (lambda e: e.mode in ("online", "both"), lambda e: f"eval.mode is {e.mode!r}"),
+    "sim": (lambda e: e.mode in ("online", "both") and e.partner == "simulator",
+            lambda e: f"eval.partner is {e.partner!r}" if e.mode in ("online", "both") else f"eval.mode is {e.mode!r}"),
+    "qa": (lambda e: e.mode in ("online", "both") and e.qa, lambda e: "eval.qa is off"),
+    "llm": (lambda e: e.mode in ("online", "both") and bool(e.llm_judge), lambda e: "eval.llm_judge is off"),
+    "offline": (lambda e: e.mode in ("offline", "both"), lambda e: f"eval.mode is {e.mode!r}"),
+}
+
+
+def metric_spec(name: str, key: str = "metric") -> Metric:
+    """The table's entry; an unknown metric is an error naming the known ones."""
+    if name not in METRICS:
+        raise ValueError(f"{key}: {name!r} is not a metric the evaluation produces; known: {sorted(METRICS)}")
+    return METRICS[name]
 
 
 def direction(name: str) -> int:
     """+1 when higher is better, -1 when lower is; an unknown metric is an error."""
-    if name not in METRICS:
-        raise ValueError(f"{name!r} is not a metric the evaluation produces; known: {sorted(METRICS)}")
-    return METRICS[name][0]
+    return metric_spec(name).direction
 
 
 def produced(eval_cfg) -> list[str]:
     """The metrics an evaluation with these settings (ppg.config.EvalConfig) writes."""
-    online = eval_cfg.mode in ("online", "both")
-    sim = online and eval_cfg.partner == "simulator"
-    have = {"online": online, "sim": sim, "qa": online and eval_cfg.qa, "llm": online and bool(eval_cfg.llm_judge),
-            "offline": eval_cfg.mode in ("offline", "both")}
-    return [m for m, (_, needs) in METRICS.items() if have[needs]]
+    return [name for name, m in METRICS.items() if FAMILIES[m.family][0](eval_cfg)]
 
 
 def check_produced(name: str, eval_cfg, key: str, removable: bool = False) -> None:
     """Refuse, naming the config key, a metric these eval settings can never produce."""
-    if name not in METRICS:
-        raise ValueError(f"{key}: {name!r} is not a metric the evaluation produces; known: {sorted(METRICS)}")
+    m = metric_spec(name, key)
     if name not in produced(eval_cfg):
-        why = {"online": f"eval.mode is {eval_cfg.mode!r}", "offline": f"eval.mode is {eval_cfg.mode!r}",
-               "sim": f"eval.partner is {eval_cfg.partner!r}",
-               "qa": "eval.qa is off",
-               "llm": "eval.llm_judge is off"}[METRICS[name][1]]
+        why = FAMILIES[m.family][1](eval_cfg)
         hint = f"; a --params overlay removes it with `{key}: {{{name}: null}}`" if removable else ""
         raise ValueError(f"{key}: {name} is never measured ({why}), so this can never pass; this "
                          f"evaluation produces {produced(eval_cfg)}{hint}")
@@ -59,14 +115,14 @@ def refuse_impossible(p) -> None:
     register nothing; bc with a baseline trains nothing; a gate seed equal to the validation seed
     would test on the personas the best policy was picked on. p: ppg.config.Params."""
     check_produced(p.eval.primary, p.eval, "eval.primary")
-    from ppg.config_ops import same_judge
+    from ppg.judges.kinds import identity_of, same_judge
 
     grader = p.eval_judge()
     if p.eval.partner == "llm" and p.eval.mode != "offline":
         if grader.kind == "labels":
             raise ValueError("eval.judge: llm rollouts are new text, and kind labels only keeps logged verdicts; "
                              "set eval.judge (or judge.kind) to llm or reward-model")
-        if p.judge.kind != "labels" and same_judge(p.judge, grader):
+        if p.judge.kind != "labels" and same_judge(identity_of(p.judge), identity_of(grader)):
             raise ValueError(f"eval.judge: the rollouts would be graded by the judge that gives the training rewards "
                              f"(judge.kind {p.judge.kind}); a policy trained against a judge must be graded by "
                              f"another: e.g. eval.judge {{kind: llm, model: <another model>}} or {{kind: reward-model, "

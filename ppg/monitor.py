@@ -114,7 +114,8 @@ def check(p, logs: Path) -> dict:
     """One monitoring check of the logs folder (params p); returns the report, also written to
     <monitor.state>/last.json and logged to MLflow as one run per model version."""
     from ppg import tracking
-    from ppg.judges.stage import redact, stage_judge
+    from ppg.judges.kinds import build_judge
+    from ppg.judges.stage import redact
 
     cfg, t0 = p.monitor, time.time()
     state_dir = Path(cfg.state)
@@ -135,7 +136,7 @@ def check(p, logs: Path) -> dict:
                 groups[version] = ds
             else:  # scoring it would start a baseline for a model nobody registered
                 report["unregistered"][version] = len(ds)
-        judge = stage_judge(p.judge)
+        judge = build_judge(p.judge)
         ident = judge.identity()
         key_judge = fingerprint(ident)  # a baseline belongs to the judge that scored it
         judged_all = []

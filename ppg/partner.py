@@ -157,7 +157,7 @@ class RolloutWorld:
 
         from ppg.data.schema import read_dialogues
         from ppg.judges.independent import reward_judges
-        from ppg.judges.stage import stage_judge
+        from ppg.judges.kinds import build_judge
         from ppg.models import base_model, eval_device, load_tokenizer, resolve_model
 
         src = Path(p.judge.out) / "dialogues.jsonl"
@@ -179,7 +179,7 @@ class RolloutWorld:
         folder = resolve_model(p.eval.partner_model) if p.eval.partner_model else base_model(p)
         model = AutoModelForCausalLM.from_pretrained(str(folder)).to(eval_device()).eval()
         self.partner = LLMPartner(model, load_tokenizer(folder), self.turns, gen)
-        self.judge = stage_judge(judge_cfg or p.judge)
+        self.judge = build_judge(judge_cfg or p.judge)
 
     def draw(self, seed: int, personas: int, group: int):
         """(episodes, partner, judge): `personas` personas, each played `group` times (one group

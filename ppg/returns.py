@@ -15,9 +15,34 @@ Each class is a difference of two prefix sums, P[e] - P[t] with e the first turn
 is NaN exactly when S_t holds an unknown, every other w_t stays exact.
 """
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
-POLICIES = ("greedy", "kstep", "full", "segment", "bc")
+
+def _segment_end(t, k, segments, n, T):
+    return ((t // segments + 1) * segments).clamp(max=T)
+
+
+@dataclass(frozen=True)
+class CreditRule:
+    """One policy class: the turns S_t = {t, ..., e_t - 1} it credits, given as e_t."""
+    end: Callable | None  # (t [T], k, segment length, n [B], T) -> e: [T] (shared) or [B, 1]; None: bc, weight 1
+    k_prefix: str = ""  # ids carry a horizon K: `<prefix><K>` (k3); "" = the id is the class name
+    segments: bool = False  # reads the segment partition (returns.segments: a length or per-dialogue starts)
+    horizon: Callable | None = None  # (k, turns) -> its credit horizon in the K study; None: not a K-step class
+
+
+POLICIES = {
+    "greedy": CreditRule(lambda t, k, seg, n, T: t + 1, horizon=lambda k, turns: 1),
+    "kstep": CreditRule(lambda t, k, seg, n, T: (t + k).clamp(max=T), k_prefix="k", horizon=lambda k, turns: k),
+    "full": CreditRule(lambda t, k, seg, n, T: n[:, None], horizon=lambda k, turns: turns),
+    "segment": CreditRule(_segment_end, segments=True),
+    "bc": CreditRule(None),
+}
+"""The policy classes, one entry each: ids, returns, online training and the K study read it.
+ppg.reference.credited_turns is the independent loop that checks it (it does not read this)."""
 
 
 def shaping_zeroes_bc(baseline: str, standardize: bool) -> bool:
@@ -26,24 +51,38 @@ def shaping_zeroes_bc(baseline: str, standardize: bool) -> bool:
     return baseline != "none" or bool(standardize)
 
 
+def _id_grammar() -> str:
+    return ", ".join(f"{r.k_prefix}<K> with K >= 1 (e.g. {r.k_prefix}3)" if r.k_prefix else name
+                     for name, r in POLICIES.items())
+
+
 def parse_policy_id(policy_id: str) -> tuple[str, int | None]:
-    """`greedy` | `k<K>` | `full` | `segment` | `bc` -> (policy class, k). The ids of CLI, DVC and MLflow."""
-    if policy_id in ("greedy", "full", "segment", "bc"):
-        return policy_id, None
-    if policy_id.startswith("k") and policy_id[1:].isdigit() and int(policy_id[1:]) >= 1:
-        return "kstep", int(policy_id[1:])
-    raise ValueError(f"policy id {policy_id!r}: expected greedy, k<K> with K >= 1 (e.g. k3), full, segment or bc")
+    """`greedy` | `k<K>` | `full` | `segment` | `bc` (POLICIES) -> (policy class, k). The ids of
+    CLI, DVC and MLflow."""
+    for name, rule in POLICIES.items():
+        if not rule.k_prefix and policy_id == name:
+            return name, None
+        rest = policy_id.removeprefix(rule.k_prefix) if rule.k_prefix and policy_id.startswith(rule.k_prefix) else ""
+        if rest.isdigit() and rest.isascii() and int(rest) >= 1:
+            return name, int(rest)
+    raise ValueError(f"policy id {policy_id!r}: expected {_id_grammar()}")
 
 
 def policy_id(policy: str, k: int | None = None) -> str:
     """Inverse of parse_policy_id: ('kstep', 3) -> 'k3'."""
-    if policy == "kstep":
+    rule = credit_rule(policy)
+    if rule.k_prefix:
         if k is None or k < 1:
-            raise ValueError(f"k: kstep needs k >= 1, got {k!r}")
-        return f"k{k}"
-    if policy not in POLICIES:
-        raise ValueError(f"policy: {policy!r} is not one of {POLICIES}")
+            raise ValueError(f"k: {policy} needs k >= 1, got {k!r}")
+        return f"{rule.k_prefix}{k}"
     return policy
+
+
+def credit_rule(policy: str) -> CreditRule:
+    """The table's entry; an unknown class is an error naming the known ones."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy: {policy!r} is not one of {tuple(POLICIES)}")
+    return POLICIES[policy]
 
 
 def _check(rewards, mask, policy, k, segments, gamma):
@@ -57,9 +96,10 @@ def _check(rewards, mask, policy, k, segments, gamma):
         raise ValueError("rewards: ±inf at a real turn (use NaN for an unknown reward)")
     if not 0.0 < gamma <= 1.0:
         raise ValueError(f"gamma: must be in (0, 1], got {gamma}")
-    if policy == "kstep" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ValueError(f"k: kstep needs an int k >= 1, got {k!r}")
-    if policy == "segment":
+    rule = credit_rule(policy)
+    if rule.k_prefix and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"k: {policy} needs an int k >= 1, got {k!r}")
+    if rule.segments:
         if isinstance(segments, torch.Tensor):
             if segments.dtype != torch.bool or segments.shape != mask.shape:
                 raise ValueError(f"segments: a segment-start mask must be bool of shape {tuple(mask.shape)}")
@@ -69,17 +109,6 @@ def _check(rewards, mask, policy, k, segments, gamma):
                 raise ValueError("segments: a segment starts at a padding turn")
         elif isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
             raise ValueError(f"segments: expected an int segment length >= 1 or a bool start mask, got {segments!r}")
-
-
-def _end_index(policy, k, segments, n, T):
-    """e: first turn index past S_t, clamped to T (any e >= n works: rewards are 0 there).
-    Shaped [T] when it is the same for every dialogue, [B, 1] for full."""
-    t = torch.arange(T, device=n.device)
-    if policy == "kstep":
-        return (t + k).clamp(max=T)
-    if policy == "full":
-        return n[:, None]
-    return ((t // segments + 1) * segments).clamp(max=T)
 
 
 def _window_sums(x, e, gamma):
@@ -144,19 +173,21 @@ def partial_returns(rewards, mask, policy, k=None, segments=None, gamma=1.0, val
     Sums run in the dtype of rewards: float32 is accurate to about T * ulp(sum of a dialogue's
     rewards) (~1e-5 for 60 turns of rewards in [0, 1]); pass float64 for more.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"policy: {policy!r} is not one of {POLICIES}")
+    rule = credit_rule(policy)
     if validate:
         _check(rewards, mask, policy, k, segments, gamma)
-    if policy == "bc":
+    if rule.end is None:
         return mask.to(rewards.dtype)  # every logged turn counts once, whatever its reward
     x = torch.where(mask, rewards, 0)  # padding values never reach a sum
-    one_turn = k == 1 if policy == "kstep" else isinstance(segments, int) and segments == 1
-    if policy == "greedy" or (policy in ("kstep", "segment") and one_turn):
-        return x  # S_t = {t}: exactly the rewards, no sums to round
-    if policy == "segment" and isinstance(segments, torch.Tensor):
+    if rule.segments and isinstance(segments, torch.Tensor):
         return _segment_sums(x, segments, gamma)
-    e = _end_index(policy, k, segments, mask.sum(1), x.shape[1])
+    T = x.shape[1]
+    t = torch.arange(T, device=x.device)
+    # e: first turn past S_t, clamped to T (any e >= n works: rewards are 0 there); [T] when it is
+    # the same for every dialogue, [B, 1] when it depends on the dialogue (full)
+    e = rule.end(t, k, segments, mask.sum(1), T)
+    if e.dim() == 1 and torch.equal(e, t + 1):
+        return x  # S_t = {t} (greedy, k1, segments of 1): exactly the rewards, no sums to round
     w = _window_sums(x, e, gamma)
     # Unknowns: only dialogues holding one are redone, with NaN as 0 plus a count of unknowns
     # in each window; a NaN is never carried through a prefix sum into other turns' weights.

@@ -39,17 +39,18 @@ def head_hash(path: Path, n: int) -> str:
         return hashlib.sha256(f.read(n)).hexdigest()[:16]
 
 
-def log_files(logs: Path, skipped: Counter) -> list[Path]:
-    """The data files of a logs folder (or the one file); dead symlinks counted in skipped."""
-    from ppg.data.importers import DATA_SUFFIXES
+def log_files(logs: Path, fmt: str, skipped: Counter) -> list[Path]:
+    """The files of a logs folder that the format reads (or the one file); dead symlinks counted."""
+    from ppg.data.importers import importer
 
+    suffixes = importer(fmt).suffixes
     if not logs.is_dir():
         return [logs]
     out = []
     for f in sorted(logs.iterdir()):
         if f.is_symlink() and not f.exists():  # dangling, or a loop: is_file() would say False silently
             skipped["dead_symlink"] += 1
-        elif f.is_file() and not f.name.startswith(".") and f.suffix.lower() in DATA_SUFFIXES:
+        elif f.is_file() and not f.name.startswith(".") and f.suffix.lower() in suffixes:
             out.append(f)
     return out
 
@@ -107,7 +108,7 @@ def read_logs(logs: Path, fmt: str, progress: dict) -> tuple[list[Dialogue], dic
     """(new dialogues, the progress to store once they are judged, a report: skipped counts by
     reason, the first example of each, pending bytes per file)."""
     skipped, examples, pending, new, out = Counter(), {}, {}, {}, []
-    for f in log_files(logs, skipped):
+    for f in log_files(logs, fmt, skipped):
         key, size = str(f), f.stat().st_size
         if fmt != "jsonl":
             h = content_hash(f)

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from ppg.data.importers import conflict_list, import_paths, prompt_verdict
+from ppg.data.formats import conflict_list, prompt_verdict
+from ppg.data.importers import import_paths
 from ppg.data.schema import DataError, read_dialogues, write_dialogues
 
 FIX = Path(__file__).parent / "fixtures"

@@ -36,7 +36,8 @@ def test_the_training_judge_cannot_grade_real_persona_rollouts():
     assert params({"kind": "labels"}, {"kind": "llm"}).eval_judge().kind == "llm"  # logged labels, an LLM grades
     with pytest.raises(ValueError, match=r"eval.judge: unknown key\(s\) \['modle'\]"):
         params({"kind": "llm"}, {"modle": "grader"})
-    with pytest.raises(ValueError, match="eval.judge: kind: expected labels, llm or reward-model, got 'gpt'"):
+    with pytest.raises(ValueError, match="eval.judge: kind: 'gpt' is not a judge kind; known: labels, llm, "
+                                         "reward-model"):
         params({"kind": "llm"}, {"kind": "gpt"})
 
 

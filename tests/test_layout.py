@@ -113,29 +113,42 @@ def test_only_the_simulator_names_its_judge():
     assert found == []
 
 
-def field_doc(path: Path, cls: str, name: str) -> str:
-    """The docstring under a dataclass field (the string right after its annotation)."""
-    body = next(n for n in ast.parse(path.read_text()).body if isinstance(n, ast.ClassDef) and n.name == cls).body
-    i = next(i for i, n in enumerate(body) if isinstance(n, ast.AnnAssign) and n.target.id == name)
-    return body[i + 1].value.value
-
-
-def test_the_importer_formats_are_one_list():
-    """ppg.data.FORMATS is the list: the importers are keyed by it, `ppg import --help` and the
-    data.source docstring name exactly its formats."""
-    import re
-
+def test_the_importer_formats_are_one_table():
+    """ppg.data.importers.IMPORTERS is the table: FORMATS is its keys, each name reads with its
+    own reader, and `ppg import --help` names exactly its formats."""
     from typer.testing import CliRunner
 
     from ppg.cli import app
-    from ppg.data import FORMATS
-    from ppg.data.importers import IMPORTERS
+    from ppg.data.importers import FORMATS, IMPORTERS
 
-    assert tuple(IMPORTERS) == FORMATS
-    # each name reads with its own importer (a swapped pair would keep the count and the keys)
-    assert all(fn.__name__ == "import_" + fmt.replace("-", "_") for fmt, fn in IMPORTERS.items())
-    doc = " ".join(field_doc(ROOT / "ppg" / "config.py", "DataConfig", "source").split())
-    listed = re.search(r"formats: ([^;]+);", doc).group(1)
-    assert tuple(x.strip() for x in listed.split(",")) == FORMATS
+    assert FORMATS == tuple(IMPORTERS)
+    # each name reads with its own reader (a swapped pair would keep the count and the keys)
+    assert all(imp.read.__name__ == "import_" + fmt.replace("-", "_") for fmt, imp in IMPORTERS.items())
     out = CliRunner().invoke(app, ["import", "--help"], env={"COLUMNS": "300"}).output
     assert " | ".join(FORMATS) in " ".join(out.split())
+
+
+def test_the_map_names_every_module():
+    """docs/layout.md: a package's module is named in its package's row (`stem`), a top-level
+    module in some row (`stem.py` or its path)."""
+    import re
+
+    rows = {}
+    for line in (ROOT / "docs" / "layout.md").read_text().splitlines():
+        cells = line.split("|")
+        if len(cells) > 3:
+            rows[cells[1]] = cells[2]
+    missing = []
+    for f in sorted((ROOT / "ppg").rglob("*.py")):
+        rel = f.relative_to(ROOT)
+        if f.name == "__init__.py":
+            continue
+        if len(rel.parts) == 2:  # ppg/x.py
+            if not any(re.search(rf"`(ppg/)?{f.stem}\.py`|\b{f.stem}\.py\b", head) for head in rows):
+                missing.append(str(rel))
+        else:
+            package = f"`{'/'.join(rel.parts[:-1])}/`"
+            body = next((b for head, b in rows.items() if package in head), "")
+            if f"`{f.stem}`" not in body and f"`{f.stem}` +" not in body:
+                missing.append(str(rel))
+    assert missing == []

@@ -131,16 +131,6 @@ def test_a_dead_endpoint_fails_clearly_without_leaking_the_key(scripted, caplog,
     assert SECRET not in str(e.value)
 
 
-def test_qa_consistency_polarity(scripted):
-    Scripted.script = [("A bus.", 200, completion("It matches. YES"), 0),
-                       ("A plane.", 200, completion("It does not. NO"), 0),
-                       ("A boat.", 200, completion("unclear"), 0)]
-    judge = LLMJudge(config(scripted))
-    items = [{"role": "Sam", "backstory": "A bus driver.", "question": "What do you drive?", "answer": a}
-             for a in ("A bus.", "A plane.", "A boat.")]
-    assert judge.qa_consistency(items) == [1.0, 0.0, None]
-
-
 def test_against_ppg_serve_judge_over_real_http(tiny_model, monkeypatch):
     """`ppg serve-judge` is `transformers serve` pinned to the model under the judge's name: the
     judge's requests are answered, one naming another model is refused, and neither the key nor

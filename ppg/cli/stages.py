@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ppg.cli.app import app, fail, out_folder, read_params
-from ppg.data import FORMATS
+from ppg.data.importers import FORMATS
 
 @app.command("import")
 def import_(
@@ -188,13 +188,13 @@ def train(
     data and config from its working folder; other data or config starts fresh (and says so).
     Several ranks: `deepspeed --num_gpus N $(which ppg) train --policy k3`."""
     from ppg.data.schema import DataError
-    from ppg.returns import parse_policy_id, policy_id
+    from ppg.returns import POLICIES, parse_policy_id, policy_id
 
-    if policy == "kstep":
-        if k is None or k < 1:
-            fail(f"k: --policy kstep needs --k K with K >= 1, got {k}")
-        policy = policy_id("kstep", k)
     try:
+        if policy in POLICIES and POLICIES[policy].k_prefix:  # --policy kstep --k 3 = --policy k3
+            if k is None or k < 1:
+                raise ValueError(f"k: --policy {policy} needs --k K with K >= 1, got {k}")
+            policy = policy_id(policy, k)
         parse_policy_id(policy)
     except ValueError as e:
         fail(str(e))

@@ -6,38 +6,32 @@ rollouts judged again by an LLM judge when one is configured."""
 import torch
 
 from ppg.stats import mean_ci, wilson
-from ppg.judges.base import consistent, verdict_rates
+from ppg.judges.base import consistent
 from ppg.judges.cache import VerdictCache
 from ppg.judges.llm import LLMJudge
 from ppg.sim.world import ASK, mentions
 
 
-def engagement(lines, words: int) -> float | None:
-    """How fully a speaker takes part: the mean over its replies of min(1, words in the reply /
-    `words`). A consistency-only reward favours bland or evasive replies ("I'd rather not say"),
-    which are short; a reply of `words` words or more counts fully. A floor the gate holds, not a
-    quality score: a long reply that contradicts the persona still counts as engaged."""
-    if not lines:
-        return None
-    return sum(min(1.0, len(ln.text.split()) / words) for ln in lines) / len(lines)
-
-
 def online_metrics(dialogues, qa: list[list[bool]] | None = None, engagement_words: int = 12) -> dict:
-    """Per-dialogue rates of judged rollouts (ppg.judges.base.verdict_rates: what any judge's
-    verdicts add up to) and engagement (of the text, whoever judges), averaged over dialogues
-    with 95% intervals, and the per-turn consistency curve (drift). A dialogue without a verdict
-    for a rate is not a unit of it."""
-    keys = ("consistency", "persona", "commitment", "reward", "coverage", "engagement")
-    per: dict[str, list] = {k: [] for k in keys}
-    units: dict[str, list] = {k: [] for k in keys}
+    """Every per-dialogue metric of the metric table (ppg.metrics.METRICS: rates of what any
+    judge's verdicts add up to, engagement of the text, whoever judges), averaged over dialogues
+    with 95% intervals, and the per-turn consistency curve (drift). A dialogue without a value
+    for a metric (no verdict for its rate) is not a unit of it."""
+    from ppg.metrics import METRICS
+
+    per_dialogue = {name.removeprefix("online."): m.per_dialogue for name, m in METRICS.items()
+                    if name.startswith("online.") and m.per_dialogue is not None}
+    settings = {"engagement_words": engagement_words}
+    per: dict[str, list] = {k: [] for k in per_dialogue}
+    units: dict[str, list] = {k: [] for k in per_dialogue}
     by_turn: dict[int, list[int]] = {}
     by_turn_persona: dict[int, list[int]] = {}
     for d in dialogues:
         lines = d.turns(d.evaluated_speakers[0])
-        rates = {**verdict_rates(lines), "engagement": engagement(lines, engagement_words)}
-        for k in keys:
-            if rates[k] is not None:
-                per[k].append(rates[k])
+        for k, value_of in per_dialogue.items():
+            value = value_of(lines, settings)
+            if value is not None:
+                per[k].append(value)
                 units[k].append(d.dialogue_id)
         for t, ln in enumerate(lines):
             ok, fits = consistent(ln.judge), (ln.judge or {}).get("persona")
@@ -45,7 +39,7 @@ def online_metrics(dialogues, qa: list[list[bool]] | None = None, engagement_wor
                 by_turn.setdefault(t, []).append(ok)
             if fits is not None:
                 by_turn_persona.setdefault(t, []).append(int(fits))
-    out = {k: mean_ci(per[k], (0.0, 1.0), units[k]) for k in keys}
+    out = {k: mean_ci(per[k], (0.0, 1.0), units[k]) for k in per_dialogue}
     # the drift curve is of consistency; a judge without line-to-line verdicts (the reward model)
     # gives it of prompt-to-line, and says so
     out["drift_of"] = "consistency" if by_turn or not by_turn_persona else "persona"
@@ -127,7 +121,7 @@ def persona_qa(model, tok, dialogues, judge, gen, questions: dict[str, list[str]
         partner = next(s for s in d.personas if s != speaker)
         data = d.model_dump()
         data["dialogue_id"] = f"{d.dialogue_id}-qa{len(probes)}"
-        # the dialogue's lines keep their verdicts: a judge that keeps known verdicts (stage_judge's,
+        # the dialogue's lines keep their verdicts: a judge that keeps known verdicts (build_judge's,
         # unless judge.overwrite) asks only about the answer, with the same history as before
         data["lines"] += [{"speaker": partner, "text": q}, {"speaker": speaker, "text": answer or "..."}]
         probes.append(Dialogue.model_validate(data))

@@ -38,12 +38,11 @@ def table(metrics: dict) -> str:
             return "no verdicts"  # e.g. commitment from a judge without line-to-line verdicts: unknown, not 0
         return f"{x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
 
-    cols = [("online", "reward"), ("online", "consistency"), ("online", "persona"), ("online", "commitment"),
-            ("online", "engagement"), ("online", "coverage"), ("online", "qa"), ("offline", "auc"),
-            ("offline", "weighted_nll")]
-    head = "| policy | " + " | ".join(f"{a}.{b}" for a, b in cols) + " |"
-    rows = [f"| {name} | " + " | ".join(cell(m.get(a, {}).get(b)) for a, b in cols) + " |"
-            for name, m in metrics.items()]
+    from ppg.metrics import METRICS, metric_entry
+
+    cols = [name for name, spec in METRICS.items() if spec.column]  # the metric table's order
+    head = "| policy | " + " | ".join(cols) + " |"
+    rows = [f"| {name} | " + " | ".join(cell(metric_entry(m, c)) for c in cols) + " |" for name, m in metrics.items()]
     return "\n".join([head, "|" + "---|" * (len(cols) + 1)] + rows) + "\n"
 
 

@@ -7,8 +7,8 @@ grade anything the judges that gave the training rewards are named and compared 
 
   - the judge of every judged line of the training data (`lines[].judge.by` in judge.out: the judge
     stage's, and any kept from earlier runs), and the judge an online PPG run trained against;
-  - same kind and model (an LLM's model name, a reward model's weights fingerprint) = the same
-    judge: refused;
+  - same kind and model (an LLM's model name, a reward model's weights fingerprint) and, where
+    both record it, the same endpoint = the same judge (ppg.judges.kinds.same_judge): refused;
   - two reward models must have been trained on disjoint personas (their judge.json lists the
     training personas' keys); a reward model whose training personas cannot be read is refused,
     since independence that cannot be checked is not assumed.
@@ -20,10 +20,7 @@ data it labelled, without this check.
 import json
 from pathlib import Path
 
-
-def judge_key(identity: dict) -> tuple:
-    """Who a judge is, for this comparison: its kind and model (prompt wording or knobs aside)."""
-    return identity.get("kind"), identity.get("model")
+from ppg.judges.kinds import judge_key, same_judge
 
 
 def reward_judges(dialogues) -> list[dict]:
@@ -63,7 +60,7 @@ def check_independent(grader: dict, trained_by: list[dict], rm_paths: dict[str, 
     """Refuse grading with `grader` (a judge identity) a policy trained on rewards of `trained_by`.
     rm_paths: reward-model fingerprint -> folder, for the models whose cards can be read."""
     for t in trained_by:
-        if judge_key(t) == judge_key(grader):
+        if same_judge(t, grader):
             raise ValueError(f"eval.judge: the rollouts would be graded by the judge that gave the training "
                              f"rewards ({t.get('kind')} {t.get('model')!r}); a policy trained against a judge "
                              f"must be graded by another: set eval.judge to another model or kind")

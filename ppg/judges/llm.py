@@ -20,10 +20,11 @@ import os
 import re
 import sys
 
-from ppg.data.importers import INT_LIST, VERDICT
+from ppg.data.formats import INT_LIST, VERDICT
 from ppg.data.schema import Dialogue
 from ppg.judges.base import both_hold
 from ppg.judges.endpoint import Answer, JudgeError, ask
+from ppg.judges.kinds import endpoint
 
 __all__ = ["LLMJudge", "JudgeError", "read_verdict", "read_conflicts"]
 
@@ -39,14 +40,6 @@ LINE_TO_LINE = (
     "New line spoken by {role}: {line}\n"
     "Which earlier lines does the new line clearly contradict? Give one sentence of reasoning, then "
     "a Python list of the conflicting indices, for example [2, 5], or [] if there is none.")
-QA = (
-    "Background of {role}: {backstory}\n"
-    "Question about {role}: {question}\n"
-    "Answer given by {role}: {answer}\n"
-    "Is the answer consistent with the background? End with exactly one word: YES if it is "
-    "consistent, NO if it is not.")
-
-
 def read_verdict(text: str | None) -> tuple[float | None, str | None]:
     """(YES -> 0.0 / NO -> 1.0, None), or (None, why): no_verdict when the answer names neither
     standalone word, both_words when it names both (which one it meant is a guess)."""
@@ -86,8 +79,9 @@ class LLMJudge:
         return f"LLMJudge(base_url={self.cfg.base_url!r}, model={self.cfg.model!r})"
 
     def identity(self) -> dict:
-        prompts = hashlib.sha256("\0".join((PROMPT_TO_LINE, LINE_TO_LINE, QA)).encode()).hexdigest()[:16]
-        return {"kind": "llm", "model": self.cfg.model, "prompts": prompts, "require": self.cfg.require}
+        prompts = hashlib.sha256("\0".join((PROMPT_TO_LINE, LINE_TO_LINE)).encode()).hexdigest()[:16]
+        return {"kind": "llm", "model": self.cfg.model, "base_url": endpoint(self.cfg.base_url), "prompts": prompts,
+                "require": self.cfg.require}
 
     async def _complete(self, client, sem, prompt: str) -> Answer:
         cache = self.cache
@@ -183,22 +177,3 @@ class LLMJudge:
     def judge(self, dialogues: list[Dialogue]) -> list[Dialogue]:
         """Copies of the dialogues with every evaluated line judged (reward null where unknown)."""
         return asyncio.run(self._judge(dialogues))
-
-    async def _qa(self, items):
-        import httpx
-
-        sem = asyncio.Semaphore(self.cfg.concurrency)
-        async with httpx.AsyncClient(base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, follow_redirects=False,
-                                     transport=self._transport) as client:
-            return await asyncio.gather(*(self._complete(client, sem, QA.format(**it)) for it in items))
-
-    def qa_consistency(self, items: list[dict]) -> list[float | None]:
-        """Q&A consistency: items {role, backstory, question, answer} -> 1 (answer fits the
-        backstory: YES), 0 (NO), None (no verdict, counted)."""
-        out = []
-        for ans in asyncio.run(self._qa(items)):
-            v, why = (None, ans.unknown) if ans.unknown else read_verdict(ans.text)
-            self._unknown(why)
-            self.counts["null_qa"] = self.counts.get("null_qa", 0) + (v is None)
-            out.append(None if v is None else 1.0 - v)  # YES -> 0.0 in read_verdict; here YES means consistent
-        return out

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ppg.data.schema import Dialogue, read_dialogues, write_dialogues
 from ppg.io import atomic_open
-from ppg.judges.base import Judge, LabelJudge
+from ppg.judges.kinds import build_judge
 
 
 def redact(dialogues: list[Dialogue], patterns: dict[str, str]) -> tuple[list[Dialogue], dict[str, int]]:
@@ -47,34 +47,13 @@ def redact(dialogues: list[Dialogue], patterns: dict[str, str]) -> tuple[list[Di
 def judge_models(p) -> dict:
     """What the judge (judge section) and the grader (eval.judge over it) read, by content: a
     reward model's folder hashed, an endpoint by address and model name (its weights are not ours
-    to hash). The `sources` stage writes it to data/models.json and the judge and evaluate stages
-    depend on that, so a retrained reward model re-runs them."""
-    from ppg.io import content_hash
+    to hash; ppg.judges.kinds says what each kind reads). The `sources` stage writes it to
+    data/models.json and the judge and evaluate stages depend on that, so a retrained reward model
+    re-runs them."""
+    from ppg.judges.kinds import judge_kind
 
-    out = {}
-    for role, cfg in (("judge", p.judge), ("grader", p.eval_judge())):
-        if cfg.kind == "reward-model":
-            path = Path(cfg.reward_model.path)
-            out[role] = {"kind": cfg.kind, "path": str(path), "content": content_hash(path) if path.exists() else None}
-        elif cfg.kind == "llm":
-            out[role] = {"kind": cfg.kind, "base_url": cfg.base_url, "model": cfg.model}
-        else:
-            out[role] = {"kind": cfg.kind}
-    return out
-
-
-def stage_judge(cfg, progress: bool = False) -> Judge:
-    """The judge judge.kind names (cfg: the judge section)."""
-    if cfg.kind == "labels":
-        return LabelJudge()
-    if cfg.kind == "reward-model":
-        from ppg.judges.reward_model import RewardModelJudge
-
-        return RewardModelJudge(cfg, keep_logged=not cfg.overwrite)
-    from ppg.judges.cache import VerdictCache
-    from ppg.judges.llm import LLMJudge
-
-    return LLMJudge(cfg, cache=VerdictCache(cfg.cache), keep_logged=not cfg.overwrite, progress=progress)
+    return {role: {"kind": cfg.kind, **judge_kind(cfg.kind).reads(cfg)}
+            for role, cfg in (("judge", p.judge), ("grader", p.eval_judge()))}
 
 
 def judge_dataset(p, data: Path, out: Path, progress: bool = False) -> dict:
@@ -85,7 +64,7 @@ def judge_dataset(p, data: Path, out: Path, progress: bool = False) -> dict:
     cfg, t0 = p.judge, time.perf_counter()
     src = data / "dialogues.jsonl" if data.is_dir() else data
     dialogues, redacted = redact(read_dialogues(src), cfg.redact)
-    judge = stage_judge(cfg, progress)
+    judge = build_judge(cfg, progress)
     c = tracking.client(p.mlflow)
     run_id = tracking.open_run(c, p.mlflow, name="judge", tags={"ppg.stage": "judge", "ppg.judge": cfg.kind},
                                params={"judge." + k: v for k, v in judge.identity().items()})

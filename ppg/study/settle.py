@@ -12,19 +12,20 @@ import math
 
 import numpy as np
 
-from ppg.returns import parse_policy_id
+from ppg.returns import POLICIES, parse_policy_id
 from ppg.stats import mean_ci
 
 POWER_Z = 2.0 + 0.9  # ~t(0.975) at a handful of seeds + z(0.80): 80% power at the 5% level
 
 
 def horizon(policy: str, turns: int) -> int | None:
-    """The credit horizon of a policy id: greedy 1, k<K> K, full the dialogue's length (None for
-    segment and bc, which are not K-step)."""
-    if policy in ("base", "segment", "bc"):
+    """The credit horizon of a policy id (ppg.returns.POLICIES: greedy 1, k<K> K, full the
+    dialogue's length; None for the untrained base and for classes that are not K-step)."""
+    if policy == "base":
         return None
     kind, k = parse_policy_id(policy)
-    return {"greedy": 1, "kstep": k, "full": turns}.get(kind)
+    rule = POLICIES[kind]
+    return rule.horizon(k, turns) if rule.horizon else None
 
 
 def _per_seed(row: dict | None) -> dict:

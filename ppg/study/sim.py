@@ -75,7 +75,7 @@ def cells(cfg) -> list[dict]:
             for seed in cfg.seeds:
                 for policy in cfg.policies:
                     kind, k = parse_policy_id(policy)
-                    if kind == "kstep" and k >= cfg.turns:
+                    if k is not None and k >= cfg.turns:  # a horizon past the dialogue: that is full
                         continue
                     for w in cfg.weights:
                         if policy == "bc" and shaping_zeroes_bc(cfg.weights[w].get("baseline", "none"),

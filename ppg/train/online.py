@@ -30,7 +30,7 @@ from ppg.io import content_hash
 from ppg.judges.base import verdict_rates
 from ppg.losses import online_ppg_loss, target_logprobs
 from ppg.models import base_model, load_tokenizer, tokenizer_hash, with_lora
-from ppg.returns import parse_policy_id, partial_returns, shape_weights
+from ppg.returns import POLICIES, parse_policy_id, partial_returns, shape_weights
 from ppg.rollout import GenerationConfig, play, rollout_arrays
 from ppg.partner import RolloutWorld
 from ppg.train import engine as eng
@@ -168,7 +168,7 @@ def online_step(p, run, world, gen, tok, ref, kind: str, k: int | None) -> tuple
     eps, partner, judge = world.draw(step_seed, oc.personas_per_step, oc.group)
     dialogues, rollouts = play(engine.module, tok, eps, partner, judge, gen, step_seed, with_tokens=True)
     # one row per rollout (each has one evaluated speaker); segment starts only where the class reads them
-    batch = turn_batch(dialogues, p.returns.segments if kind == "segment" else {"length": 1})
+    batch = turn_batch(dialogues, p.returns.segments if POLICIES[kind].segments else {"length": 1})
     r, mask = batch.rewards, batch.mask
     w = partial_returns(r, mask, kind, k=k, segments=batch.segment_starts, gamma=p.returns.gamma)
     adv = shape_weights(w, mask, oc.baseline, p.returns.standardize, torch.tensor([e.group for e in eps]),
