@@ -26,10 +26,10 @@ from prefect import flow, get_run_logger, task
 from ppg import registry, tracking
 from ppg.lineage import record
 from ppg.config import load_params
-from ppg.metrics import metric, metric_entry
 from ppg.evaluate.report import table
+from ppg.lineage.closure import stage_order
 from ppg.lock import workspace_lock
-from ppg.metrics import direction
+from ppg.metrics import best_policy
 from ppg.overlay import apply_overlay
 
 STRIP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", tracking.PARENT_ENV)
@@ -74,14 +74,6 @@ def register_and_gate(policy: str, parent_run_id: str, ungated: str | None) -> d
     name, version = registry.register(p, policy, parent_run_id, ungated)
     log.info("registered %s v%s (%s) as %s", name, version, policy, registry.CHALLENGER)
     return registry.gate(p, name, version, policy, parent_run_id, say=log.info)
-
-
-def _unscored(metrics: dict, path: str) -> str:
-    """Why a policy has no score on a metric, in words (e.g. the AUC's refusal with its count)."""
-    x = metric_entry(metrics, path)
-    if x is None:
-        return f"not measured (no {path} in its metrics.json)"
-    return (x.get("reason") or "no finite value") if isinstance(x, dict) else f"{path} = {x}"
 
 
 def link_runs(p, c, parent_run_id: str, trained: dict) -> dict:
@@ -227,12 +219,12 @@ def _stages(p, c, parent: str, log) -> dict:
         c.set_tag(parent, "ppg.skipped", "dvc status clean")
         trained, result["skipped"] = {}, True
     else:
-        for stage in ("prepare-model", "import", "judge", "validate", "build"):
-            clock.run(stage, repro, stage, parent)
-        trained = {pol: clock.run(f"train@{pol}", repro, f"train@{pol}", parent) for pol in p.returns.policies}
         retried = repro.with_options(retries=1, retry_delay_seconds=5)  # evaluation may call a remote judge
-        for pol in p.returns.policies:
-            clock.run(f"evaluate@{pol}", retried, f"evaluate@{pol}", parent)
+        trained = {}
+        for stage in stage_order(Path("dvc.yaml"), p.returns.policies, done=("sources",)):  # dvc.yaml's order
+            ran = clock.run(stage, retried if stage.startswith("evaluate@") else repro, stage, parent)
+            if stage.startswith("train@"):
+                trained[stage.removeprefix("train@")] = ran
         result["skipped"] = False
     record.log_end(c, parent)  # dvc.lock as the stages left it, the input manifests
     runs = link_runs(p, c, parent, trained)
@@ -242,27 +234,13 @@ def _stages(p, c, parent: str, log) -> dict:
 
     # the table is there even if registration or the gate fails; the run's last version adds the outcome
     create_markdown_artifact(md, key="ppg-policies", description="Per-policy comparison (validation split)")
-    scores = {pol: metric(m, p.eval.primary) for pol, m in metrics.items()}
-    known = {pol: direction(p.eval.primary) * s for pol, s in scores.items() if s is not None}
-    best = max(known, key=known.get) if known else None  # in the metric's better direction
+    scores, best = best_policy(p.eval.primary, metrics)
     result.update(table=md, trained=trained, runs=runs, validation=scores, best=best, gate=None)
     if best is not None:
         c.set_tag(parent, "ppg.best_policy", best)
-    # What is new is decided by the registry, not by what DVC ran now: weights trained by a run that
-    # died before its gate's verdict (server gone, killed) are registered and gated by the next one.
-    gated = ungated = None
-    if best is not None:  # one registry search: the gated version, or one to complete
-        gated, ungated = registry.versions_of_run(c, registry.model_name(p, metrics[best]), runs[best])
-    if best is None:
-        why = (f"no policy has a {p.eval.primary} score on validation ("
-               + "; ".join(f"{pol}: {_unscored(metrics[pol], p.eval.primary)}" for pol in p.returns.policies)
-               + "), so nothing was registered")
-    elif gated is not None:
-        when = "this run" if trained.get(best) else "an earlier run"
-        why = (f"the best policy on validation, {best} (trained in {when}), is registered and gated already "
-               f"as v{gated}: nothing new to register")
-    else:
-        result["gate"] = clock.run("register + gate", register_and_gate, best, parent, ungated)
+    action, why = registry.registration_step(p, c, best, metrics, runs, trained)
+    if action == "register":
+        result["gate"] = clock.run("register + gate", register_and_gate, best, parent, why or None)
         g = result["gate"]
         why = f"{'promoted' if g['promoted'] else 'not promoted'} v{g['challenger']} ({best}): {g['reason']}"
     log.info(why)

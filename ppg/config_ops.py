@@ -82,6 +82,9 @@ class RewardModelConfig:
     """Lines per step."""
     seed: int = 0
     """Split, initialisation and batch order."""
+    checkpoint_every: int = 50
+    """Save a resumable checkpoint every N steps (and at the last) under train.workdir/judge/: each
+    holds the whole model, so less often than the policy's (train.checkpoint_every)."""
 
 
 @dataclass
@@ -179,7 +182,7 @@ class EvalConfig:
     (personas of the held-out split of judge.out against partner_model, judged by judge.kind)."""
     partner_model: str = ""
     """llm partner: a model spec (tiny, smollm2-135m, a folder; "" = model.spec)."""
-    personas: int = 16
+    personas: int = 8
     """Held-out personas (one dialogue each) for online evaluation."""
     personas_file: str = ""
     """llm partner: a persona list (`ppg import-personas` writes one from the Consistent-LLMs
@@ -198,7 +201,7 @@ class EvalConfig:
     qa_questions: str = ""
     """llm partner: a JSON file {domain: [question, ...]} replacing the project's questions of
     the domains it names ("" = the project's)."""
-    generation: dict = field(default_factory=lambda: {"max_new_tokens": 32, "temperature": 0.7, "top_p": 0.9,
+    generation: dict = field(default_factory=lambda: {"max_new_tokens": 24, "temperature": 0.7, "top_p": 0.9,
                                                       "batch_size": 8})
     """Sampling for rollouts: the fields of GenerationConfig above (max_new_tokens,
     temperature, top_p, batch_size, backend: cache, the default, keeps each dialogue's KV cache
@@ -319,7 +322,7 @@ class RegistryConfig:
     thresholds: dict = field(default_factory=lambda: {"online.reward": 0.3, "online.consistency": 0.5})
     """Absolute bounds (dotted metric path -> value) the challenger must meet, champion or not: a
     floor for higher-is-better metrics, a ceiling for lower-is-better ones (ppg.metrics)."""
-    non_inferiority: dict = field(default_factory=dict)
+    non_inferiority: dict = field(default_factory=lambda: {"online.coverage": 0.1, "online.engagement": 0.1})
     """Secondary metrics that must not get worse (metric -> allowed loss, e.g. {online.coverage:
     0.05}): the paired lower bound of the challenger's improvement may not fall below -loss."""
 

@@ -169,3 +169,19 @@ def metric(metrics: dict, path: str) -> float | None:
     if isinstance(x, dict):
         x = None if x.get("refused") else x.get("mean")
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def unscored(metrics: dict, path: str) -> str:
+    """Why a policy has no score on a metric, in words (e.g. the AUC's refusal with its count)."""
+    x = metric_entry(metrics, path)
+    if x is None:
+        return f"not measured (no {path} in its metrics.json)"
+    return (x.get("reason") or "no finite value") if isinstance(x, dict) else f"{path} = {x}"
+
+
+def best_policy(primary: str, metrics: dict[str, dict]) -> tuple[dict, str | None]:
+    """(each policy's score on the primary metric, the best in the metric's better direction, or
+    None when no policy has a score): the best-on-validation choice."""
+    scores = {pol: metric(m, primary) for pol, m in metrics.items()}
+    known = {pol: direction(primary) * s for pol, s in scores.items() if s is not None}
+    return scores, (max(known, key=known.get) if known else None)

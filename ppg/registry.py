@@ -76,6 +76,25 @@ def versions_of_run(c, name: str, run_id: str) -> tuple[str | None, str | None]:
     return (gated[-1] if gated else None), (ungated[-1] if ungated else None)
 
 
+def registration_step(p, c, best: str | None, metrics: dict, runs: dict, trained: dict) -> tuple[str, str]:
+    """What to do with the best policy on validation, decided by the registry, not by what DVC ran
+    now (weights trained by a run that died before its gate's verdict are registered and gated by
+    the next one): ("register", the version of its training run registered but never gated, or
+    "") or ("none", why nothing is registered, in words)."""
+    from ppg.metrics import unscored
+
+    if best is None:
+        return "none", (f"no policy has a {p.eval.primary} score on validation ("
+                        + "; ".join(f"{pol}: {unscored(m, p.eval.primary)}" for pol, m in metrics.items())
+                        + "), so nothing was registered")
+    gated, ungated = versions_of_run(c, model_name(p, metrics[best]), runs[best])
+    if gated is not None:
+        when = "this run" if trained.get(best) else "an earlier run"
+        return "none", (f"the best policy on validation, {best} (trained in {when}), is registered and gated "
+                        f"already as v{gated}: nothing new to register")
+    return "register", ungated or ""
+
+
 def register(p, policy: str, parent_run_id: str | None = None, ungated: str | None = None) -> tuple[str, str]:
     """Merge models/<policy>, log it into the policy's run and register it as a new version of
     its registered model with alias `challenger`; `ungated`, a version of the same training run

@@ -46,7 +46,7 @@ def bc_start(tmp: Path, tiny_model) -> tuple[Params, dict, str]:
     write_dialogues(tmp / "imported/dialogues.jsonl", simulate("copy", 2000, TURNS, 0, sim))
     build_dataset(tmp / "imported", tmp / "built", tiny_model, "tiny", ["bc", "greedy"], {"length": 3}, SPLITS)
     gen = {"max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0, "batch_size": 48}
-    p = Params(model=ModelConfig(spec="tiny"), sim=sim, returns=ReturnsConfig(policies=["bc", "greedy"]),
+    p = Params(model=ModelConfig(spec="tiny", base=""), sim=sim, returns=ReturnsConfig(policies=["bc", "greedy"]),
                train=TrainConfig(data=str(tmp / "built"), out=str(tmp / "models"), workdir=str(tmp / "work"),
                                  batch_size=16, max_steps=1500, checkpoint_every=10 ** 6,
                                  lora=LoraConfig(enabled=False), deepspeed=adam(3e-3, 50)),
@@ -64,7 +64,7 @@ def offline_greedy(p: Params, tmp: Path, warm: str) -> dict:
 
     # the same dialogues, built with the warm start's saved tokenizer (a build records its tokenizer)
     build_dataset(tmp / "imported", tmp / "built-bc", warm, warm, ["greedy"], {"length": 3}, SPLITS)
-    q = replace(p, model=ModelConfig(spec=warm), train=replace(
+    q = replace(p, model=ModelConfig(spec=warm, base=""), train=replace(
         p.train, data=str(tmp / "built-bc"), out=str(tmp / "offline"), max_steps=200, deepspeed=adam(1e-3, 10)))
     train(q, "greedy", progress=False)
     return evaluate(q, "greedy", log=False)["online"]

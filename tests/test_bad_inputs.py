@@ -184,7 +184,7 @@ def assert_builds_as_written(res, src: Path, imported: Path, tmp_path: Path, tur
         [{k: w[k] for k in ("dialogue_id", "personas", "evaluated_speakers")} for w in want]
     assert [[ln.text for ln in d.lines] for d in got] == [[ln["text"] for ln in w["lines"]] for w in want]
     params = tmp_path / "params.yaml"
-    params.write_text("model: {spec: tiny}\nbuild: {splits: {train: 1.0}}\n")
+    params.write_text("model: {spec: tiny, base: ''}\nbuild: {splits: {train: 1.0}}\n")
     res = CliRunner().invoke(app, ["build", str(imported), "--out", str(tmp_path / "built"), "--params", str(params)])
     assert res.exit_code == 0, res.output
     rows = pq.read_table(tmp_path / "built/train.parquet").to_pylist()
@@ -264,7 +264,7 @@ def test_files_that_share_a_name_import_side_by_side_and_train(tmp_path, tiny_mo
 
     build_dataset(imported, tmp_path / "built", tiny_model, "tiny", ["k2"], {"length": 2},
                   BuildConfig(max_length=512, splits={"train": 1.0}))
-    p = Params(model=ModelConfig(spec="tiny"),
+    p = Params(model=ModelConfig(spec="tiny", base=""),
                train=TrainConfig(data=str(tmp_path / "built"), out=str(tmp_path / "models"),
                                  workdir=str(tmp_path / "w"), batch_size=2, max_steps=2,
                                  lora=LoraConfig(enabled=False)),

@@ -132,7 +132,7 @@ def test_schema_errors_name_the_field(tmp_path, record, field):
 
 def test_segments_from_meta_use_each_dialogues_starts_and_require_them(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("returns:\n  segments: {from: meta.segment_starts}\n")
+    params.write_text("returns:\n  policies: [greedy, segment]\n  segments: {from: meta.segment_starts}\n")
     lines = EXAMPLES.read_text().splitlines()
     src = tmp_path / "d.jsonl"
     src.write_text(lines[0] + "\n")  # therapy: meta.segment_starts {patient: [0, 2, 4]}

@@ -88,7 +88,7 @@ def trained(tmp_path_factory, tiny_model):
     write_dialogues(tmp / "imported/dialogues.jsonl", simulate("therapy", 24, 4, 0, SimConfig()))
     build_dataset(tmp / "imported", tmp / "built", tiny_model, "tiny", ["k2"], {"length": 2},
                   BuildConfig(max_length=512, splits={"train": 0.7, "test": 0.3}, folds=2))
-    p = Params(model=ModelConfig(spec="tiny"),
+    p = Params(model=ModelConfig(spec="tiny", base=""),
                train=TrainConfig(data=str(tmp / "built"), out=str(tmp / "models"), workdir=str(tmp / "work"),
                                  batch_size=2, max_steps=2, lora=LoraConfig(enabled=True, r=4)),
                mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp}/mlflow.db", artifacts=str(tmp / "artifacts")))

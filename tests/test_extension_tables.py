@@ -44,13 +44,14 @@ def test_a_toy_importer_is_one_table_entry(tmp_path, monkeypatch):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.tsv").write_text("1\tI am Ann.\thello | I bake\n2\tI am Bo.\thi\n")
     (tmp_path / "in" / "notes.json").write_text("{}")  # not a file of this format: reported, not read
+    (tmp_path / "params.yaml").write_text("")  # a stage needs a params file: the defaults will do
     r = RUN.invoke(app, ["import", "--source", f"tsv:{tmp_path / 'in'}", "--out", str(tmp_path / "out"),
-                         "--params", str(tmp_path / "none.yaml")])
+                         "--params", str(tmp_path / "params.yaml")])
     assert r.exit_code == 0, r.output
     ds = read_dialogues(tmp_path / "out" / "dialogues.jsonl")
     assert [(d.dialogue_id, [ln.text for ln in d.turns("bot")]) for d in ds] == [
         ("a:1", ["hello", "I bake"]), ("a:2", ["hi"])]
-    r = RUN.invoke(app, ["import", "--source", f"csvx:{tmp_path}", "--params", str(tmp_path / "none.yaml")])
+    r = RUN.invoke(app, ["import", "--source", f"csvx:{tmp_path}", "--params", str(tmp_path / "params.yaml")])
     assert r.exit_code == 2 and "('consistent-llms', 'synthetic-persona-chat', 'chitchat', 'jsonl', 'tsv')" in r.output
 
 

@@ -61,7 +61,7 @@ def online(values: dict, name="reward", coverage=None) -> dict:
 
 
 def cfg(**kw):
-    return RegistryConfig(**{"thresholds": {}, "min_pairs": 6, **kw})
+    return RegistryConfig(**{"thresholds": {}, "non_inferiority": {}, "min_pairs": 6, **kw})
 
 
 def test_a_better_challenger_is_promoted_a_worse_or_equal_one_blocked():
@@ -131,7 +131,7 @@ def test_offline_metrics_use_a_cluster_bootstrap_in_the_metrics_better_direction
 def registry_params(tmp_path, tiny_model):
     from ppg.config import EvalConfig, MlflowConfig, ModelConfig, Params, SimConfig
 
-    p = Params(model=ModelConfig(spec="tiny"), sim=SimConfig(domain="chatting"),
+    p = Params(model=ModelConfig(spec="tiny", base=""), sim=SimConfig(domain="chatting"),
                eval=EvalConfig(personas=8, turns=3, qa=False,
                                generation={"max_new_tokens": 4, "temperature": 1.0, "top_p": 1.0, "batch_size": 8}),
                mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "art")))

@@ -14,7 +14,7 @@ def params(tmp, **online):
     oc = dict(personas_per_step=2, group=2, turns=3, steps=3, domain="chatting",
               generation={"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "batch_size": 4})
     oc.update(online)
-    return Params(model=ModelConfig(spec="tiny"),
+    return Params(model=ModelConfig(spec="tiny", base=""),
                   train=TrainConfig(out=str(tmp / "models"), workdir=str(tmp / "work"), checkpoint_every=1,
                                     lora=LoraConfig(enabled=True, r=4)),
                   online=OnlineConfig(**oc),

@@ -109,8 +109,9 @@ def test_a_stopped_run_resumes_to_the_reward_model_an_uninterrupted_run_trains(t
     p, tmp, _ = trained
 
     def at(folder):
-        rm = dataclasses.replace(p.judge.reward_model, steps=6, batch_size=8, path=str(folder / "judge"))
-        return dataclasses.replace(p, train=TrainConfig(workdir=str(folder / "work"), checkpoint_every=2),
+        rm = dataclasses.replace(p.judge.reward_model, steps=6, batch_size=8, path=str(folder / "judge"),
+                                 checkpoint_every=1)
+        return dataclasses.replace(p, train=TrainConfig(workdir=str(folder / "work")),
                                    judge=dataclasses.replace(p.judge, reward_model=rm))
 
     whole = train_judge(at(tmp_path / "whole"), tmp / "logged", tmp_path / "whole" / "judge", progress=False)

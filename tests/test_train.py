@@ -53,7 +53,7 @@ def params(tmp, data, **train):
     cfg = dict(data=str(data), out=str(tmp / "models"), workdir=str(tmp / "work"), batch_size=2,
                max_steps=8, checkpoint_every=4, lora=LoraConfig(enabled=False), deepspeed=ds)
     cfg.update(train)
-    return Params(model=ModelConfig(spec="tiny"), train=TrainConfig(**cfg),
+    return Params(model=ModelConfig(spec="tiny", base=""), train=TrainConfig(**cfg),
                   mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp}/mlflow/mlflow.db",
                                       artifacts=str(tmp / "mlflow/artifacts")))
 

@@ -40,9 +40,19 @@ def out_folder(out: Path, option: str = "--out") -> Path:
     return out
 
 
-def read_params(path: Path):
+STAGE_PARAMS = typer.Option(Path("params.yaml"), help="The config tree; this command is a pipeline stage and "
+                            "refuses to run without it.")
+PARAMS = typer.Option(Path("params.yaml"), help="The config tree (the defaults params.yaml ships with when missing).")
+
+
+def read_params(path: Path, stage: bool = False):
+    """The config tree of path. A pipeline stage (stage=True: the commands dvc.yaml runs) refuses
+    a missing file: run without its workspace's params.yaml it would train on defaults nobody
+    chose. Other commands run on the defaults (the values params.yaml ships with)."""
     from ppg.config import load_params
 
+    if stage and not Path(path).exists():
+        fail(f"{path}: no such params file; `ppg` stages run in a workspace (its params.yaml) or with --params FILE")
     try:
         p = load_params(path)
     except ValueError as e:

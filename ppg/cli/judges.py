@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ppg.cli.app import app, fail, out_folder, read_params
+from ppg.cli.app import PARAMS, STAGE_PARAMS, app, fail, out_folder, read_params
 
 
 @app.command()
@@ -15,7 +15,7 @@ def judge(
     data: Path = typer.Argument(None, help="Imported folder (with dialogues.jsonl) or a .jsonl file "
                                 "(default: data.imported in params.yaml)."),
     out: Path = typer.Option(None, help="Output folder (default: judge.out in params.yaml)."),
-    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    params: Path = STAGE_PARAMS,
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Per-turn rewards for the turns that arrive without them (judge section of params.yaml):
@@ -26,7 +26,7 @@ def judge(
     from ppg.judges.llm import JudgeError
     from ppg.judges.stage import judge_dataset
 
-    p = read_params(params)
+    p = read_params(params, stage=True)
     out = out_folder(Path(out or p.judge.out))
     try:
         summary = judge_dataset(p, Path(data or p.data.imported), out, progress)
@@ -42,7 +42,7 @@ def train_judge(
     data: Path = typer.Argument(..., help="Dialogues with logged verdicts: a folder with dialogues.jsonl or a .jsonl "
                                 "(e.g. `ppg import -f consistent-llms` output)."),
     out: Path = typer.Option(None, help="Output folder (default: judge.reward_model.path)."),
-    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    params: Path = PARAMS,
     register: bool = typer.Option(True, help="Register it in MLflow as ppg-judge."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):

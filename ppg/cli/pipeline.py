@@ -8,9 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ppg.cli.app import app, fail, read_params
-
-PARAMS = typer.Option(Path("params.yaml"), help="The config tree.")
+from ppg.cli.app import PARAMS, STAGE_PARAMS, app, fail, read_params
 
 
 def _prefect_env(p=None):
@@ -26,13 +24,13 @@ def _prefect_env(p=None):
 @app.command("prepare-model")
 def prepare_model(
     out: Path = typer.Option(None, help="Folder to write (default: model.base in params.yaml)."),
-    params: Path = PARAMS,
+    params: Path = STAGE_PARAMS,
 ):
     """Copy the base model (model.spec, converted or built once into the cache) into a folder the
     pipeline versions with DVC."""
     from ppg.models import prepare_model as prepare
 
-    p = read_params(params)
+    p = read_params(params, stage=True)
     out = out or (Path(p.model.base) if p.model.base else None)
     if out is None:
         fail("out: give --out or set model.base in params.yaml")

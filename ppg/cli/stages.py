@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ppg.cli.app import app, fail, out_folder, read_params
+from ppg.cli.app import PARAMS, STAGE_PARAMS, app, fail, out_folder, read_params
 from ppg.data.importers import FORMATS
 
 @app.command("import")
@@ -17,13 +17,13 @@ def import_(
     source: str = typer.Option(None, help="FORMAT:PATH[,PATH...] instead of --format and PATHS "
                                "(default: data.source in params.yaml)."),
     out: Path = typer.Option(None, help="Output folder (default: data.imported in params.yaml)."),
-    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    params: Path = STAGE_PARAMS,
 ):
     """Convert dialogues to the canonical format: OUT/dialogues.jsonl and OUT/summary.json."""
     from ppg.data.importers import import_paths
     from ppg.data.schema import DataError
 
-    p = read_params(params)
+    p = read_params(params, stage=True)
     cfg = p.data
     out = out_folder(Path(out or cfg.imported))
     if format is None and (source or cfg.source) == "simulator":
@@ -58,7 +58,7 @@ def sources(
     source: str = typer.Option(None, help="FORMAT:PATH[,PATH...] (default: data.source in params.yaml)."),
     out: Path = typer.Option(Path("data/sources.json"), help="The manifest to write."),
     models_out: Path = typer.Option(Path("data/models.json"), help="The judge's and grader's models, by content."),
-    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    params: Path = STAGE_PARAMS,
 ):
     """The content of every file data.source reads (path, size, sha256), and of the model folders
     the judge and the grader read: the `import`, `judge` and `evaluate` stages depend on these
@@ -68,7 +68,7 @@ def sources(
     from ppg.io import atomic_open
     from ppg.judges.stage import judge_models
 
-    p = read_params(params)
+    p = read_params(params, stage=True)
     try:
         manifest = source_manifest(source or p.data.source)
     except DataError as e:
@@ -88,7 +88,7 @@ def simulate(
     turns: int = typer.Option(None, help="Turns of the persona speaker (default: sim.turns)."),
     seed: int = typer.Option(None, help="Seed (default: sim.seed); same seed, same bytes."),
     out: Path = typer.Option(..., help="Output folder: dialogues.jsonl + summary.json."),
-    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    params: Path = PARAMS,
 ):
     """Simulated persona dialogues judged exactly: canonical JSONL with per-turn rewards and the
     probe windows in meta.segment_starts."""
@@ -130,13 +130,13 @@ def validate(
     data: Path = typer.Argument(None, help="Judged folder (with dialogues.jsonl) or a .jsonl file "
                                 "(default: judge.out in params.yaml)."),
     out: Path = typer.Option(Path("data/validation"), help="Where report.md and gx_result.json go."),
-    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    params: Path = STAGE_PARAMS,
 ):
     """The validation gate (Great Expectations): exit 1 when a check fails, 2 on unreadable data."""
     from ppg.data.schema import DataError
     from ppg.data.validate import validate_dataset
 
-    p = read_params(params)
+    p = read_params(params, stage=True)
     try:
         ok = validate_dataset(Path(data or p.judge.out), out_folder(out), p.validate)
     except DataError as e:
@@ -152,7 +152,7 @@ def build(
     data: Path = typer.Argument(None, help="Judged folder or .jsonl (default: judge.out)."),
     out: Path = typer.Option(None, help="Output folder (default: build.out)."),
     model: str = typer.Option(None, help="Model spec whose tokenizer to use (default: model.spec)."),
-    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    params: Path = STAGE_PARAMS,
 ):
     """Token sequences (one per dialogue and evaluated speaker) with turn indices and the weights of
     every policy in returns.policies; persona-disjoint splits; {split}.parquet and stats.json."""
@@ -160,7 +160,7 @@ def build(
     from ppg.data.schema import DataError
     from ppg.models import base_model, resolve_model
 
-    p = read_params(params)
+    p = read_params(params, stage=True)
     spec = model or p.model.spec
     try:
         stats = build_dataset(Path(data or p.judge.out), out_folder(Path(out or p.build.out)),
@@ -180,7 +180,7 @@ def train(
     k: int = typer.Option(None, help="With --policy kstep: the horizon K (same as --policy k<K>)."),
     fold: int = typer.Option(None, help="Train on every fold but F (k-fold evaluation)."),
     mode: str = typer.Option("offline", help="offline (logged data, ppg build output) or online (simulator rollouts)."),
-    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    params: Path = STAGE_PARAMS,
     progress: bool = typer.Option(True, help="Show a progress bar."),
     stop_after: int = typer.Option(None, hidden=True, help="Exit after N steps (resume tests)."),
 ):
@@ -202,7 +202,7 @@ def train(
         fail(f"mode: expected offline or online, got {mode!r}")
     if mode == "online" and fold is not None:
         fail("fold: folds apply to offline training on logged data, not to online rollouts")
-    p = read_params(params)
+    p = read_params(params, stage=True)
     from ppg.train.online import train_online
     from ppg.train.offline import train as run_train
 
@@ -223,13 +223,13 @@ def evaluate_(
     fold: int = typer.Option(None, help="Evaluate fold F with the model trained without it."),
     mode: str = typer.Option(None, help="online | offline | both (default: eval.mode)."),
     run: str = typer.Option(None, help="Folder under train.out to evaluate instead of <policy> (e.g. k3-online)."),
-    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    params: Path = STAGE_PARAMS,
 ):
     """Consistency of a trained model: online on held-out simulator personas (exact judge, drift
     curve) and/or offline on logged verdicts (likelihood-ratio AUC, weighted NLL); eval/<policy>/."""
     from ppg.evaluate.run import evaluate
 
-    p = read_params(params)
+    p = read_params(params, stage=True)
     if mode:
         try:
             p.eval = type(p.eval)(**{**p.eval.__dict__, "mode": mode})
@@ -270,7 +270,7 @@ def returns(
     baseline: str = typer.Option(None, help="none|batch_mean|turn_mean|group_loo|turn_kind (default: params)."),
     standardize: bool = typer.Option(None, help="Standardize the shaped weights (default: params)."),
     out: Path = typer.Option(None, help="Write one JSON row per turn with every policy's weight."),
-    params: Path = typer.Option(Path("params.yaml"), help="The config tree."),
+    params: Path = PARAMS,
 ):
     """Per-turn partial returns w_t of each policy class for logged dialogues, and a summary."""
     import torch

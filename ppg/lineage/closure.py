@@ -177,6 +177,17 @@ def stages(dvc_yaml: Path) -> dict[str, dict]:
     return out
 
 
+def stage_order(dvc_yaml: Path, items: list[str], done: tuple[str, ...] = ()) -> list[str]:
+    """dvc.yaml's stages in the order they are written, a foreach stage once per item (name@item,
+    the items its `foreach` names: returns.policies), less those in done: what the pipeline runs,
+    in order, read from the graph rather than written a second time."""
+    out = []
+    for name, st in (yaml.safe_load(dvc_yaml.read_text()).get("stages") or {}).items():
+        if name not in done:
+            out += [f"{name}@{i}" for i in items] if "foreach" in st else [name]
+    return out
+
+
 def uncovered(dvc_yaml: Path, root: Path = ROOT) -> dict[str, list[str]]:
     """Per stage, the project files its command runs that none of its deps covers."""
     missing = {}

@@ -17,6 +17,7 @@ import json
 import math
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ppg.data.schema import read_dialogues
@@ -120,10 +121,12 @@ def train_judge(p, data: Path, out: Path, progress: bool = True, stop_after: int
     deepspeed, _, _ = eng.setup_distributed(one_rank="train-judge runs on one rank (the head is small; the "
                                                       "backbone only runs forward)")
     ds = judge_deepspeed(p.train.deepspeed, rm.lr)
-    knobs = {k: v for k, v in vars(rm).items() if k != "path"}  # where it is written changes nothing
+    # where it is written and how often it is saved change nothing it trains
+    knobs = {k: v for k, v in vars(rm).items() if k not in ("path", "checkpoint_every")}
     ident = {"mode": "judge", "base": content_hash(base), "data": content_hash(src), "code": eng.code_hash(),
              "reward_model": knobs, "deepspeed": ds}
-    run = TrainingRun("judge", ident, p.train, rm.steps, {}, rm.seed, stop_after=stop_after)
+    run = TrainingRun("judge", ident, replace(p.train, checkpoint_every=rm.checkpoint_every), rm.steps, {}, rm.seed,
+                      stop_after=stop_after)
     tok = load_tokenizer(base)
     tok.padding_side, tok.truncation_side = "right", "left"
     engine = run.start(deepspeed, judge_model(base, tok.pad_token_id, rm.lora_r),
