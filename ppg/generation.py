@@ -39,6 +39,12 @@ def generate_kwargs(gen: GenerationConfig, pad: int) -> dict:
 
 
 class Replier(Protocol):
+    """One batch of dialogues' replies, row by row (what ppg.rollout and evaluation read)."""
+
+    prefilled: int
+    """Ids fed at the start of turns so far, all rows: what the turns cost beyond one decoding
+    step per sampled id (the same on every backend)."""
+
     def reply(self, rows: list[int], new_ids: list[list[int]]) -> list[list[int]]:
         """Each listed row's reply to its context extended by its new ids. A row left out of rows
         has ended and is never asked again."""
@@ -92,7 +98,6 @@ class CachedReplies:
         self.mask = torch.zeros(n, 0, dtype=torch.long, device=self.device)  # 1: a real token's slot
         self.seen = torch.zeros(n, dtype=torch.long, device=self.device)  # real tokens so far: the next position
         self.pending = [[] for _ in range(n)]  # sampled but not yet in the cache: each reply's last id
-        self.record = None  # a list to get (row, context length, next-token logits) of every sampled id
         self.prefilled = 0  # ids fed at the start of a turn, all rows (decoding adds one per step on both paths)
 
     def _keep(self, rows: list[int]):
@@ -140,9 +145,6 @@ class CachedReplies:
         done = [False] * len(rows)
         for step in range(self.gen.max_new_tokens):
             nxt = sample_next(logits, self.gen).tolist()
-            if self.record is not None:
-                self.record += [(r, int(self.seen[b]), logits[b].float().cpu())
-                                for b, r in enumerate(rows) if not done[b]]
             for b, x in enumerate(nxt):
                 if not done[b]:
                     out[b].append(x)
@@ -195,3 +197,36 @@ class Reencoded:
 
 BACKENDS = {"cache": CachedReplies, "generate": Reencoded}
 assert tuple(BACKENDS) == BACKEND_NAMES, "a backend must be named in ppg.config_ops.BACKEND_NAMES too"
+
+
+class Backend(Protocol):
+    """Where replies come from: built once from the generation settings, the tokenizer and the
+    model (a server's backend would take its address and model name instead), asked for one
+    Replier per batch of dialogues."""
+
+    def batch(self, n: int) -> Replier:
+        """A Replier for n new dialogues."""
+
+    def load_weights(self, model) -> None:
+        """The policy's weights changed (online training calls this after every optimizer step).
+        A backend over the model in this process reads the live weights and has nothing to do; a
+        backend that keeps its own copy (a vLLM server) pushes them here before the next batch."""
+
+
+class InProcess:
+    """A backend over a model in this process: `cache` or `generate` repliers (BACKENDS)."""
+
+    def __init__(self, replier, model, tok, gen: GenerationConfig):
+        self.replier, self.model, self.gen = replier, model, gen
+        self.eos, self.pad = end_ids(model, tok), tok.pad_token_id
+
+    def batch(self, n: int) -> Replier:
+        return self.replier(self.model, n, self.gen, self.eos, self.pad)
+
+    def load_weights(self, model) -> None:
+        self.model = model  # the same module object in place: nothing to copy
+
+
+def backend(gen: GenerationConfig, tok, model) -> Backend:
+    """The backend gen.backend names, over this model."""
+    return InProcess(BACKENDS[gen.backend], model, tok, gen)

@@ -18,7 +18,7 @@ import torch
 
 from ppg.data.build import end_of_turn_marker, sentinel
 from ppg.data.schema import Dialogue, as_text
-from ppg.generation import BACKENDS, GenerationConfig, end_ids
+from ppg.generation import Backend, GenerationConfig, backend, end_ids
 from ppg.judges.base import Judge
 
 __all__ = ["GenerationConfig", "Episode", "Partner", "Rollout", "play", "rollout_arrays"]
@@ -89,21 +89,24 @@ def next_prompt(tok, persona: str, partner_lines: list[str], eot: str, ended_las
 
 @torch.no_grad()
 def play(model, tok, episodes: list[Episode], partner: Partner, judge: Judge, gen: GenerationConfig, seed: int,
-         with_tokens: bool = False, stats: dict | None = None):
+         with_tokens: bool = False, stats: dict | None = None, replies: Backend | None = None):
     """Play every episode turn by turn (the partner's line, then the policy's sampled reply) until
     the partner ends it; returns the judged Dialogues (same order), and with with_tokens=True
     also each dialogue's Rollout. The episodes themselves are left as given. stats, when given,
     gains "prefilled": the ids encoded at the start of turns over all dialogues (what a turn costs
-    beyond one forward step per sampled token)."""
+    beyond one forward step per sampled token). replies: the backend to sample from (one kept
+    across calls, e.g. by online training, which tells it of new weights); default: gen.backend
+    over model."""
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
-    eot, eos, pad = end_of_turn_marker(tok), end_ids(model, tok), tok.pad_token_id
+    eot, eos = end_of_turn_marker(tok), end_ids(model, tok)
+    replies = replies or backend(gen, tok, model)
     dialogues, rollouts, prefilled = [], [], 0
     for start in range(0, len(episodes), gen.batch_size):
         batch = [replace(e, lines=list(e.lines)) for e in episodes[start:start + gen.batch_size]]
         rolls = [Rollout() for _ in batch]
-        replier = BACKENDS[gen.backend](model, len(batch), gen, eos, pad)
+        replier = replies.batch(len(batch))
         active, t = list(range(len(batch))), 0
         while active:
             said = [(i, line) for i, line in zip(active, partner.reply([batch[i] for i in active]))

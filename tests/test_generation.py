@@ -18,29 +18,40 @@ def tiny(tiny_model):
     return AutoModelForCausalLM.from_pretrained(tiny_model).eval(), load_tokenizer(tiny_model)
 
 
-def test_cached_replies_see_what_a_forward_pass_over_the_dialogue_alone_sees(tiny):
+def test_cached_replies_see_what_a_forward_pass_over_the_dialogue_alone_sees(tiny, monkeypatch):
+    from ppg import generation
+
     model, tok = tiny
     gen = GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=0.9)
     # a large end set makes replies of every length happen: ended at once, ended mid-way, cut at 6
     eos = set(range(6, 700))
     replier = CachedReplies(model, 4, gen, eos, tok.pad_token_id)
-    replier.record = []
-    context = [[] for _ in range(4)]
+    steps, sample = [], generation.sample_next  # the logits each decoding step samples from, per call
+
+    def seen(logits, g):
+        steps.append(logits.float().clone())
+        return sample(logits, g)
+
+    monkeypatch.setattr(generation, "sample_next", seen)
+    record, context = [], [[] for _ in range(4)]
     g = torch.Generator().manual_seed(1)
     torch.manual_seed(0)
     lengths = []
     for rows in ([0, 1, 2, 3], [0, 1, 2, 3], [0, 2, 3], [2]):  # dialogues end between turns
         new = [torch.randint(6, 2000, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g).tolist()
                for _ in rows]  # new ids of different lengths per row: padding inside the cache
+        steps.clear()
         with torch.no_grad():
             replies = replier.reply(rows, new)
-        for r, x, y in zip(rows, new, replies):
-            context[r] += x + y
+        for b, (r, x, y) in enumerate(zip(rows, new, replies)):
+            context[r] += x
+            record += [(r, len(context[r]) + s, steps[s][b]) for s in range(len(y))]  # reply id s saw n ids
+            context[r] += y
             lengths.append(len(y))
     assert {1, 6} <= set(lengths) and any(1 < n < 6 for n in lengths)
-    assert len(replier.record) == sum(lengths)
+    assert len(record) == sum(lengths)
     worst = 0.0
-    for row, n, logits in replier.record:  # teacher forcing: the same sampled ids, one dialogue alone
+    for row, n, logits in record:  # teacher forcing: the same sampled ids, one dialogue alone
         with torch.no_grad():
             alone = model(torch.tensor([context[row][:n]])).logits[0, -1]
         worst = max(worst, (alone - logits).abs().max().item())

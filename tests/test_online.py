@@ -243,3 +243,47 @@ def test_the_online_loss_climbs_a_bandit_reward(tiny_model):
         loss.backward()
         opt.step()
     assert rates[0] < 0.75 and min(rates[-3:]) > 0.9, rates
+
+
+def test_a_backend_with_its_own_weights_follows_every_update_through_load_weights(tmp_path, tiny_model,
+                                                                                    monkeypatch):
+    """Online training tells its sampling backend of new weights after every step: a backend that
+    keeps its own copy of the policy (as a server would) and learns of updates only through
+    load_weights samples every batch from the weights the policy has then; one that ignores
+    load_weights samples from the starting policy after the first update."""
+    import copy
+
+    from ppg.generation import BACKENDS, InProcess
+    from ppg.train import online
+
+    seen = []  # per batch: largest difference between the backend's weights and the live policy's
+
+    class OwnCopy(InProcess):
+        synced = True
+
+        def __init__(self, replier, model, tok, gen):
+            super().__init__(replier, copy.deepcopy(model).eval(), tok, gen)
+            self.live = model
+
+        def batch(self, n):
+            live = dict(self.live.named_parameters())
+            seen.append(max((p.detach() - live[k].detach()).abs().max().item()
+                            for k, p in self.model.named_parameters()))
+            return super().batch(n)
+
+        def load_weights(self, model):
+            if self.synced:
+                self.model.load_state_dict(model.state_dict())
+
+    def run(folder):
+        seen.clear()
+        with monkeypatch.context() as m:
+            m.setattr(online, "backend", lambda gen, tok, model: OwnCopy(BACKENDS[gen.backend], model, tok, gen))
+            online.train_online(params(tmp_path / folder, baseline="none"), "k2", progress=False)
+        return list(seen)
+
+    synced = run("synced")
+    assert len(synced) == 3 and max(synced) == 0.0  # every step's rollouts: the policy as it is then
+    OwnCopy.synced = False
+    stale = run("stale")
+    assert stale[0] == 0.0 and min(stale[1:]) > 0.0  # the starting weights after the first update

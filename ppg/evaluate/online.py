@@ -61,7 +61,7 @@ def answers_after(model, tok, asks: list[tuple], gen) -> list[str]:
     each branches off with its own question (gen.backend "generate" re-encodes every prompt)."""
     from dataclasses import replace
 
-    from ppg.generation import BACKENDS, end_ids
+    from ppg.generation import backend
 
     greedy = replace(gen, temperature=0.0)
     ids, of = [], {}  # of: dialogue -> its asks, in order
@@ -75,7 +75,7 @@ def answers_after(model, tok, asks: list[tuple], gen) -> list[str]:
         of.setdefault(id(d), []).append(j)
     groups = list(of.values())
     per_batch = max(1, gen.batch_size // max(len(g) for g in groups))  # about batch_size answers at once
-    eos, answers = end_ids(model, tok), [None] * len(asks)
+    replies, answers = backend(greedy, tok, model), [None] * len(asks)
     for s in range(0, len(groups), per_batch):
         batch = groups[s:s + per_batch]
         shared = []
@@ -84,7 +84,7 @@ def answers_after(model, tok, asks: list[tuple], gen) -> list[str]:
             first = ids[g[0]]
             n = next((i for i in range(n) if any(ids[j][i] != first[i] for j in g)), n)
             shared.append(n)
-        replier = BACKENDS[greedy.backend](model, len(batch), greedy, eos, tok.pad_token_id)
+        replier = replies.batch(len(batch))
         replier.extend([ids[g[0]][:n] for g, n in zip(batch, shared)])
         rows = [(b, j) for b, g in enumerate(batch) for j in g]
         replier.branch([b for b, _ in rows])

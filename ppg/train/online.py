@@ -31,6 +31,7 @@ from ppg.judges.base import verdict_rates
 from ppg.losses import online_ppg_loss, target_logprobs
 from ppg.models import base_model, load_tokenizer, tokenizer_hash, with_lora
 from ppg.returns import POLICIES, parse_policy_id, partial_returns, shape_weights
+from ppg.generation import backend
 from ppg.rollout import GenerationConfig, play, rollout_arrays
 from ppg.partner import RolloutWorld
 from ppg.train import engine as eng
@@ -141,8 +142,9 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     gen = GenerationConfig(**oc.generation)
     world = RolloutWorld(p, oc.partner, p.train.split, gen,  # partner and judge loaded once
                          domain if oc.partner == "simulator" else oc.domain, oc.turns)
+    replies = backend(gen, tok, engine.module)  # the policy's sampler, told of every update
     while run.state["step"] < oc.steps:
-        last, dialogues = online_step(p, run, world, gen, tok, ref, kind, k)
+        last, dialogues = online_step(p, run, world, gen, replies, tok, ref, kind, k)
         run.state["history"].append(last)
         write_dialogues(run.workdir / "rollouts" / f"step-{run.state['step'] + 1:07d}.jsonl", dialogues)
         if run.step_done(last, reward="-" if last["reward"] is None else f"{last['reward']:.3f}",
@@ -160,13 +162,14 @@ def train_online(p, policy: str, progress: bool = True, stop_after: int | None =
     return json.loads(json.dumps(result, default=str))
 
 
-def online_step(p, run, world, gen, tok, ref, kind: str, k: int | None) -> tuple[dict, list]:
+def online_step(p, run, world, gen, replies, tok, ref, kind: str, k: int | None) -> tuple[dict, list]:
     """One REINFORCE step: draw personas, play and judge the rollouts, credit each turn with its
     policy class's partial return less the baseline, update. (the step's metrics, its dialogues)"""
     oc, engine, t0 = p.online, run.engine, time.perf_counter()
     step_seed = p.train.seed * 100_003 + run.state["step"]
     eps, partner, judge = world.draw(step_seed, oc.personas_per_step, oc.group)
-    dialogues, rollouts = play(engine.module, tok, eps, partner, judge, gen, step_seed, with_tokens=True)
+    dialogues, rollouts = play(engine.module, tok, eps, partner, judge, gen, step_seed, with_tokens=True,
+                               replies=replies)
     # one row per rollout (each has one evaluated speaker); segment starts only where the class reads them
     batch = turn_batch(dialogues, p.returns.segments if POLICIES[kind].segments else {"length": 1})
     r, mask = batch.rewards, batch.mask
@@ -182,6 +185,7 @@ def online_step(p, run, world, gen, tok, ref, kind: str, k: int | None) -> tuple
     engine.backward(out.loss)
     norm = eng.grad_norm(engine)
     engine.step()
+    replies.load_weights(engine.module)  # the next rollouts sample the updated policy
     rates = verdict_rates([ln for d in dialogues for ln in d.turns(d.evaluated_speakers[0])])
     judged = r[mask][~torch.isnan(r[mask])]  # a turn without a verdict is unknown, not 0 or NaN
     last = {"loss": out.loss.item(), "kl": out.kl.item(), "reward": float(judged.mean()) if len(judged) else None,
