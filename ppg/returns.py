@@ -29,6 +29,7 @@ def _segment_end(t, k, segments, n, T):
 class CreditRule:
     """One policy class: the turns S_t = {t, ..., e_t - 1} it credits, given as e_t."""
     end: Callable | None  # (t [T], k, segment length, n [B], T) -> e: [T] (shared) or [B, 1]; None: bc, weight 1
+    uses_length: bool = False  # end reads n, each dialogue's turn count (else it gets None: one pass saved)
     k_prefix: str = ""  # ids carry a horizon K: `<prefix><K>` (k3); "" = the id is the class name
     segments: bool = False  # reads the segment partition (returns.segments: a length or per-dialogue starts)
     horizon: Callable | None = None  # (k, turns) -> its credit horizon in the K study; None: not a K-step class
@@ -37,7 +38,7 @@ class CreditRule:
 POLICIES = {
     "greedy": CreditRule(lambda t, k, seg, n, T: t + 1, horizon=lambda k, turns: 1),
     "kstep": CreditRule(lambda t, k, seg, n, T: (t + k).clamp(max=T), k_prefix="k", horizon=lambda k, turns: k),
-    "full": CreditRule(lambda t, k, seg, n, T: n[:, None], horizon=lambda k, turns: turns),
+    "full": CreditRule(lambda t, k, seg, n, T: n[:, None], uses_length=True, horizon=lambda k, turns: turns),
     "segment": CreditRule(_segment_end, segments=True),
     "bc": CreditRule(None),
 }
@@ -185,7 +186,7 @@ def partial_returns(rewards, mask, policy, k=None, segments=None, gamma=1.0, val
     t = torch.arange(T, device=x.device)
     # e: first turn past S_t, clamped to T (any e >= n works: rewards are 0 there); [T] when it is
     # the same for every dialogue, [B, 1] when it depends on the dialogue (full)
-    e = rule.end(t, k, segments, mask.sum(1), T)
+    e = rule.end(t, k, segments, mask.sum(1) if rule.uses_length else None, T)
     if e.dim() == 1 and torch.equal(e, t + 1):
         return x  # S_t = {t} (greedy, k1, segments of 1): exactly the rewards, no sums to round
     w = _window_sums(x, e, gamma)

@@ -62,7 +62,7 @@ def test_a_toy_credit_rule_is_one_table_entry(tmp_path, monkeypatch):
     from ppg.returns import POLICIES, CreditRule
 
     monkeypatch.setitem(POLICIES, "half", CreditRule(
-        lambda t, k, seg, n, T: torch.maximum(t + (n[:, None] - t + 1) // 2, t + 1).clamp(max=T)))
+        lambda t, k, seg, n, T: torch.maximum(t + (n[:, None] - t + 1) // 2, t + 1).clamp(max=T), uses_length=True))
     rng = random.Random(0)
     ds = [dialogue(i, [rng.choice([0.0, 1.0, None]) for _ in range(rng.randint(1, 7))]) for i in range(20)]
     write_dialogues(tmp_path / "d.jsonl", ds)
