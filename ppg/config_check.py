@@ -23,8 +23,20 @@ def short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+class _Anchored(yaml.YAMLError):
+    def __init__(self, mark):
+        self.mark = mark
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping."""
+    """SafeLoader that refuses anchors and aliases as it meets them (before any is expanded) and a
+    key given twice in one mapping."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _Anchored(event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = {}
@@ -50,12 +62,11 @@ def read_yaml(path: str | Path, text: str | None = None) -> dict:
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not UTF-8 at byte {e.start}") from None
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):  # events only: nothing is expanded
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                m = event.start_mark
-                raise ValueError(f"{path}: line {m.line + 1} column {m.column + 1}: YAML anchors and aliases "
-                                 f"(&name, *name) are not accepted in params files; write the values out")
         data = yaml.load(text, Loader=_StrictLoader)
+    except _Anchored as e:
+        m = e.mark
+        raise ValueError(f"{path}: line {m.line + 1} column {m.column + 1}: YAML anchors and aliases "
+                         f"(&name, *name) are not accepted in params files; write the values out") from None
     except yaml.YAMLError as e:
         m = getattr(e, "problem_mark", None)
         where = f"line {m.line + 1} column {m.column + 1}: " if m else ""
