@@ -125,7 +125,8 @@ def check(p, logs: Path) -> dict:
     if not source_folder_reads(p.data.source, incoming):
         raise ValueError(f"monitor.incoming: data.source {p.data.source!r} does not read {incoming}, so drifted "
                          f"logs put there would never become training data (use jsonl:{incoming})")
-    dialogues, progress, read = read_logs(logs, cfg.format, progress_of(state, cfg.format))
+    known = progress_of(state, cfg.format)
+    dialogues, progress, read = read_logs(logs, cfg.format, known)
     report = {"logs": str(logs), "files": sorted(progress), "versions": {}, "fired": False, **read,
               "unregistered": {}}
     if dialogues:
@@ -168,7 +169,7 @@ def check(p, logs: Path) -> dict:
         old = sorted((state_dir / "batches").glob("*.jsonl"))[:-cfg.keep_batches or None]
         for f in old:  # retention: the newest keep_batches judged batches stay
             f.unlink()
-    state["read"] = {**progress_of(state, cfg.format), **progress}  # only now: the batch is judged
+    state["read"] = {**known, **progress}  # only now: the batch is judged
     state.pop("seen", None)
     state["checks"] += 1
     report["seconds"] = time.time() - t0

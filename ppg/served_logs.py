@@ -40,19 +40,14 @@ def head_hash(path: Path, n: int) -> str:
 
 
 def log_files(logs: Path, fmt: str, skipped: Counter) -> list[Path]:
-    """The files of a logs folder that the format reads (or the one file); dead symlinks counted."""
-    from ppg.data.importers import importer
+    """The files of a logs folder that the format reads, as an import lists them (or the one
+    file); symlinks that lead nowhere, which a listing passes over silently, are counted."""
+    from ppg.data.importers import source_files
 
-    suffixes = importer(fmt).suffixes
-    if not logs.is_dir():
-        return [logs]
-    out = []
-    for f in sorted(logs.iterdir()):
-        if f.is_symlink() and not f.exists():  # dangling, or a loop: is_file() would say False silently
+    for f in logs.iterdir() if logs.is_dir() else []:
+        if f.is_symlink() and not f.exists():
             skipped["dead_symlink"] += 1
-        elif f.is_file() and not f.name.startswith(".") and f.suffix.lower() in suffixes:
-            out.append(f)
-    return out
+    return source_files(fmt, [logs])
 
 
 def _record(raw: bytes, where: str, skipped: Counter, examples: dict):
