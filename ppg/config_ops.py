@@ -169,6 +169,44 @@ def judge_with(base: JudgeConfig, overrides: dict, key: str) -> JudgeConfig:
 
 
 @dataclass
+class PartnerEndpointConfig:
+    """The llm partner behind an OpenAI-compatible chat-completions endpoint (a vLLM or TGI
+    server, `transformers serve`, a hosted API) instead of a model loaded beside the policy.
+    Requests, retries and redirects follow the judge's rules (ppg.judges.endpoint); its replies
+    are sampled with the rollout's generation settings and never cached."""
+    base_url: str = ""
+    """The endpoint's base URL (…/v1); "" = the partner is eval.partner_model, in this process."""
+    model: str = ""
+    """The model name sent with each request (and recorded as the partner's identity)."""
+    api_key_env: str = ""
+    """The environment variable that holds the API key ("" = none sent; never written anywhere)."""
+    timeout_s: float = 60.0
+    """The whole of one attempt in seconds (connecting, sending, the answer's last byte)."""
+    retries: int = 3
+    """Retries of a request that timed out, got HTTP 429/5xx or an answer that is not a chat
+    completion; a dialogue whose request still fails is dropped and counted (never shortened). A
+    redirect or another 4xx stops the run at once: retrying will not mend a wrong name or key."""
+    backoff_s: float = 0.5
+    """The first retry's wait; each next one doubles it."""
+    retry_after_max_s: float = 60.0
+    """The longest wait a 429's Retry-After header is honoured for."""
+    concurrency: int = 8
+    """Requests in flight at once (one per dialogue of a generation batch)."""
+    max_drop_share: float = 0.25
+    """More dropped dialogues than this share of those played fails the run: the endpoint is down
+    rather than flaky, and the survivors would be a biased sample."""
+
+    def __post_init__(self):
+        if self.base_url and not self.model:
+            raise ValueError("eval.partner_endpoint.model: the endpoint's model name is required with base_url")
+        if self.retries < 0 or self.concurrency < 1 or not 0 <= self.max_drop_share < 1:
+            raise ValueError("eval.partner_endpoint: retries must be >= 0, concurrency >= 1, "
+                             "max_drop_share in [0, 1)")
+        if not (self.timeout_s > 0 and self.backoff_s >= 0 and self.retry_after_max_s >= 0):
+            raise ValueError("eval.partner_endpoint: timeout_s must be > 0, backoff_s and retry_after_max_s >= 0")
+
+
+@dataclass
 class EvalConfig:
     out: str = "eval"
     """Results go to OUT/<policy>/: metrics.json, table.md, drift.png (and the judged dialogues)."""
@@ -181,7 +219,10 @@ class EvalConfig:
     """Who plays the other side online: simulator (closed-vocabulary personas, exact judge) or llm
     (personas of the held-out split of judge.out against partner_model, judged by judge.kind)."""
     partner_model: str = ""
-    """llm partner: a model spec (tiny, smollm2-135m, a folder; "" = model.spec)."""
+    """llm partner in this process: a model spec (tiny, smollm2-135m, a folder; "" = model.spec)."""
+    partner_endpoint: PartnerEndpointConfig = field(default_factory=PartnerEndpointConfig)
+    """llm partner behind an endpoint (its base_url set; then partner_model must stay ""): the
+    fields above. Online PPG's llm partner is this one too."""
     personas: int = 8
     """Held-out personas (one dialogue each) for online evaluation."""
     personas_file: str = ""
@@ -234,6 +275,9 @@ class EvalConfig:
 
     def __post_init__(self):
         one_of("eval.partner", self.partner, ("simulator", "llm"))
+        if self.partner_endpoint.base_url and self.partner_model:
+            raise ValueError("eval.partner_model and eval.partner_endpoint.base_url: the llm partner is one or "
+                             "the other; set one")
         one_of("eval.mode", self.mode, ("online", "offline", "both"))
         if self.personas < 1:
             raise ValueError(f"eval.personas: must be >= 1, got {self.personas}")

@@ -2,9 +2,11 @@
 
 Both models are measured on the same test units (online: the same personas and sampling seeds;
 offline: the same logged turns), so the comparison is paired, which removes the personas'
-own spread from the noise. For each metric the gate computes the challenger's IMPROVEMENT in
-the metric's better direction (positive = challenger better, also for lower-is-better metrics)
-with an interval at registry.confidence:
+own spread from the noise. Only units both models have are paired: a dialogue the partner
+dropped for either model (ppg.partner_models) is no pair, and registry.min_pairs counts pairs.
+For each metric the gate computes the challenger's IMPROVEMENT in the metric's better direction
+(positive = challenger better, also for lower-is-better metrics) with an interval at
+registry.confidence:
 
   sign_flip          per-persona differences d_i; H0 "mean improvement <= delta" is tested by
                      flipping the signs of d_i - delta (all 2^n flips for n <= 16, else 20,000

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ppg.data.build import assign_splits
 from ppg.data.turns import persona_groups, persona_id
-from ppg.generation import generate_kwargs
 from ppg.rollout import Episode
 
 ROLES = {  # domain -> (partner's role name, what the partner is asked to do)
@@ -101,40 +100,10 @@ def file_episodes(personas: list[dict], train: list[Episode], where: str) -> lis
     return out
 
 
-class LLMPartner:
-    """A causal LM that plays the partner: it sees its own lines as assistant turns and the
-    persona's as user turns, and speaks `turns` times per dialogue (then the dialogue ends)."""
-
-    def __init__(self, model, tok, turns: int, gen):
-        self.model, self.tok, self.turns, self.gen = model, tok, turns, gen
-
-    def messages(self, e: Episode) -> list[dict]:
-        _, system = partner_prompt(e.domain, (e.meta.get("persona_meta") or {}).get("topic"))
-        msgs = [{"role": "system", "content": system}, {"role": "user", "content": OPENING.format(speaker=e.speaker)}]
-        for ln in e.lines:  # the partner opens after the cue; then the two alternate
-            msgs.append({"role": "assistant" if ln["speaker"] == e.partner else "user", "content": ln["text"]})
-        return msgs
-
-    def reply(self, episodes: list[Episode]) -> list[str | None]:
-        import torch
-
-        from ppg.data.schema import as_text
-
-        live = [i for i, e in enumerate(episodes) if len(e.partner_lines()) < self.turns]
-        out: list[str | None] = [None] * len(episodes)
-        if not live:
-            return out
-        device = next(self.model.parameters()).device
-        prompts = [self.tok.apply_chat_template(self.messages(episodes[i]), add_generation_prompt=True,
-                                                tokenize=False) for i in live]
-        enc = self.tok(prompts, return_tensors="pt", padding=True, padding_side="left",
-                       add_special_tokens=False).to(device)
-        with torch.no_grad():  # exactly gen's sampling, no model default (ppg.generation.generate_kwargs)
-            ids = self.model.generate(**enc, **generate_kwargs(self.gen, self.tok.pad_token_id))
-        for i, row in zip(live, ids[:, enc["input_ids"].shape[1]:]):
-            text = as_text(self.tok.decode(row, skip_special_tokens=True).strip())
-            out[i] = text or "..."  # a line is never empty (the schema refuses one)
-        return out
+def partner_chat(e: Episode) -> tuple[str, str]:
+    """(system prompt, opening cue) of the partner in an episode."""
+    _, system = partner_prompt(e.domain, (e.meta.get("persona_meta") or {}).get("topic"))
+    return system, OPENING.format(speaker=e.speaker)
 
 
 class RolloutWorld:
@@ -153,12 +122,9 @@ class RolloutWorld:
             if self.domain not in p.sim.domains:
                 raise ValueError(f"domain: {self.domain!r} is not one of {sorted(p.sim.domains)} (sim.domains)")
             return
-        from transformers import AutoModelForCausalLM
-
         from ppg.data.schema import read_dialogues
         from ppg.judges.independent import reward_judges
         from ppg.judges.kinds import build_judge
-        from ppg.models import base_model, eval_device, load_tokenizer, resolve_model
 
         src = Path(p.judge.out) / "dialogues.jsonl"
         dialogues = read_dialogues(src)
@@ -176,10 +142,13 @@ class RolloutWorld:
             raise ValueError(f"partner llm: {personas_file or src} has no persona"
                              f"{'' if personas_file else f' in the {split} split'}"
                              f"{f' of domain {domain!r}' if domain else ''}")
-        folder = resolve_model(p.eval.partner_model) if p.eval.partner_model else base_model(p)
-        model = AutoModelForCausalLM.from_pretrained(str(folder)).to(eval_device()).eval()
-        self.partner = LLMPartner(model, load_tokenizer(folder), self.turns, gen)
+        self.partner = llm_partner(p, self.turns, gen)
         self.judge = build_judge(judge_cfg or p.judge)
+
+    def partner_identity(self) -> dict | None:
+        """Who plays the partner (None: the simulator); part of metrics.json and of online
+        training's run identity."""
+        return None if self.partner_kind == "simulator" else partner_identity(self.p)
 
     def draw(self, seed: int, personas: int, group: int):
         """(episodes, partner, judge): `personas` personas, each played `group` times (one group
@@ -192,3 +161,27 @@ class RolloutWorld:
         eps = [e if group == 1 else replace(e, dialogue_id=f"{e.dialogue_id}-{g}", group=i)
                for i, e in enumerate(drawn) for g in range(group)]
         return eps, self.partner, self.judge
+
+
+def partner_identity(p) -> dict:
+    """The llm partner's identity: its endpoint and model name, or the model spec in process."""
+    ep = p.eval.partner_endpoint
+    if ep.base_url:
+        return {"kind": "endpoint", "base_url": ep.base_url, "model": ep.model}
+    return {"kind": "in-process", "model": p.eval.partner_model or p.model.spec}
+
+
+def llm_partner(p, turns: int, gen, transport=None):
+    """The llm partner of params p: behind eval.partner_endpoint when its base_url is set, else
+    eval.partner_model (model.spec when "") loaded here (ppg.partner_models)."""
+    from ppg.partner_models import EndpointPartner, InProcessPartner
+
+    if p.eval.partner_endpoint.base_url:
+        return EndpointPartner(p.eval.partner_endpoint, turns, gen, partner_chat, transport=transport)
+    from transformers import AutoModelForCausalLM
+
+    from ppg.models import base_model, eval_device, load_tokenizer, resolve_model
+
+    folder = resolve_model(p.eval.partner_model) if p.eval.partner_model else base_model(p)
+    model = AutoModelForCausalLM.from_pretrained(str(folder)).to(eval_device()).eval()
+    return InProcessPartner(model, load_tokenizer(folder), turns, gen, partner_chat)

@@ -2,7 +2,10 @@
 sampling, and a Judge scores every turn. Used by online evaluation, the gate and online PPG.
 Rollout dialogues are canonical Dialogues (judged rewards; the partner's episodes say which
 source and meta they record). The simulator (ppg.sim.partner) is a Partner; so is any model or
-service that answers `reply(episodes)`.
+service that answers `reply(episodes)` (ppg.partner_models: a model in this process or behind an
+endpoint). A partner that keeps failing on a dialogue answers Drop for it: the dialogue is
+abandoned, not judged and not returned, and counted by the caller (a shortened dialogue would
+pass for a finished one).
 
 The context of a dialogue is kept as token ids: each turn appends the chat template's text up to
 the next reply (the previous end-of-turn marker, the partner's line, the assistant header) and
@@ -21,7 +24,7 @@ from ppg.data.schema import Dialogue, as_text
 from ppg.generation import Backend, GenerationConfig, backend, end_ids
 from ppg.judges.base import Judge
 
-__all__ = ["GenerationConfig", "Episode", "Partner", "Rollout", "play", "rollout_arrays"]
+__all__ = ["GenerationConfig", "Drop", "Episode", "Partner", "Rollout", "play", "rollout_arrays"]
 
 
 @dataclass
@@ -62,39 +65,54 @@ class Episode:
             "lines": self.lines, "meta": self.meta})
 
 
+@dataclass(frozen=True)
+class Drop:
+    """A partner's answer for a dialogue it cannot go on with (why: what its last attempt met)."""
+    why: str
+
+
 class Partner(Protocol):
     """Who plays the other side of a rollout."""
 
-    def reply(self, episodes: list[Episode]) -> list[str | None]:
-        """The partner's next line in each dialogue so far (episode.lines); None ends that one."""
+    def reply(self, episodes: list[Episode]) -> list[str | None | Drop]:
+        """The partner's next line in each dialogue so far (episode.lines); None ends that one, a
+        Drop abandons it."""
 
 
-def next_prompt(tok, persona: str, partner_lines: list[str], eot: str, ended_last: bool | None) -> str:
-    """The template text between the last reply's sampled ids and the next reply: rendered with a
-    sentinel in place of every earlier reply, cut after the last one. When the last reply ended
-    with the marker itself (its sampled stop token), the marker is not written again."""
-    msgs = [{"role": "system", "content": persona}]
-    for t, line in enumerate(partner_lines):
-        msgs.append({"role": "user", "content": line})
-        if t < len(partner_lines) - 1:
-            msgs.append({"role": "assistant", "content": sentinel(t)})
+def text_since_reply(tok, msgs: list[dict], replies: int, eot: str, ended_last: bool | None) -> str:
+    """The template text of msgs between the speaker's last reply and its next one: msgs carry
+    sentinel(j) as the content of the speaker's j-th earlier reply (replies of them), and the
+    text after the last sentinel, with the generation prompt, is returned (all of it when there
+    is none). When the last reply ended with the marker itself (its sampled stop token), the
+    marker is not written again."""
     text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    if len(partner_lines) > 1:
-        last = sentinel(len(partner_lines) - 2)
+    if replies:
+        last = sentinel(replies - 1)
         text = text[text.index(last) + len(last):]
         if ended_last and text.startswith(eot):
             text = text[len(eot):]
     return text
 
 
+def next_prompt(tok, persona: str, partner_lines: list[str], eot: str, ended_last: bool | None) -> str:
+    """The policy's template text between its last reply's sampled ids and the next reply."""
+    msgs = [{"role": "system", "content": persona}]
+    for t, line in enumerate(partner_lines):
+        msgs.append({"role": "user", "content": line})
+        if t < len(partner_lines) - 1:
+            msgs.append({"role": "assistant", "content": sentinel(t)})
+    return text_since_reply(tok, msgs, len(partner_lines) - 1, eot, ended_last)
+
+
 @torch.no_grad()
 def play(model, tok, episodes: list[Episode], partner: Partner, judge: Judge, gen: GenerationConfig, seed: int,
          with_tokens: bool = False, stats: dict | None = None, replies: Backend | None = None):
     """Play every episode turn by turn (the partner's line, then the policy's sampled reply) until
-    the partner ends it; returns the judged Dialogues (same order), and with with_tokens=True
-    also each dialogue's Rollout. The episodes themselves are left as given. stats, when given,
-    gains "prefilled": the ids encoded at the start of turns over all dialogues (what a turn costs
-    beyond one forward step per sampled token). replies: the backend to sample from (one kept
+    the partner ends it; returns the judged Dialogues (same order, without those the partner
+    dropped), and with with_tokens=True also each dialogue's Rollout. The episodes themselves are
+    left as given. stats, when given, gains "prefilled": the ids encoded at the start of turns
+    over all dialogues (what a turn costs beyond one forward step per sampled token), and
+    "dropped": {dialogue_id: why} of the dialogues the partner abandoned. replies: the backend to sample from (one kept
     across calls, e.g. by online training, which tells it of new weights); default: gen.backend
     over model."""
     torch.manual_seed(seed)
@@ -102,15 +120,16 @@ def play(model, tok, episodes: list[Episode], partner: Partner, judge: Judge, ge
     model.eval()
     eot, eos = end_of_turn_marker(tok), end_ids(model, tok)
     replies = replies or backend(gen, tok, model)
-    dialogues, rollouts, prefilled = [], [], 0
+    dialogues, rollouts, prefilled, dropped = [], [], 0, {}
     for start in range(0, len(episodes), gen.batch_size):
         batch = [replace(e, lines=list(e.lines)) for e in episodes[start:start + gen.batch_size]]
         rolls = [Rollout() for _ in batch]
         replier = replies.batch(len(batch))
         active, t = list(range(len(batch))), 0
         while active:
-            said = [(i, line) for i, line in zip(active, partner.reply([batch[i] for i in active]))
-                    if line is not None]
+            answers = partner.reply([batch[i] for i in active])
+            dropped.update({batch[i].dialogue_id: a.why for i, a in zip(active, answers) if isinstance(a, Drop)})
+            said = [(i, line) for i, line in zip(active, answers) if isinstance(line, str)]
             active = [i for i, _ in said]
             new = []
             for i, line in said:
@@ -130,11 +149,13 @@ def play(model, tok, episodes: list[Episode], partner: Partner, judge: Judge, ge
                                        "text": as_text(tok.decode(sampled, skip_special_tokens=True).strip())})
             t += 1
         prefilled += replier.prefilled
-        dialogues += judge.judge([e.dialogue() for e in batch])
-        rollouts += rolls
+        kept = [i for i, e in enumerate(batch) if e.dialogue_id not in dropped]
+        dialogues += judge.judge([batch[i].dialogue() for i in kept])
+        rollouts += [rolls[i] for i in kept]
     model.train(was_training)
     if stats is not None:
         stats["prefilled"] = stats.get("prefilled", 0) + prefilled
+        stats.setdefault("dropped", {}).update(dropped)
     return (dialogues, rollouts) if with_tokens else dialogues
 
 

@@ -118,8 +118,6 @@ def test_both_backends_and_the_llm_partner_sample_the_distribution_warp_gives(ti
     over the model's next-token logits (chi-square over 10 equal-mass bins, p < 0.0005). transformers'
     own default top-k of 50 (of a 2000-token vocabulary) fails it by orders of magnitude."""
     from ppg.generation import BACKENDS
-    from ppg.partner import LLMPartner
-
     model, tok = tiny
     n = 3000
     gen = GenerationConfig(max_new_tokens=1, temperature=temperature, top_p=top_p, batch_size=n)
@@ -137,21 +135,16 @@ def test_both_backends_and_the_llm_partner_sample_the_distribution_warp_gives(ti
     for name, cls in BACKENDS.items():
         replies = cls(model, n, gen, set(), tok.pad_token_id).reply(list(range(n)), [prompt] * n)
         draws[name] = (torch.tensor([r[0] for r in replies]), target)
-    seen = {}
-    generate = model.generate
+    from ppg.partner import partner_chat
+    from ppg.partner_models import InProcessPartner, partner_messages
 
-    def spy(**kw):  # the partner's own generate call, its draws read off the output ids
-        out = generate(**kw)
-        seen.update(prompt=kw["input_ids"][0].tolist(), first=out[:, kw["input_ids"].shape[1]])
-        return out
-
-    model.generate = spy
-    try:
-        e = Episode("e", 0, "Maya", "I am Maya.", "Friend", "chatting")
-        LLMPartner(model, tok, 1, gen).reply([e] * n)
-    finally:
-        del model.generate
-    draws["partner"] = (seen["first"], target_of(seen["prompt"]))
+    eps = [Episode(f"e{i}", i, "Maya", "I am Maya.", "Friend", "chatting") for i in range(n)]
+    partner = InProcessPartner(model, tok, 1, gen, partner_chat)
+    partner.reply(eps)  # the partner's first line in every dialogue, from its own KV-cached batch
+    first = torch.tensor([partner.last[e.dialogue_id][0] for e in eps])
+    opening = tok.apply_chat_template(partner_messages(eps[0], *partner_chat(eps[0])), add_generation_prompt=True,
+                                      tokenize=False)
+    draws["partner"] = (first, target_of(tok(opening, add_special_tokens=False).input_ids))
     tests = {name: chi_square(d, t) for name, (d, t) in draws.items()}
     assert {name: stat for name, (stat, df) in tests.items() if not (df >= 8 and stat < 30.0)} == {}
     cut = torch.zeros_like(target)

@@ -165,10 +165,10 @@ def test_the_real_persona_recipe_loads_and_its_example_sessions_pass_validation(
 
 
 def test_the_partner_opens_with_a_plain_cue_and_the_teacher_teaches_the_personas_topic():
-    from ppg.partner import LLMPartner, file_episodes
+    from ppg.partner import file_episodes, partner_chat
 
     e, = file_episodes([{"domain": "education", "speaker": "student", "persona": "I like maps.",
                          "meta": {"topic": "Fractions"}}], [], "personas.jsonl")
-    system, cue = LLMPartner(None, None, 2, None).messages(e)
-    assert e.partner == "teacher" and "guiding one student through Fractions at their level" in system["content"]
-    assert cue == {"role": "user", "content": "The student has just joined. Say your first line to them."}
+    system, cue = partner_chat(e)
+    assert e.partner == "teacher" and "guiding one student through Fractions at their level" in system
+    assert cue == "The student has just joined. Say your first line to them."

@@ -19,6 +19,7 @@ from ppg.judges.independent import check_independent, reward_model_folders
 from ppg.models import base_model, eval_device, load_tokenizer
 from ppg.rollout import GenerationConfig, play
 from ppg.partner import RolloutWorld, qa_questions
+from ppg.partner_models import check_drops
 from ppg.train.offline import run_name
 
 
@@ -65,13 +66,18 @@ def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False
             trained_by = [*world.rewards_by, *trained_by]
             check_independent(judge.identity(), trained_by, reward_model_folders(p.judge, grader))
         domain = eps[0].domain
-        dialogues = play(model, tok, eps, partner, judge, gen, seed)
+        stats = {}
+        dialogues = play(model, tok, eps, partner, judge, gen, seed, stats=stats)
+        drops = check_drops(stats["dropped"], len(eps), cfg.partner_endpoint, "evaluation") \
+            if cfg.partner == "llm" else None
         qa, qa_unknown = None, None
         if cfg.qa and cfg.partner == "simulator":
             qa = backstory_qa(model, tok, dialogues, gen)
         elif cfg.qa:
             qa, qa_unknown = persona_qa(model, tok, dialogues, judge, gen, qa_questions(cfg.qa_questions))
         metrics["online"] = {"domain": domain, "seed": seed, "partner": cfg.partner, "judge": judge.identity(),
+                             # who played the user, and the dialogues it dropped (left out of every metric)
+                             "partner_identity": world.partner_identity(), "partner_drops": drops,
                              "rewards_by": list(trained_by) if cfg.partner == "llm" else None,
                              **online_metrics(dialogues, qa, cfg.engagement_words)}
         if qa_unknown is not None:

@@ -25,8 +25,17 @@ import time
 from dataclasses import dataclass
 
 
-class JudgeError(RuntimeError):
-    """The endpoint failed after every retry, or answered in a way that retrying cannot mend."""
+class EndpointError(RuntimeError):
+    """The endpoint failed after every retry (gave_up), or answered in a way that retrying cannot
+    mend (a redirect, a 4xx)."""
+
+    def __init__(self, message: str, gave_up: bool = False):
+        super().__init__(message)
+        self.gave_up = gave_up
+
+
+class JudgeError(EndpointError):
+    """The judge's endpoint failed (EndpointError)."""
 
 
 @dataclass
@@ -106,8 +115,10 @@ async def _post(client, body: dict, headers: dict, limit: int):
         return r.status_code, r.headers, bytes(raw)
 
 
-async def ask(client, sem, cfg, body: dict, headers: dict, counts: dict) -> Answer:
-    """The endpoint's answer to one request body (module doc: what is retried, what stops)."""
+async def ask(client, sem, cfg, body: dict, headers: dict, counts: dict, who: str = "judge",
+              error=JudgeError) -> Answer:
+    """The endpoint's answer to one request body (module doc: what is retried, what stops). who:
+    the config section named in errors (judge, eval.partner_endpoint); error: the class raised."""
     import httpx
 
     limit, tried, t0, wait = byte_limit(cfg.max_tokens), [], time.monotonic(), 0.0
@@ -137,14 +148,14 @@ async def ask(client, sem, cfg, body: dict, headers: dict, counts: dict) -> Answ
             continue
         if 300 <= status < 400:
             where = httpx.URL(got.get("location", "")).host or "?"
-            raise JudgeError(f"judge endpoint {cfg.base_url}: HTTP {status} redirect to host {where} not followed "
-                             f"(set judge.base_url to the endpoint itself; the API key goes nowhere else)")
+            raise error(f"{who} endpoint {cfg.base_url}: HTTP {status} redirect to host {where} not followed "
+                        f"(set {who}.base_url to the endpoint itself; the API key goes nowhere else)")
         if not 200 <= status < 300:  # a client error will not heal by retrying
-            raise JudgeError(f"judge endpoint {cfg.base_url}: HTTP {status} "
-                             f"(check the model name and the key in ${cfg.api_key_env})")
+            raise error(f"{who} endpoint {cfg.base_url}: HTTP {status} "
+                        f"(check the model name and the key in ${cfg.api_key_env})")
         try:
             return read_answer(raw, cfg.model)
         except ValueError as e:
             tried.append(str(e))
-    raise JudgeError(f"judge endpoint {cfg.base_url}: failed after {cfg.retries + 1} attempts (last: {tried[-1]}) "
-                     f"in {time.monotonic() - t0:.0f} s; each attempt: {'; '.join(tried)}")
+    raise error(f"{who} endpoint {cfg.base_url}: failed after {cfg.retries + 1} attempts (last: {tried[-1]}) "
+                f"in {time.monotonic() - t0:.0f} s; each attempt: {'; '.join(tried)}", gave_up=True)

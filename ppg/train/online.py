@@ -33,7 +33,8 @@ from ppg.models import base_model, load_tokenizer, tokenizer_hash, with_lora
 from ppg.returns import POLICIES, parse_policy_id, partial_returns, shape_weights
 from ppg.generation import backend
 from ppg.rollout import GenerationConfig, play, rollout_arrays
-from ppg.partner import RolloutWorld
+from ppg.partner import RolloutWorld, partner_identity
+from ppg.partner_models import check_drops
 from ppg.train import engine as eng
 from ppg.train.run import TrainingRun
 from ppg.train.batching import Example, collate
@@ -101,7 +102,7 @@ def online_identity(p, policy: str, model_dir: Path) -> dict:
              "seed": cfg.seed, "reduction": cfg.reduction,
              "returns": {k2: getattr(p.returns, k2) for k2 in ("segments", "standardize", "clip", "gamma")}}
     if oc.partner == "llm":
-        ident.update(partner_model=p.eval.partner_model or p.model.spec, judge=asdict(p.judge), build=asdict(p.build),
+        ident.update(partner=partner_identity(p), judge=asdict(p.judge), build=asdict(p.build),
                      personas=content_hash(Path(p.judge.out) / "dialogues.jsonl"))
     return ident
 
@@ -168,8 +169,18 @@ def online_step(p, run, world, gen, replies, tok, ref, kind: str, k: int | None)
     oc, engine, t0 = p.online, run.engine, time.perf_counter()
     step_seed = p.train.seed * 100_003 + run.state["step"]
     eps, partner, judge = world.draw(step_seed, oc.personas_per_step, oc.group)
+    stats = {}
     dialogues, rollouts = play(engine.module, tok, eps, partner, judge, gen, step_seed, with_tokens=True,
-                               replies=replies)
+                               replies=replies, stats=stats)
+    drops = check_drops(stats["dropped"], len(eps), p.eval.partner_endpoint, f"online step {run.state['step'] + 1}")
+    if drops["dropped"]:  # the group baseline needs every member of a group: a group with a drop goes
+        out = {e.group for e in eps if e.dialogue_id in stats["dropped"]}
+        keep = [i for i, d in enumerate(dialogues) if eps_of(eps, d.dialogue_id).group not in out]
+        dialogues, rollouts = [dialogues[i] for i in keep], [rollouts[i] for i in keep]
+        eps = [eps_of(eps, d.dialogue_id) for d in dialogues]
+    if not dialogues:
+        raise RuntimeError(f"online step {run.state['step'] + 1}: every group lost a dialogue to the partner "
+                           f"({drops['reasons']})")
     # one row per rollout (each has one evaluated speaker); segment starts only where the class reads them
     batch = turn_batch(dialogues, p.returns.segments if POLICIES[kind].segments else {"length": 1})
     r, mask = batch.rewards, batch.mask
@@ -191,5 +202,10 @@ def online_step(p, run, world, gen, replies, tok, ref, kind: str, k: int | None)
     last = {"loss": out.loss.item(), "kl": out.kl.item(), "reward": float(judged.mean()) if len(judged) else None,
             "unjudged_turns": int(mask.sum()) - len(judged), "consistency": rates["consistency"],
             "coverage": rates["coverage"], "grad_norm": norm, "turns": out.turns, "excluded_turns": out.excluded,
-            "seconds": time.perf_counter() - t0, "cut_replies": sum(not e for ro in rollouts for e in ro.ended)}
+            "seconds": time.perf_counter() - t0, "cut_replies": sum(not e for ro in rollouts for e in ro.ended),
+            "dropped_dialogues": drops["dropped"]}
     return last, dialogues
+
+
+def eps_of(eps, dialogue_id: str):
+    return next(e for e in eps if e.dialogue_id == dialogue_id)
