@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -101,8 +102,6 @@ def register(p, policy: str, parent_run_id: str | None = None, ungated: str | No
     that an earlier pipeline run registered but never gated (versions_of_run's second value: the
     caller has searched the registry already), is completed instead of logged twice. Returns
     (registered name, version)."""
-    import torch
-    import transformers
 
     from ppg.models import export_merged, load_tokenizer
 
@@ -116,14 +115,8 @@ def register(p, policy: str, parent_run_id: str | None = None, ungated: str | No
         merged = export_merged(trained, Path(p.train.workdir).parent / "register" / policy)
         load_tokenizer(merged).save_pretrained(str(merged))  # with its chat template, which serving applies
         gen = p.eval.generation
-        # explicit run id: never a shared active run
-        with fluent(p) as mlflow, mlflow.start_run(run_id=run["mlflow_run_id"]):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("chat_model.py")),
-                artifacts={"hf": str(merged)}, registered_model_name=name,
-                model_config={"max_new_tokens": gen.get("max_new_tokens", 32), "domain": name.removeprefix("ppg-")},
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                  f"transformers=={transformers.__version__}", f"mlflow=={mlflow.__version__}"])
+        with fluent(p) as mlflow, mlflow.start_run(run_id=run["mlflow_run_id"]):  # explicit: never a shared run
+            info = log_chat_model(mlflow, merged, name, gen.get("max_new_tokens", 32), name.removeprefix("ppg-"))
         shutil.rmtree(merged)  # a full copy of the model; the registry holds it now
         version = str(info.registered_model_version)
     # the record of the pipeline run that made it (ppg.lineage.record): what `ppg reproduce` reads
@@ -138,6 +131,27 @@ def register(p, policy: str, parent_run_id: str | None = None, ungated: str | No
         c.set_model_version_tag(name, version, k, v)
     c.set_registered_model_alias(name, CHALLENGER, version)
     return name, version
+
+
+def log_chat_model(mlflow, hf: Path, name: str, max_new_tokens: int, domain: str):
+    """Log the HF folder as the chat model (ppg/chat_model.py, as code) into the active run and
+    register it as a new version of NAME; returns MLflow's ModelInfo."""
+    import torch
+    import transformers
+    from mlflow.models import ModelSignature
+    from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA, CHAT_MODEL_OUTPUT_SCHEMA
+
+    with warnings.catch_warnings():
+        # the signature is the chat schema, given: MLflow's advice to add type hints instead (and
+        # an input example, which would load the model while logging) does not apply
+        warnings.filterwarnings("ignore", message=".*(type hints to the `predict`|input example was not)")
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=str(Path(__file__).with_name("chat_model.py")),
+            signature=ModelSignature(CHAT_MODEL_INPUT_SCHEMA, CHAT_MODEL_OUTPUT_SCHEMA),
+            metadata={"task": "llm/v1/chat"}, artifacts={"hf": str(hf)}, registered_model_name=name,
+            model_config={"max_new_tokens": max_new_tokens, "domain": domain},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                              f"transformers=={transformers.__version__}", f"mlflow=={mlflow.__version__}"])
 
 
 def load_registered(p, uri: str):
@@ -163,6 +177,14 @@ def load_registered(p, uri: str):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def served_settings(p, uri: str) -> tuple[int, str]:
+    """(max_new_tokens, domain) logged with a registered chat model (its model_config)."""
+    with fluent(p) as mlflow:
+        flavor = mlflow.models.get_model_info(uri).flavors.get("python_function", {})
+    config = flavor.get("config") or {}
+    return int(config.get("max_new_tokens", 64)), str(config.get("domain", ""))
 
 
 def alias_version(c, name: str, alias: str) -> str | None:
@@ -309,7 +331,10 @@ def gate(p, name: str, version: str, policy: str, parent_run_id: str | None = No
                 "non_inferiority": d["secondary"], "test_seed": seed if p.eval.mode != "offline" else None,
                 "test_personas": pt.eval.personas if p.eval.mode != "offline" else None, "serialized_by": mutex,
                 "thresholds": p.registry.thresholds, "margin": p.registry.margin,
-                "confidence": p.registry.confidence, "min_pairs": p.registry.min_pairs}
+                "confidence": p.registry.confidence, "min_pairs": p.registry.min_pairs,
+                # dialogues the partner dropped: the pairs are the personas both models completed
+                "partner_drops": {"challenger": (chal.get("online") or {}).get("partner_drops"),
+                                  "champion": ((champ or {}).get("online") or {}).get("partner_drops")}}
     verdict = ("promoted: " if d["promoted"] else "blocked: ") + d["reason"]
     c.set_model_version_tag(name, version, "ppg.gate", verdict)
     if parent_run_id:

@@ -4,7 +4,6 @@ twice; a version the registry does not have is counted apart; no traceback reach
 
 import json
 import os
-from types import SimpleNamespace
 
 import pytest
 from test_monitor import register, served
@@ -26,23 +25,22 @@ def lines_of(dialogues) -> bytes:
     return "".join(json.dumps(d.model_dump(), ensure_ascii=False) + "\n" for d in dialogues).encode()
 
 
-def test_the_request_log_of_serve_model_is_read_chats_without_a_persona_counted(p, tmp_path, monkeypatch):
-    """Records exactly as the served model writes them (PersonaChat.log_request): a chat with a
+def test_the_request_log_of_serve_model_is_read_chats_without_a_persona_counted(p, tmp_path):
+    """Records exactly as the servers write them (ppg.chat_model.request_record): a chat with a
     system message is judged, one without has no persona to judge against and is counted."""
-    from ppg.chat_model import PersonaChat
+    from ppg.chat_model import request_record
     from ppg.monitor import check
+    from ppg.serving.server import write_record
 
     logs = tmp_path / "logs"
-    monkeypatch.setenv("PPG_REQUEST_LOG", str(logs))
-    monkeypatch.setenv("PPG_MODEL_VERSION", "ppg-chatting/1")
-    model = PersonaChat.__new__(PersonaChat)
-    model.domain = "chatting"
-    params = SimpleNamespace(max_tokens=16, temperature=0.0)
+    params = {"max_tokens": 16, "temperature": 0.0}
     persona = [{"role": "system", "content": "I am Ana, a nurse from Porto."}]
     for i in range(3):
         ask = persona + [{"role": "user", "content": f"hi {i}"}]
-        model.log_request(ask, "I work nights.", f"chatcmpl-a{i}", params)
-    model.log_request([{"role": "user", "content": "hi"}], "hello", "chatcmpl-b", params)  # no system message
+        write_record(logs, request_record(ask, "I work nights.", f"chatcmpl-a{i}", params, "chatting",
+                                          "ppg-chatting/1"))
+    write_record(logs, request_record([{"role": "user", "content": "hi"}], "hello", "chatcmpl-b", params,
+                                      "chatting", "ppg-chatting/1"))  # no system message
     r = check(p, logs)
     assert r["skipped"] == {"no_persona": 1} and r["versions"]["ppg-chatting/1"]["score"]["turns"] == 3
 

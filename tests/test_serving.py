@@ -1,5 +1,6 @@
 """The registered chat model (ppg/chat_model.py) called directly, as `mlflow models serve` calls
-it, and the per-workspace deployment names. The served end to end: tests/services."""
+it; old (ChatModel) and new registrations both load and answer /invocations; and the
+per-workspace deployment names. The served end to end: tests/services."""
 
 import importlib.util
 import json
@@ -36,11 +37,11 @@ def chat(tiny_model):
 
 
 def ask(mod, model, **params):
-    from mlflow.types.llm import ChatMessage, ChatParams
-
-    msgs = [ChatMessage(role="system", content="I am Maya, 34, a nurse in Leeds."),
-            ChatMessage(role="user", content="Where do you work?")]
-    return model.predict(None, msgs, ChatParams(**params))
+    """The chat model's answer to a request as /invocations passes it, read as attributes."""
+    msgs = [{"role": "system", "content": "I am Maya, 34, a nurse in Leeds."},
+            {"role": "user", "content": "Where do you work?"}]
+    out = model.predict(None, {"messages": msgs, **params})
+    return json.loads(json.dumps(out), object_hook=lambda d: SimpleNamespace(**d))
 
 
 def test_max_tokens_and_the_default_budget_are_honoured(chat):
@@ -90,3 +91,44 @@ def test_each_answered_request_is_logged_as_a_canonical_dialogue(chat, tmp_path,
     assert raw[0]["lines"][1]["text"] == first.choices[0].message.content and raw[0]["lines"][1]["reward"] is None
     assert raw[0]["meta"]["model_version"] == "ppg-therapy/7" and raw[0]["meta"]["conversation"] == raw[1]["meta"][
         "conversation"]
+
+
+def test_old_and_new_registrations_load_and_answer_the_same_invocations(tiny_model, tmp_path):
+    """Champions registered before (MLflow's deprecated ChatModel, tests/fixtures/chat_model_v1.py
+    as it was logged) and after (a PythonModel with the chat signature): load_registered reads
+    both; the new one answers {"messages": ...} at /invocations as the old one did, greedy alike;
+    logging it raises no FutureWarning."""
+    import warnings
+
+    import mlflow
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    from ppg.config import MlflowConfig, Params
+    from ppg.registry import fluent, load_registered, log_chat_model, served_settings
+
+    p = Params(mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "a")))
+    with fluent(p), mlflow.start_run():
+        mlflow.pyfunc.log_model(name="model", python_model=str(ROOT / "tests/fixtures/chat_model_v1.py"),
+                                artifacts={"hf": str(tiny_model)}, registered_model_name="ppg-therapy",
+                                model_config={"max_new_tokens": 5, "domain": "therapy"})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            log_chat_model(mlflow, tiny_model, "ppg-therapy", 5, "therapy")
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    body = {"messages": [{"role": "system", "content": "I am Maya."}, {"role": "user", "content": "Hi"}],
+            "max_tokens": 3, "temperature": 0.0}
+    answers = {}
+    first = load_registered(p, "models:/ppg-therapy/1")[0].state_dict()
+    for v in ("1", "2"):
+        uri = f"models:/ppg-therapy/{v}"
+        model, tok = load_registered(p, uri)
+        assert served_settings(p, uri) == (5, "therapy") and tok.pad_token is not None
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), first.values()))
+        with fluent(p):
+            r = TestClient(scoring_server.init(mlflow.pyfunc.load_model(uri))).post("/invocations", json=body)
+        assert r.status_code == 200, r.text
+        answers[v] = r.json()
+    old, new = answers["1"], answers["2"]
+    assert old["choices"][0]["message"] == new["choices"][0]["message"]
+    assert old["usage"] == new["usage"] and new["usage"]["completion_tokens"] <= 3

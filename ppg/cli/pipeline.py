@@ -3,7 +3,6 @@ promote, rollback, and the K studies."""
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import typer
@@ -118,16 +117,20 @@ def serve_model(
     request_log: Path = typer.Option(None, help="Folder for requests-<UTC date>.jsonl: every answered "
                                      "request as a dialogue in the canonical format (what `ppg monitor --logs` "
                                      "reads), one file per day."),
+    max_tokens_cap: int = typer.Option(512, help="The largest max_tokens a request may ask for (400 above)."),
+    max_batch: int = typer.Option(16, help="Chats decoded together (continuous batching)."),
+    max_prompt_tokens: int = typer.Option(4096, help="The longest chat a request may send, in tokens."),
     params: Path = PARAMS,
 ):
-    """Serve MODEL@ALIAS as an OpenAI-style chat model with MLflow's scoring server (`mlflow models
-    serve --env-manager local`): POST /invocations {"messages": [{"role": "system", "content":
-    PERSONA}, {"role": "user", ...}], "max_tokens": N, "temperature": T}. Blocks until stopped."""
-    import shutil
-
+    """Serve MODEL@ALIAS for OpenAI clients: POST /v1/chat/completions (the persona as the system
+    message; max_tokens, temperature, top_p, stop and seed per request), GET /v1/models, GET
+    /health; chats in flight are decoded together (ppg.serving). Blocks until stopped."""
+    import uvicorn
     from mlflow.exceptions import MlflowException
 
     from ppg import tracking
+    from ppg.registry import load_registered, served_settings
+    from ppg.serving.server import Limits, make_app
 
     p = read_params(params)
     c = tracking.client(p.mlflow)
@@ -136,15 +139,16 @@ def serve_model(
         c.get_model_version(model, version)
     except MlflowException as e:
         fail(f"{model}@{alias}: not in the registry at {c.tracking_uri}: {e.message}")
-    bin_dir = str(Path(sys.executable).parent)  # mlflow runs `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": c.tracking_uri, "PPG_MODEL_VERSION": f"{model}/{version}",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    if request_log:
-        env["PPG_REQUEST_LOG"] = str(request_log.resolve())
-    mlflow = str(Path(bin_dir) / "mlflow") if (Path(bin_dir) / "mlflow").exists() else shutil.which("mlflow")
-    typer.echo(f"serving {model} v{version} ({alias}) on http://{host}:{port}/invocations", err=True)
-    os.execve(mlflow, [mlflow, "models", "serve", "-m", f"models:/{model}/{version}", "--env-manager", "local",
-                       "-h", host, "-p", str(port), "-w", "1"], env)
+    if not 1 <= max_tokens_cap <= 1 << 16 or max_batch < 1 or max_prompt_tokens < 1:
+        fail("--max-tokens-cap must be in [1, 65536], --max-batch and --max-prompt-tokens >= 1")
+    uri = f"models:/{model}/{version}"
+    lm, tok = load_registered(p, uri)
+    default_tokens, domain = served_settings(p, uri)
+    limits = Limits(max_tokens_cap=max_tokens_cap, default_max_tokens=min(default_tokens, max_tokens_cap),
+                    max_prompt_tokens=max_prompt_tokens, max_batch=max_batch)
+    app = make_app(lm, tok, model, version, domain, limits, request_log.resolve() if request_log else None)
+    typer.echo(f"serving {model} v{version} ({alias}) on http://{host}:{port}/v1/chat/completions", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 @app.command()
