@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,11 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
     # 1. first run: every stage runs, the best policy is registered and (thresholds pass, no
     #    champion yet) promoted
     code_commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
-    r = ppg_pipeline(workspace=str(ws), overlay=str(ws / "params.seeds.yaml"))
+    with warnings.catch_warnings(record=True) as caught:  # registration in this process, warnings unfiltered
+        warnings.simplefilter("always")
+        r = ppg_pipeline(workspace=str(ws), overlay=str(ws / "params.seeds.yaml"))
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)
+            and any(x in str(w.message) for x in ("ChatModel", "ResponsesAgent"))] == []  # no deprecated interface
     assert not r["skipped"] and r["trained"] == {"greedy": True, "k3": True}
     assert r["gate"]["promoted"] and r["champion"]["version"] == "1"
     assert r["gate"]["difference"] is None and "no champion yet" in r["why"]  # the thresholds decided

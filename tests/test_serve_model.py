@@ -52,13 +52,14 @@ def served(model_dir, tmp_path_factory):
 
     from ppg.io import free_port
     from ppg.judges.serve import wait_healthy
+    from ppg.tracking import client, experiment_id
     from ppg.registry import fluent, log_chat_model
 
     tmp = tmp_path_factory.mktemp("serve")
     p = Params(data=DataConfig(source=f"jsonl:{tmp / 'incoming'}"), judge=JudgeConfig(),
                monitor=MonitorConfig(incoming=str(tmp / "incoming"), state=str(tmp / "state"), min_turns=1),
                mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp}/mlflow.db", artifacts=str(tmp / "artifacts")))
-    with fluent(p), mlflow.start_run(), pytest.warns() as caught:
+    with fluent(p), mlflow.start_run(experiment_id=experiment_id(client(p.mlflow), p.mlflow)), pytest.warns() as caught:
         log_chat_model(mlflow, model_dir, "ppg-therapy", 6, "therapy")
     assert not [w for w in caught if issubclass(w.category, FutureWarning)]  # no deprecated interface
     mlflow.MlflowClient(p.mlflow.tracking_uri).set_registered_model_alias("ppg-therapy", "champion", "1")

@@ -105,10 +105,11 @@ def test_old_and_new_registrations_load_and_answer_the_same_invocations(tiny_mod
     from mlflow.pyfunc import scoring_server
 
     from ppg.config import MlflowConfig, Params
+    from ppg.tracking import client, experiment_id
     from ppg.registry import fluent, load_registered, log_chat_model, served_settings
 
     p = Params(mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "a")))
-    with fluent(p), mlflow.start_run():
+    with fluent(p), mlflow.start_run(experiment_id=experiment_id(client(p.mlflow), p.mlflow)):
         mlflow.pyfunc.log_model(name="model", python_model=str(ROOT / "tests/fixtures/chat_model_v1.py"),
                                 artifacts={"hf": str(tiny_model)}, registered_model_name="ppg-therapy",
                                 model_config={"max_new_tokens": 5, "domain": "therapy"})

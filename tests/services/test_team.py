@@ -207,7 +207,7 @@ def test_two_workspaces_one_registry_and_a_served_champion(services, tmp_path):
     with get_client(sync_client=True) as pc:
         assert all(pc.read_flow_run(run.id).state.is_completed() for run in runs.values())
 
-    # 7. the champion, served: an OpenAI-style chat request with the persona as system message
+    # 7. the champion, served for OpenAI clients: a chat with the persona as system message
     import httpx
 
     serve_port, log_dir = free_port(), tmp_path / "requests"
@@ -218,21 +218,21 @@ def test_two_workspaces_one_registry_and_a_served_champion(services, tmp_path):
         url = f"http://127.0.0.1:{serve_port}"
         for _ in range(180):
             try:
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             assert server.poll() is None, server.stdout.read()[-3000:]
             time.sleep(1)
         persona = "I am Ana Lopes, 41, a nurse in Lisbon. I have two cats."
-        body = {"messages": [{"role": "system", "content": persona}, {"role": "user", "content": "Where do you work?"}],
-                "max_tokens": 3, "temperature": 0}
-        r = httpx.post(f"{url}/invocations", json=body, timeout=120)
+        body = {"model": "ppg-chatting", "max_tokens": 3, "temperature": 0,
+                "messages": [{"role": "system", "content": persona}, {"role": "user", "content": "Where do you work?"}]}
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
         assert r.status_code == 200, r.text
         reply = r.json()
-        assert reply["object"] == "chat.completion" and reply["model"] == f"ppg-chatting/{champion}"
+        assert reply["object"] == "chat.completion" and reply["system_fingerprint"] == f"ppg-chatting/{champion}"
         assert reply["usage"]["completion_tokens"] <= 3 and isinstance(reply["choices"][0]["message"]["content"], str)
-        again = httpx.post(f"{url}/invocations", json=body, timeout=120).json()
+        again = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()
         assert again["choices"][0]["message"]["content"] == reply["choices"][0]["message"]["content"]  # greedy
         logged = [json.loads(x) for f in sorted(log_dir.glob("requests-*.jsonl")) for x in f.read_text().splitlines()]
         assert len(logged) == 2 and logged[0]["personas"] == {"assistant": persona}
