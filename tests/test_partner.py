@@ -165,3 +165,29 @@ def test_the_partner_behind_transformers_serve(real, tiny_model):  # noqa: F811
         metrics, dialogues, _ = measure(with_endpoint(p, url), model, tok, "validation", "k2")
     assert metrics["online"]["partner_drops"]["dropped"] == 0 and len(dialogues) == 2
     assert all(len([ln for ln in d.lines if ln.speaker == "therapist"]) == 3 for d in dialogues)
+
+
+def test_online_ppg_against_an_endpoint_partner_leaves_out_the_group_of_a_dropped_dialogue(real, tmp_path):  # noqa: F811
+    """A dropped dialogue takes its whole group out of the step (the leave-one-out baseline needs
+    every member); the step trains on the rest, and the partner is part of the run identity."""
+    from ppg.config import LoraConfig, OnlineConfig, TrainConfig
+    from ppg.train.online import online_identity, train_online
+
+    p, _ = real
+    stub = ScriptedPartner(broken={2}, flaky=0)
+    p = dataclasses.replace(
+        with_endpoint(p, stub.url, max_drop_share=0.5), judge=dataclasses.replace(p.judge, kind="llm"),
+        eval=dataclasses.replace(with_endpoint(p, stub.url, max_drop_share=0.5).eval, judge={"model": "grader"}),
+        train=TrainConfig(out=str(tmp_path / "models"), workdir=str(tmp_path / "work"), checkpoint_every=2,
+                          lora=LoraConfig(enabled=True, r=4)),
+        online=OnlineConfig(partner="llm", personas_per_step=2, group=2, turns=2, steps=1,
+                            generation={"max_new_tokens": 5, "temperature": 1.0, "top_p": 1.0, "batch_size": 4}))
+    r = train_online(p, "k2", progress=False)
+    assert r["steps"] == 1 and r["history"][0]["dropped_dialogues"] == 1
+    rollouts = [json.loads(x) for f in sorted((tmp_path / "work").rglob("rollouts/*.jsonl"))
+                for x in f.read_text().splitlines()]
+    assert len(rollouts) == 2 and len({d["personas"]["patient"] for d in rollouts}) == 1  # one whole group left
+    ident = online_identity(p, "k2", tmp_path)
+    assert ident["partner"] == {"kind": "endpoint", "base_url": stub.url, "model": "user-sim"}
+    other = with_endpoint(p, stub.url.replace("/v1", "/v2"))
+    assert online_identity(other, "k2", tmp_path)["partner"] != ident["partner"]

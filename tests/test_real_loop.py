@@ -113,3 +113,6 @@ def test_unlabeled_logs_through_the_pipeline_with_an_llm_judge_then_a_reward_mod
     gate_json = json.loads(Path(c.download_artifacts(r["parent_run_id"], "gate.json", str(tmp_path))).read_text())
     diff = gate_json["decision"]["difference"]  # challenger and champion on the same 3 test personas
     assert diff is not None and diff["n"] == 3
+    none_dropped = {"played": 3, "dropped": 0, "ids": [], "reasons": {}}  # the gate reports each side's drops
+    assert gate_json["decision"]["partner_drops"] == {"challenger": none_dropped, "champion": none_dropped}
+    assert m["partner_identity"] == {"kind": "in-process", "model": "tiny"} and m["partner_drops"] == none_dropped
