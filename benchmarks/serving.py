@@ -190,7 +190,7 @@ def rollouts(a, folder, personas):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ppg.config_ops import PartnerEndpointConfig
+    from ppg.config_rollout import PartnerEndpointConfig
     from ppg.judges.serve import judge_server
     from ppg.models import load_tokenizer
     from ppg.partner import partner_chat

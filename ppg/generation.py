@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 
 # the config lives with the other sections, so that reading params does not import this module
-from ppg.config_ops import BACKEND_NAMES, GenerationConfig, generation_config  # noqa: F401
+from ppg.config_rollout import BACKEND_NAMES, GenerationConfig, generation_config  # noqa: F401
 
 
 def generate_kwargs(gen: GenerationConfig, pad: int) -> dict:
@@ -196,7 +196,7 @@ class Reencoded:
 
 
 BACKENDS = {"cache": CachedReplies, "generate": Reencoded}
-assert tuple(BACKENDS) == BACKEND_NAMES, "a backend must be named in ppg.config_ops.BACKEND_NAMES too"
+assert tuple(BACKENDS) == BACKEND_NAMES, "a backend must be named in ppg.config_rollout.BACKEND_NAMES too"
 
 
 class Backend(Protocol):
