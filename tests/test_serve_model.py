@@ -160,3 +160,26 @@ def test_the_request_log_feeds_the_monitor(served):
     r = check(p, logs)
     assert r["versions"]["ppg-therapy/1"]["score"]["turns"] >= 1
     assert PERSONA not in out.read_text()  # the server's own output names no conversation
+
+
+def test_a_chat_beyond_the_models_context_is_refused_not_run(model_dir):
+    """Positions past max_position_embeddings were never trained (and past the rotary tables, an
+    error): a chat whose tokens and max_tokens exceed the context is a 400, whatever the server's
+    prompt bound."""
+    from fastapi.testclient import TestClient
+    from transformers import AutoModelForCausalLM
+
+    from ppg.models import load_tokenizer
+    from ppg.serving.server import Limits, make_app
+
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir).eval(), load_tokenizer(model_dir)
+    app = make_app(model, tok, "ppg-therapy", "1", "therapy", Limits(max_prompt_tokens=10 ** 6, max_tokens_cap=8))
+    try:
+        with TestClient(app) as c:
+            long = {"messages": [{"role": "user", "content": "x y " * 5000}], "max_tokens": 8}
+            r = c.post("/v1/chat/completions", json=long)
+            assert r.status_code == 400 and "exceed the model's context of 4096 tokens" in r.json()["error"]["message"]
+            r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
+    finally:
+        app.state.engine.close()

@@ -5,11 +5,13 @@ client can load another model or reset the server.
 Every field of a request is checked before it reaches the model, and a bad one is answered 4xx
 in OpenAI's error shape naming the field, with the server up after it: a body over
 max_body_bytes (413), a prompt over max_prompt_tokens, a max_tokens above max_tokens_cap (both
-refused, never run for minutes), a role other than system/user/assistant, a temperature outside
+refused, never run for minutes), a chat and max_tokens beyond the model's context, a role other
+than system/user/assistant, a chat its template refuses, a temperature outside
 [0, 2], streaming or n > 1 (not offered). Sampling is per request (ppg.serving.engine). With a
 request log folder, every answered chat is appended to requests-<UTC date>.jsonl as a dialogue in
 the canonical format naming meta.model_version (ppg.chat_model.request_record; what `ppg
-monitor --logs` reads), written by this front layer after the answer is sent back.
+monitor --logs` reads), written by this front layer once the answer is computed and before it
+is returned: an answered chat is a logged one.
 """
 
 import asyncio
@@ -144,6 +146,7 @@ def make_app(model, tok, name: str, version: str, domain: str = "", limits: Limi
     from ppg.generation import end_ids
 
     engine = BatchEngine(model, tok, end_ids(model, tok), limits.max_batch)
+    context = getattr(model.config, "max_position_embeddings", None)  # positions past it are not trained
     names = {name, f"{name}/{version}"}
     app = FastAPI(title=f"ppg serve-model {name}/{version}", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
@@ -167,11 +170,18 @@ def make_app(model, tok, name: str, version: str, domain: str = "", limits: Limi
             except ValueError:
                 raise BadRequest("the body is not JSON") from None
             msgs, sampling = read_request(body, names, limits)
-            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)
-            ids = list(ids["input_ids"])
+            try:
+                ids = list(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"])
+            except Exception as e:  # e.g. a template that takes no system message, or roles out of turn
+                raise BadRequest(f"messages: the model's chat template refuses them ({str(e)[:200]})",
+                                 "messages") from None
             if len(ids) > limits.max_prompt_tokens:
                 raise BadRequest(f"messages: the chat is {len(ids)} tokens, over this server's "
                                  f"{limits.max_prompt_tokens}", "messages")
+            if context and len(ids) + sampling.max_tokens > context:
+                raise BadRequest(f"max_tokens: the chat's {len(ids)} tokens and max_tokens {sampling.max_tokens} "
+                                 f"exceed the model's context of {context} tokens", "max_tokens")
         except BadRequest as e:
             return error(e)
         if engine.waiting.qsize() >= limits.max_waiting:
