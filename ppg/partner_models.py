@@ -55,6 +55,7 @@ class InProcessPartner:
         out: list[str | None] = [None] * len(episodes)
         live = [i for i, e in enumerate(episodes) if len(e.partner_lines()) < self.turns]
         if not live:
+            self.replier = None  # the batch is over: its cache is not kept through a training step
             return out
         if all(not episodes[i].partner_lines() for i in live):  # play's first call of a batch: all of it
             self.replier = self.replies.batch(len(episodes))
@@ -138,7 +139,7 @@ def check_drops(dropped: dict, played: int, cfg, where: str) -> dict:
     cfg.max_drop_share of the played dialogues were dropped (the endpoint is down, not flaky)."""
     reasons: dict[str, int] = {}
     for why in dropped.values():
-        head = why.split(" (last: ")[-1].split(")")[0] if " (last: " in why else why.split(" (")[0]
+        head = why.split(" (last: ", 1)[1].rsplit(") in ", 1)[0] if " (last: " in why else why.split(" (")[0]
         reasons[head] = reasons.get(head, 0) + 1
     out = {"played": played, "dropped": len(dropped), "ids": sorted(dropped), "reasons": reasons}
     if played and len(dropped) > cfg.max_drop_share * played:

@@ -103,8 +103,10 @@ def test_the_in_process_partner_carries_its_cache_and_says_what_reencoding_says(
             assert line == (tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True).strip() or "...")
             e.lines += [{"speaker": "therapist", "text": line},
                         {"speaker": "patient", "text": persona_says[(t + e.group) % 3]}]
+    prefilled = partner.replier.prefilled
     assert partner.reply(eps) == [None] * 3  # three lines each, then the partner ends the dialogues
-    assert partner.replier.prefilled < 0.6 * reencoded  # each turn's new text only
+    assert partner.replier is None  # and lets go of the batch's cache
+    assert prefilled < 0.6 * reencoded  # each turn's new text only
 
 
 def test_real_persona_evaluation_with_the_partner_behind_an_endpoint(real, tiny_model):  # noqa: F811

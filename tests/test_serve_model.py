@@ -135,7 +135,10 @@ def test_bad_requests_are_answered_4xx_and_the_server_stays_up(served):
            "another model": ({"model": "gpt-4o", "messages": persona}, 404, "'gpt-4o' is not served here"),
            "streaming": ({"messages": persona, "stream": True}, 400, "streaming is not supported"),
            "2 MB message": ({"messages": [{"role": "user", "content": "x" * 2_000_000}]}, 413, "over this server"),
-           "not JSON": (b"{", 400, "not JSON")}
+           "not JSON": (b"{", 400, "not JSON"),
+           "nested past the parser": (b"[" * 200_000, 400, "nested too deeply"),
+           "a model that is not a name": ({"model": ["x"], "messages": persona}, 400, "model: expected a string"),
+           "a seed torch cannot take": ({"messages": persona, "seed": 2 ** 64}, 400, "seed: expected an integer")}
     for case, (body, status, says) in bad.items():
         r = httpx.post(f"{url}/chat/completions", timeout=30, **({"content": body} if isinstance(body, bytes)
                                                                  else {"json": body}))
@@ -145,6 +148,10 @@ def test_bad_requests_are_answered_4xx_and_the_server_stays_up(served):
     for route in ("/load_model", "/reset", "/v1/load_model"):  # transformers serve's unauthenticated admin routes
         assert httpx.post(url.removesuffix("/v1") + route, json={}, timeout=10).status_code == 404
     assert client.chat.completions.create(model="ppg-therapy", messages=persona, max_tokens=2).choices
+    # a temperature so small that dividing by it overflows decodes greedily (it was a 500 for the whole batch)
+    tiny_t = client.chat.completions.create(model="ppg-therapy", messages=persona, max_tokens=4, temperature=1e-40)
+    greedy = client.chat.completions.create(model="ppg-therapy", messages=persona, max_tokens=4, temperature=0)
+    assert tiny_t.choices[0].message.content == greedy.choices[0].message.content
 
 
 def test_the_request_log_feeds_the_monitor(served):

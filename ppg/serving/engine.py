@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 
+GREEDY_BELOW = 1e-3  # temperatures this close to 0 sample the argmax anyway: decode greedily
+
+
 @dataclass
 class Sampling:
     max_tokens: int
@@ -91,15 +94,21 @@ class BatchEngine:
                 if x is None:
                     return
                 joining.append(x)
+            # a request cancelled while it waited is skipped; from here on its future cannot be cancelled
+            joining = [r for r in joining if r.future.set_running_or_notify_cancel()]
             try:
                 if joining:
                     self._join(joining)
+            except Exception as e:  # the joining prompts failed (their prefill): they fail, the batch goes on
+                for r in joining:
+                    _settle(r.future, error=e)
+                continue
+            try:
                 if self.rows:
                     self._step()
-            except Exception as e:  # a failure of the model fails the chats in flight, not the server
-                for r in self.rows + joining:
-                    if not r.future.done():
-                        r.future.set_exception(e)
+            except Exception as e:  # the shared step failed: every chat in flight fails, the server goes on
+                for r in self.rows:
+                    _settle(r.future, error=e)
                 self.rows, self.cache = [], None
 
     def _forward(self, ids, mask, pos, cache):
@@ -110,7 +119,11 @@ class BatchEngine:
         """Prefill the joining prompts together, sample their first ids, and stack their cache
         under the batch's."""
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
+        for r in rows:  # before anything is touched: a bad seed fails only its own request
+            if r.sampling.seed is not None:
+                r.gen = torch.Generator().manual_seed(r.sampling.seed)
         width = max(len(r.prompt) for r in rows)
         ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
@@ -118,23 +131,24 @@ class BatchEngine:
             ids[b, width - len(r.prompt):] = torch.tensor(r.prompt)
             mask[b, width - len(r.prompt):] = 1
             r.started = time.monotonic()
-            if r.sampling.seed is not None:
-                r.gen = torch.Generator().manual_seed(r.sampling.seed)
         mask = mask.to(self.device)
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(ids.to(self.device), mask, pos, cache)
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            raise ValueError("ppg serve-model batches full-attention caches only; this model has sliding-window "
+                             "or other layers (serve it with vLLM)")
         if self.cache is None:
             self.cache, self.mask, self.seen = cache, mask, mask.sum(1)
-        else:
+        else:  # every new tensor first, then all of them in place: a failure here leaves the batch as it was
             extra = self.mask.shape[1] - width  # pad the narrower one on the left
-            for mine, theirs in zip(self.cache.layers, cache.layers):
-                a, b = _left_pad(mine.keys, -extra), _left_pad(theirs.keys, extra)
-                mine.keys = torch.cat([a, b])
-                a, b = _left_pad(mine.values, -extra), _left_pad(theirs.values, extra)
-                mine.values = torch.cat([a, b])
-            self.mask = torch.cat([_left_pad(self.mask, -extra, dim=1), _left_pad(mask, extra, dim=1)])
-            self.seen = torch.cat([self.seen, mask.sum(1)])
+            merged = [(torch.cat([_left_pad(mine.keys, -extra), _left_pad(theirs.keys, extra)]),
+                       torch.cat([_left_pad(mine.values, -extra), _left_pad(theirs.values, extra)]))
+                      for mine, theirs in zip(self.cache.layers, cache.layers)]
+            new_mask = torch.cat([_left_pad(self.mask, -extra, dim=1), _left_pad(mask, extra, dim=1)])
+            for layer, (k, v) in zip(self.cache.layers, merged):
+                layer.keys, layer.values = k, v
+            self.mask, self.seen = new_mask, torch.cat([self.seen, mask.sum(1)])
         self.rows += rows
         self._take(logits, range(len(self.rows) - len(rows), len(self.rows)))
 
@@ -152,11 +166,16 @@ class BatchEngine:
         finished = []
         for j, i in enumerate(which):  # logits row j is the j-th of `which`
             r = self.rows[i]
-            r.out.append(sample(logits[j], r.sampling, r.gen))
-            reason, text = self._finish(r)
+            try:
+                r.out.append(sample(logits[j], r.sampling, r.gen))
+                reason, text = self._finish(r)
+            except Exception as e:  # one row's sampling failed: that chat fails, the others go on
+                finished.append(i)
+                _settle(r.future, error=e)
+                continue
             if reason:
                 finished.append(i)
-                r.future.set_result(Done(r.out, text, reason, len(r.prompt), r.started - r.submitted))
+                _settle(r.future, Done(r.out, text, reason, len(r.prompt), r.started - r.submitted))
         if finished:
             keep = [i for i in range(len(self.rows)) if i not in set(finished)]
             self.rows = [self.rows[i] for i in keep]
@@ -185,6 +204,19 @@ class BatchEngine:
         return None, ""
 
 
+def _settle(f: Future, result=None, error: Exception | None = None) -> None:
+    """Give a request its result or error, unless it has one already."""
+    from concurrent.futures import InvalidStateError
+
+    try:
+        if error is not None:
+            f.set_exception(error)
+        else:
+            f.set_result(result)
+    except InvalidStateError:
+        pass
+
+
 def _left_pad(x: torch.Tensor, n: int, dim: int = 2) -> torch.Tensor:
     """x with n zero slots before its entries along dim (none when n <= 0)."""
     if n <= 0:
@@ -195,9 +227,10 @@ def _left_pad(x: torch.Tensor, n: int, dim: int = 2) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> int:
-    """One id from a [V] logits row: greedy at temperature 0, else temperature then nucleus
+    """One id from a [V] logits row: greedy at temperature 0 (and below GREEDY_BELOW, where
+    dividing the logits would overflow to infinities), else temperature then nucleus
     (transformers' warpers, as ppg.generation samples)."""
-    if s.temperature <= 0:
+    if s.temperature < GREEDY_BELOW:
         return int(logits.argmax())
     from ppg.generation import GenerationConfig, warp
 

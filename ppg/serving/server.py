@@ -7,7 +7,8 @@ in OpenAI's error shape naming the field, with the server up after it: a body ov
 max_body_bytes (413), a prompt over max_prompt_tokens, a max_tokens above max_tokens_cap (both
 refused, never run for minutes), a chat and max_tokens beyond the model's context, a role other
 than system/user/assistant, a chat its template refuses, a temperature outside
-[0, 2], streaming or n > 1 (not offered). Sampling is per request (ppg.serving.engine). With a
+[0, 2] (below 1e-3 it decodes greedily), a seed outside [0, 2^63), streaming or n > 1 (not
+offered). Sampling is per request (ppg.serving.engine). With a
 request log folder, every answered chat is appended to requests-<UTC date>.jsonl as a dialogue in
 the canonical format naming meta.model_version (ppg.chat_model.request_record; what `ppg
 monitor --logs` reads), written by this front layer once the answer is computed and before it
@@ -64,6 +65,8 @@ def read_request(body, names: set[str], limits: Limits) -> tuple[list[dict], Sam
     """(messages, sampling) of a chat-completions body, or BadRequest naming the field."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
+    if body.get("model") is not None and not isinstance(body["model"], str):
+        raise BadRequest("model: expected a string", "model")
     if body.get("model") is not None and body["model"] not in names:
         raise BadRequest(f"model: {str(body['model'])[:80]!r} is not served here (GET /v1/models: "
                          f"{', '.join(sorted(names))})", "model", 404, "model_not_found")
@@ -108,8 +111,8 @@ def read_request(body, names: set[str], limits: Limits) -> tuple[list[dict], Sam
                                  and all(isinstance(s, str) and s for s in stop)):
         raise BadRequest("stop: expected a non-empty string or a list of up to 4 of them", "stop")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BadRequest("seed: expected an integer", "seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
+        raise BadRequest("seed: expected an integer in [0, 2^63)", "seed")
     return out, Sampling(max_tokens=x or limits.default_max_tokens,
                          temperature=float(_number(body, "temperature", 0, 2, 1.0)),
                          top_p=float(_number(body, "top_p", 0, 1, 1.0)) or 1e-9, stop=stop or [],
@@ -167,8 +170,8 @@ def make_app(model, tok, name: str, version: str, domain: str = "", limits: Limi
             raw = await read_body(request, limits.max_body_bytes)
             try:
                 body = json.loads(raw)
-            except ValueError:
-                raise BadRequest("the body is not JSON") from None
+            except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+                raise BadRequest("the body is not JSON (or nested too deeply)") from None
             msgs, sampling = read_request(body, names, limits)
             try:
                 ids = list(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
@@ -180,14 +183,18 @@ def make_app(model, tok, name: str, version: str, domain: str = "", limits: Limi
                 raise BadRequest(f"messages: the chat is {len(ids)} tokens, over this server's "
                                  f"{limits.max_prompt_tokens}", "messages")
             if context and len(ids) + sampling.max_tokens > context:
-                raise BadRequest(f"max_tokens: the chat's {len(ids)} tokens and max_tokens {sampling.max_tokens} "
-                                 f"exceed the model's context of {context} tokens", "max_tokens")
+                raise BadRequest(f"messages: the chat's {len(ids)} tokens and the {sampling.max_tokens} to "
+                                 f"generate exceed the model's context of {context} tokens", "messages")
         except BadRequest as e:
             return error(e)
         if engine.waiting.qsize() >= limits.max_waiting:
             return JSONResponse({"error": {"message": "the server is busy; retry", "type": "server_busy"}},
                                 status_code=503, headers={"Retry-After": "1"})
-        done = await asyncio.wrap_future(engine.submit(ids, sampling))
+        try:
+            done = await asyncio.wrap_future(engine.submit(ids, sampling))
+        except Exception as e:  # the model failed on this chat: a 500 that says so, the server goes on
+            return JSONResponse({"error": {"message": f"the model failed on this request: {type(e).__name__}: "
+                                                      f"{str(e)[:300]}", "type": "server_error"}}, status_code=500)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         answer = {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": name,
                   "system_fingerprint": f"{name}/{version}",
