@@ -42,6 +42,33 @@ def eval_device():
     return torch.device("cpu")
 
 
+def native_bf16(device) -> str | None:
+    """Why bf16 is native on this device (a GPU that supports it, or the CPU flag that gives bf16
+    matrix instructions), or None. torch's get_cpu_capability() says "AVX512" on a CPU with
+    avx512_bf16 too, so the CPU's flags are read."""
+    import torch
+
+    if device.type == "cuda":
+        return "cuda bf16" if torch.cuda.is_bf16_supported() else None
+    try:
+        flags = set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                         if ln.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return None
+    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
+
+
+def eval_dtype(setting: str, device) -> tuple:
+    """(torch dtype, why) for eval.dtype: float32, bfloat16, or auto (bfloat16 where
+    native_bf16 says so, else float32)."""
+    import torch
+
+    if setting == "auto":
+        why = native_bf16(device)
+        return (torch.bfloat16, f"auto: {why}") if why else (torch.float32, "auto: no native bf16")
+    return getattr(torch, setting), setting
+
+
 def tokenizer_hash(folder: str | Path) -> str:
     """sha256 over the tokenizer files present in folder (names included), 16 hex digits."""
     h = hashlib.sha256()

@@ -173,15 +173,16 @@ def partner_identity(p) -> dict:
 
 def llm_partner(p, turns: int, gen, transport=None):
     """The llm partner of params p: behind eval.partner_endpoint when its base_url is set, else
-    eval.partner_model (model.spec when "") loaded here (ppg.partner_models)."""
+    eval.partner_model (model.spec when "") loaded here in eval.dtype (ppg.partner_models)."""
     from ppg.partner_models import EndpointPartner, InProcessPartner
 
     if p.eval.partner_endpoint.base_url:
         return EndpointPartner(p.eval.partner_endpoint, turns, gen, partner_chat, transport=transport)
     from transformers import AutoModelForCausalLM
 
-    from ppg.models import base_model, eval_device, load_tokenizer, resolve_model
+    from ppg.models import base_model, eval_device, eval_dtype, load_tokenizer, resolve_model
 
     folder = resolve_model(p.eval.partner_model) if p.eval.partner_model else base_model(p)
-    model = AutoModelForCausalLM.from_pretrained(str(folder)).to(eval_device()).eval()
+    dtype, _ = eval_dtype(p.eval.dtype, eval_device())  # it samples as the policy does in evaluation
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(eval_device()).eval()
     return InProcessPartner(model, load_tokenizer(folder), turns, gen, partner_chat)

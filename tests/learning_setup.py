@@ -50,7 +50,8 @@ def bc_start(tmp: Path, tiny_model) -> tuple[Params, dict, str]:
                train=TrainConfig(data=str(tmp / "built"), out=str(tmp / "models"), workdir=str(tmp / "work"),
                                  batch_size=16, max_steps=1500, checkpoint_every=10 ** 6,
                                  lora=LoraConfig(enabled=False), deepspeed=adam(3e-3, 50)),
-               eval=EvalConfig(out=str(tmp / "eval"), personas=PERSONAS, turns=TURNS, qa=False, generation=gen),
+               eval=EvalConfig(out=str(tmp / "eval"), personas=PERSONAS, turns=TURNS, qa=False, generation=gen,
+                               dtype="float32"),  # the measured gains are of float32 rollouts
                mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp}/mlflow.db", artifacts=str(tmp / "art")))
     train(p, "bc", progress=False)
     return p, evaluate(p, "bc", log=False)["online"], str(tmp / "models/bc")

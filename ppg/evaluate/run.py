@@ -16,7 +16,7 @@ from ppg.evaluate.online import backstory_qa, llm_metrics, online_metrics, perso
 from ppg.evaluate.report import log_evaluation, plot_drift, table
 from ppg.io import atomic_open
 from ppg.judges.independent import check_independent, reward_model_folders
-from ppg.models import base_model, eval_device, load_tokenizer
+from ppg.models import base_model, eval_device, eval_dtype, load_tokenizer
 from ppg.rollout import GenerationConfig, play
 from ppg.partner import RolloutWorld, qa_questions
 from ppg.partner_models import check_drops
@@ -43,6 +43,22 @@ def load_trained(p, name: str):
     return model, ref, tok, False
 
 
+def sampling_model(model, lora: bool, dtype, keep: bool):
+    """The model rollouts and Q&A sample from: LoRA adapters folded into the weights (no adapter
+    matmuls for every token) and cast to dtype; a copy when keep (offline scoring still needs
+    the float32 model, with its adapters to switch off for the reference)."""
+    import copy
+
+    import torch
+
+    if not lora and dtype == torch.float32:
+        return model
+    m = copy.deepcopy(model) if keep else model
+    if lora:
+        m = m.merge_and_unload()
+    return m.to(dtype).eval()
+
+
 def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False, fold: int | None = None,
             seed: int | None = None, trained_by: list[dict] = (), ref_cache: dict | None = None):
     """Metrics of a loaded model on a split, as p.eval says: (metrics, judged dialogues or None,
@@ -56,6 +72,9 @@ def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False
 
     cfg, metrics, dialogues, turns = p.eval, {"split": split}, None, None
     if cfg.mode in ("online", "both"):
+        dtype, why = eval_dtype(cfg.dtype, next(model.parameters()).device)
+        offline_model = model
+        model = sampling_model(model, lora, dtype, keep=cfg.mode == "both")
         gen = GenerationConfig(**cfg.generation)
         seed = cfg.persona_seed(split) if seed is None else seed
         grader = p.eval_judge()
@@ -78,12 +97,14 @@ def measure(p, model, tok, split: str, policy: str, ref=None, lora: bool = False
         metrics["online"] = {"domain": domain, "seed": seed, "partner": cfg.partner, "judge": judge.identity(),
                              # who played the user, and the dialogues it dropped (left out of every metric)
                              "partner_identity": world.partner_identity(), "partner_drops": drops,
+                             "dtype": {"dtype": str(dtype).removeprefix("torch."), "why": why},
                              "rewards_by": list(trained_by) if cfg.partner == "llm" else None,
                              **online_metrics(dialogues, qa, cfg.engagement_words)}
         if qa_unknown is not None:
             metrics["online"]["qa_unknown"] = qa_unknown  # answers the judge gave no verdict (not scored)
         if cfg.llm_judge:
             metrics["online"]["llm"] = llm_metrics(dialogues, p.judge)
+        model = offline_model
     if cfg.mode in ("offline", "both"):
         path = Path(p.train.data) / (f"{p.train.split}.parquet" if fold is not None else f"{split}.parquet")
         table_ = pq.read_table(path)
