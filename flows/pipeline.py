@@ -7,8 +7,8 @@ re-implements a `ppg` stage.
 
     lock -> parent run -> sources (hash the input files) -> dvc status (clean: stop, say so) ->
     prepare-model, import, validate, build -> train@P, evaluate@P for every policy P, one at a
-    time -> best policy on the validation split -> register as `challenger` -> gate on the test
-    split -> dvc push
+    time -> evaluate-base (the untrained control) -> best policy on the validation split ->
+    register as `challenger` -> gate on the test split -> dvc push
 
 Started by `ppg run` (embedded engine) or served with a cron schedule by `ppg serve`.
 """
@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger, task
 from ppg import registry, tracking
 from ppg.lineage import record
 from ppg.config import load_params
-from ppg.evaluate.report import table
+from ppg.evaluate.report import BASE, table, versus_base
 from ppg.lineage.closure import stage_order
 from ppg.lock import workspace_lock
 from ppg.metrics import best_policy
@@ -95,14 +95,21 @@ def link_runs(p, c, parent_run_id: str, trained: dict) -> dict:
     return runs
 
 
-def comparison(p, c, runs: dict, trained: dict) -> tuple[str, dict]:
-    """The per-policy markdown table (validation split, 95% CIs) with links to the MLflow runs."""
+def comparison(p, c, runs: dict, trained: dict) -> tuple[str, dict, list[str]]:
+    """The per-policy markdown table (validation split, 95% CIs) with the untrained base as a
+    control row, each policy's paired difference against it, and links to the MLflow runs;
+    the policy metrics, and the policies whose interval against the base clears 0."""
     metrics = {pol: json.loads((Path(p.eval.out) / pol / "metrics.json").read_text()) for pol in p.returns.policies}
+    path = Path(p.eval.out) / BASE / "metrics.json"
+    base = json.loads(path.read_text()) if path.exists() else None
     exp, ui = tracking.experiment_id(c, p.mlflow), tracking.ui_url(p.mlflow)
     links = "\n".join(f"- {pol}: {'trained in this run' if trained.get(pol) else 'unchanged, from an earlier run'}, "
                       f"[MLflow run {runs[pol]}]({ui}/#/experiments/{exp}/runs/{runs[pol]})"
                       for pol in p.returns.policies)
-    return f"Primary metric: `{p.eval.primary}` (validation split)\n\n{table(metrics)}\n{links}\n", metrics
+    against, cleared = versus_base(p.eval.primary, metrics, base, p.registry)
+    rows = {**metrics, **({f"{BASE} (untrained, control)": base} if base else {})}
+    return (f"Primary metric: `{p.eval.primary}` (validation split)\n\n{table(rows)}\n{against}\n{links}\n",
+            metrics, cleared)
 
 
 @flow(name="ppg-pipeline", log_prints=True)
@@ -222,22 +229,25 @@ def _stages(p, c, parent: str, log) -> dict:
         retried = repro.with_options(retries=1, retry_delay_seconds=5)  # evaluation may call a remote judge
         trained = {}
         for stage in stage_order(Path("dvc.yaml"), p.returns.policies, done=("sources",)):  # dvc.yaml's order
-            ran = clock.run(stage, retried if stage.startswith("evaluate@") else repro, stage, parent)
+            ran = clock.run(stage, retried if stage.startswith("evaluate") else repro, stage, parent)
             if stage.startswith("train@"):
                 trained[stage.removeprefix("train@")] = ran
         result["skipped"] = False
     record.log_end(c, parent)  # dvc.lock as the stages left it, the input manifests
     runs = link_runs(p, c, parent, trained)
-    md, metrics = comparison(p, c, runs, trained)
+    md, metrics, cleared = comparison(p, c, runs, trained)
     c.log_text(parent, md, "policies.md")
     from prefect.artifacts import create_markdown_artifact
 
     # the table is there even if registration or the gate fails; the run's last version adds the outcome
     create_markdown_artifact(md, key="ppg-policies", description="Per-policy comparison (validation split)")
     scores, best = best_policy(p.eval.primary, metrics)
-    result.update(table=md, trained=trained, runs=runs, validation=scores, best=best, gate=None)
+    result.update(table=md, trained=trained, runs=runs, validation=scores, best=best, gate=None,
+                  better_than_base=cleared)
     if best is not None:
         c.set_tag(parent, "ppg.best_policy", best)
+        if best not in cleared:  # the best of the policies, not shown better than no training
+            log.info("best on validation: %s, but its interval against the untrained base does not clear 0", best)
     action, why = registry.registration_step(p, c, best, metrics, runs, trained)
     if action == "register":
         result["gate"] = clock.run("register + gate", register_and_gate, best, parent, why or None)

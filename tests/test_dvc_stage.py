@@ -102,7 +102,7 @@ def every_stage_declares_the_params_it_read(repo: Path, trace: Path):
     params = {stage_command(st["cmd"]): declared(st) for st in stages(repo / "dvc.yaml").values()}
     lines = [json.loads(x) for x in trace.read_text().splitlines()]
     assert {t["command"] for t in lines} >= {"prepare-model", "sources", "import", "judge", "validate", "build",
-                                            "train", "evaluate"}
+                                            "train", "evaluate", "evaluate-base"}
     assert undeclared(lines, params) == {}
     assert "train.max_steps" in next(t for t in lines if t["command"] == "train")["read"]  # the trace sees reads
 
@@ -118,7 +118,8 @@ def an_edit_reruns_the_stages_whose_code_closure_holds_it(repo: Path, env: dict)
 
     graph = stages(repo / "dvc.yaml")
     expanded = {"train": ["train@greedy", "train@k2"], "evaluate": ["evaluate@greedy", "evaluate@k2"]}
-    for rel, pinned in (("ppg/generation.py", {"train@greedy", "train@k2", "evaluate@greedy", "evaluate@k2"}),
+    for rel, pinned in (("ppg/generation.py", {"train@greedy", "train@k2", "evaluate@greedy", "evaluate@k2",
+                                              "evaluate-base"}),
                         ("ppg/data/validate.py", {"validate"})):
         holds = {s for name, st in graph.items() if stage_command(st["cmd"])
                  and rel in files(command_closure(stage_command(st["cmd"]))) for s in expanded.get(name, [name])}

@@ -37,7 +37,7 @@ def test_a_pipeline_stage_refuses_a_missing_params_file_other_commands_use_the_d
     missing = tmp_path / "params.yaml"
     for stage in (["import", "--out", str(tmp_path / "x")], ["build", str(tmp_path)], ["train", "--policy", "k3"],
                   ["evaluate", "--policy", "k3"], ["validate", str(tmp_path)], ["sources"], ["judge", str(tmp_path)],
-                  ["prepare-model"]):
+                  ["prepare-model"], ["evaluate-base"]):
         r = CliRunner().invoke(app, [*stage, "--params", str(missing)])
         assert r.exit_code == 2 and f"{missing}: no such params file" in r.output, (stage, r.output)
     dialogues = ROOT / "data" / "examples" / "dialogues.jsonl"

@@ -135,7 +135,7 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
     assert parent.info.status == "FINISHED" and parent.data.tags["ppg.best_policy"] == r["best"]
     # what the run cost, step by step, in the result and the parent run
     steps = ["sources", "prepare-model", "import", "judge", "validate", "build", "train@greedy", "train@k3",
-             "evaluate@greedy", "evaluate@k3", "register + gate", "dvc push", "git commit"]
+             "evaluate@greedy", "evaluate@k3", "evaluate-base", "register + gate", "dvc push", "git commit"]
     assert list(r["stage_seconds"]) == steps and all(s >= 0 for s in r["stage_seconds"].values())
     assert parent.data.metrics["seconds.train.k3"] == pytest.approx(r["stage_seconds"]["train@k3"], abs=0.1)
     assert parent.data.metrics["seconds.register_gate"] > 0
@@ -147,6 +147,7 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
         assert 0.0 <= child.data.metrics["validation.online.reward"] <= 1.0
         assert child.data.metrics["validation.online.llm.consistency"] == 1.0  # the LLM judge said NO throughout
     assert "| greedy |" in r["table"] and "| k3 |" in r["table"]
+    assert "| base (untrained, control) |" in r["table"] and "against the untrained base" in r["table"]
     the_run_is_recorded(ws, c, r, code_commit)
     assert (ws / ".dvc-remote").is_dir()  # outputs pushed to the default local remote
     # the champion loads from the registry and generates

@@ -247,6 +247,23 @@ def evaluate_(
     typer.echo(table({run or run_name(policy, fold): m}))
 
 
+@app.command("evaluate-base")
+def evaluate_base_(params: Path = STAGE_PARAMS):
+    """The untrained base model, measured online on the same personas and seeds as the policies:
+    the control of every comparison (never registered); eval/base/."""
+    from ppg.evaluate.report import table
+    from ppg.evaluate.report import BASE
+    from ppg.evaluate.run import evaluate_base
+    from ppg.judges.llm import JudgeError
+
+    p = read_params(params, stage=True)
+    try:
+        m = evaluate_base(p)
+    except (FileNotFoundError, ValueError, JudgeError) as e:
+        fail(str(e))
+    typer.echo(table({BASE: m}))
+
+
 @app.command()
 def export(
     trained: Path = typer.Argument(..., help="A training output folder (adapters or weights + run.json)."),

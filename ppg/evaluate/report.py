@@ -2,6 +2,8 @@
 
 from ppg import tracking
 
+BASE = "base"  # eval.out/base: the untrained model's evaluation (no policy id is spelled so)
+
 
 def plot_drift(metrics: dict, path):
     import matplotlib
@@ -44,6 +46,32 @@ def table(metrics: dict) -> str:
     head = "| policy | " + " | ".join(cols) + " |"
     rows = [f"| {name} | " + " | ".join(cell(metric_entry(m, c)) for c in cols) + " |" for name, m in metrics.items()]
     return "\n".join([head, "|" + "---|" * (len(cols) + 1)] + rows) + "\n"
+
+
+def versus_base(primary: str, metrics: dict, base: dict | None, cfg) -> tuple[str, list[str]]:
+    """Each policy's improvement over the untrained base on the primary metric, paired over the
+    same personas with the gate's statistics (ppg.gate.paired_difference, cfg: the registry
+    section), as markdown, and the policies whose interval clears 0. A run where none does says
+    so in words first: its table shows no effect of training."""
+    from ppg.gate import describe, paired_difference
+    from ppg.metrics import metric, metric_spec
+
+    if base is None or metric(base, primary) is None:
+        return f"No measurement of the untrained base on `{primary}`: no control to compare with.\n", []
+    if metric_spec(primary).offline_stat is not None:
+        return (f"`{primary}` is an offline metric, which compares a policy with the base by construction: "
+                f"no paired difference against the base.\n"), []
+    rows, cleared = [], []
+    for pol, m in metrics.items():
+        d = paired_difference(primary, m, base, None, None, cfg)
+        if d["lo"] is not None and d["lo"] > 0:
+            cleared.append(pol)
+        rows.append(f"| {pol} | {describe(primary, d, cfg)} |")
+    words = (f"No policy's interval against the untrained base clears 0 on `{primary}`: on this evidence, "
+             f"training changed nothing measurable." if not cleared else
+             f"Better than the untrained base on `{primary}` (interval above 0): {', '.join(cleared)}.")
+    head = f"{words}\n\n| policy | against the untrained base (paired) |\n|---|---|\n"
+    return head + "\n".join(rows) + "\n", cleared
 
 
 def flat_metrics(metrics: dict, prefix: str = "") -> dict:

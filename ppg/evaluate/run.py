@@ -13,7 +13,7 @@ from pathlib import Path
 from ppg.data.schema import write_dialogues
 from ppg.evaluate.offline import offline_metrics, offline_turns
 from ppg.evaluate.online import backstory_qa, llm_metrics, online_metrics, persona_qa
-from ppg.evaluate.report import log_evaluation, plot_drift, table
+from ppg.evaluate.report import BASE, log_evaluation, plot_drift, table
 from ppg.io import atomic_open
 from ppg.judges.independent import check_independent, reward_model_folders
 from ppg.models import base_model, eval_device, eval_dtype, load_tokenizer
@@ -139,4 +139,33 @@ def evaluate(p, policy: str, fold: int | None = None, run: str | None = None, lo
     plot_drift({name: metrics}, out / "drift.png")
     if log and metrics["mlflow_run_id"]:
         log_evaluation(p, metrics["mlflow_run_id"], metrics, out)
+    return metrics
+
+
+def evaluate_base(p) -> dict:
+    """The untrained base model (model.base) measured online as the policies are: the same split,
+    personas, seeds, partner and grader. The control every policy's table row is compared with;
+    never a registration candidate. Offline metrics compare a policy with this model, so it has
+    none of its own. Writes eval.out/base/."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    cfg, folder = p.eval, base_model(p)
+    metrics = {"policy": BASE, "fold": None, "model": p.model.spec, "mlflow_run_id": None, "primary": cfg.primary,
+               "control": "the untrained base model", "split": cfg.split}
+    dialogues = None
+    if cfg.mode != "offline":
+        model = AutoModelForCausalLM.from_pretrained(str(folder)).to(eval_device()).eval()
+        m, dialogues, _ = measure(replace(p, eval=replace(cfg, mode="online")), model, load_tokenizer(folder),
+                                  cfg.split, BASE)
+        metrics.update(m)
+    out = Path(cfg.out) / BASE
+    if dialogues is not None:
+        write_dialogues(out / "dialogues.jsonl", dialogues)
+    with atomic_open(out / "metrics.json") as f:
+        json.dump(metrics, f, indent=1)
+    with atomic_open(out / "table.md") as f:
+        f.write(table({BASE: metrics}))
+    plot_drift({BASE: metrics}, out / "drift.png")
     return metrics
