@@ -157,8 +157,9 @@ def evaluate_base(p) -> dict:
     dialogues = None
     if cfg.mode != "offline":
         model = AutoModelForCausalLM.from_pretrained(str(folder)).to(eval_device()).eval()
-        m, dialogues, _ = measure(replace(p, eval=replace(cfg, mode="online")), model, load_tokenizer(folder),
-                                  cfg.split, BASE)
+        p.eval = replace(cfg, mode="online")  # in place, as `ppg evaluate --mode` does: a copy of the
+        m, dialogues, _ = measure(p, model, load_tokenizer(folder), cfg.split, BASE)  # whole tree reads every param
+        p.eval = cfg
         metrics.update(m)
     out = Path(cfg.out) / BASE
     if dialogues is not None:
