@@ -95,10 +95,10 @@ def link_runs(p, c, parent_run_id: str, trained: dict) -> dict:
     return runs
 
 
-def comparison(p, c, runs: dict, trained: dict) -> tuple[str, dict, list[str]]:
+def comparison(p, c, runs: dict, trained: dict) -> tuple[str, dict, dict]:
     """The per-policy markdown table (validation split, 95% CIs) with the untrained base as a
     control row, each policy's paired difference against it, and links to the MLflow runs;
-    the policy metrics, and the policies whose interval against the base clears 0."""
+    the policy metrics, and each policy's interval lower bound against the base."""
     metrics = {pol: json.loads((Path(p.eval.out) / pol / "metrics.json").read_text()) for pol in p.returns.policies}
     path = Path(p.eval.out) / BASE / "metrics.json"
     base = json.loads(path.read_text()) if path.exists() else None
@@ -106,10 +106,10 @@ def comparison(p, c, runs: dict, trained: dict) -> tuple[str, dict, list[str]]:
     links = "\n".join(f"- {pol}: {'trained in this run' if trained.get(pol) else 'unchanged, from an earlier run'}, "
                       f"[MLflow run {runs[pol]}]({ui}/#/experiments/{exp}/runs/{runs[pol]})"
                       for pol in p.returns.policies)
-    against, cleared = versus_base(p.eval.primary, metrics, base, p.registry)
+    against, bounds = versus_base(p.eval.primary, metrics, base, p.registry)
     rows = {**metrics, **({f"{BASE} (untrained, control)": base} if base else {})}
     return (f"Primary metric: `{p.eval.primary}` (validation split)\n\n{table(rows)}\n{against}\n{links}\n",
-            metrics, cleared)
+            metrics, bounds)
 
 
 @flow(name="ppg-pipeline", log_prints=True)
@@ -235,19 +235,23 @@ def _stages(p, c, parent: str, log) -> dict:
         result["skipped"] = False
     record.log_end(c, parent)  # dvc.lock as the stages left it, the input manifests
     runs = link_runs(p, c, parent, trained)
-    md, metrics, cleared = comparison(p, c, runs, trained)
+    md, metrics, bounds = comparison(p, c, runs, trained)
+    cleared = [pol for pol, lo in bounds.items() if lo is not None and lo > 0]
     c.log_text(parent, md, "policies.md")
     from prefect.artifacts import create_markdown_artifact
 
     # the table is there even if registration or the gate fails; the run's last version adds the outcome
     create_markdown_artifact(md, key="ppg-policies", description="Per-policy comparison (validation split)")
-    scores, best = best_policy(p.eval.primary, metrics)
+    scores, best = best_policy(p.eval.primary, metrics, bounds)  # a tie goes to more evidence
     result.update(table=md, trained=trained, runs=runs, validation=scores, best=best, gate=None,
                   better_than_base=cleared)
     if best is not None:
         c.set_tag(parent, "ppg.best_policy", best)
-        if best not in cleared:  # the best of the policies, not shown better than no training
-            log.info("best on validation: %s, but its interval against the untrained base does not clear 0", best)
+        if best not in cleared and bounds:  # the best of the policies, not shown better than no training
+            note = f"best on validation: {best}, but its interval against the untrained base does not clear 0"
+            log.info(note)
+            md += f"\n{note}.\n"
+            result["table"] = md
     action, why = registry.registration_step(p, c, best, metrics, runs, trained)
     if action == "register":
         result["gate"] = clock.run("register + gate", register_and_gate, best, parent, why or None)

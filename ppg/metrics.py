@@ -179,9 +179,15 @@ def unscored(metrics: dict, path: str) -> str:
     return (x.get("reason") or "no finite value") if isinstance(x, dict) else f"{path} = {x}"
 
 
-def best_policy(primary: str, metrics: dict[str, dict]) -> tuple[dict, str | None]:
+def best_policy(primary: str, metrics: dict[str, dict], evidence: dict[str, float] | None = None
+                ) -> tuple[dict, str | None]:
     """(each policy's score on the primary metric, the best in the metric's better direction, or
-    None when no policy has a score): the best-on-validation choice."""
+    None when no policy has a score): the best-on-validation choice. A tie on the score goes to
+    the policy with more evidence (evidence: policy -> the lower bound of its paired improvement
+    over the untrained base; higher first), not to whichever is listed first."""
     scores = {pol: metric(m, primary) for pol, m in metrics.items()}
     known = {pol: direction(primary) * s for pol, s in scores.items() if s is not None}
-    return scores, (max(known, key=known.get) if known else None)
+    if not known:
+        return scores, None
+    bound = {pol: x for pol, x in (evidence or {}).items() if x is not None}
+    return scores, max(known, key=lambda pol: (known[pol], bound.get(pol, float("-inf"))))

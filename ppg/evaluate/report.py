@@ -48,30 +48,31 @@ def table(metrics: dict) -> str:
     return "\n".join([head, "|" + "---|" * (len(cols) + 1)] + rows) + "\n"
 
 
-def versus_base(primary: str, metrics: dict, base: dict | None, cfg) -> tuple[str, list[str]]:
+def versus_base(primary: str, metrics: dict, base: dict | None, cfg) -> tuple[str, dict[str, float | None]]:
     """Each policy's improvement over the untrained base on the primary metric, paired over the
     same personas with the gate's statistics (ppg.gate.paired_difference, cfg: the registry
-    section), as markdown, and the policies whose interval clears 0. A run where none does says
-    so in words first: its table shows no effect of training."""
+    section), as markdown, and each policy's interval lower bound (None: no bound); those above 0
+    clear the base. A run where none does says so in words first: its table shows no effect of
+    training."""
     from ppg.gate import describe, paired_difference
     from ppg.metrics import metric, metric_spec
 
     if base is None or metric(base, primary) is None:
-        return f"No measurement of the untrained base on `{primary}`: no control to compare with.\n", []
+        return f"No measurement of the untrained base on `{primary}`: no control to compare with.\n", {}
     if metric_spec(primary).offline_stat is not None:
         return (f"`{primary}` is an offline metric, which compares a policy with the base by construction: "
-                f"no paired difference against the base.\n"), []
-    rows, cleared = [], []
+                f"no paired difference against the base.\n"), {}
+    rows, bounds = [], {}
     for pol, m in metrics.items():
         d = paired_difference(primary, m, base, None, None, cfg)
-        if d["lo"] is not None and d["lo"] > 0:
-            cleared.append(pol)
+        bounds[pol] = d["lo"]
         rows.append(f"| {pol} | {describe(primary, d, cfg)} |")
+    cleared = [pol for pol, lo in bounds.items() if lo is not None and lo > 0]
     words = (f"No policy's interval against the untrained base clears 0 on `{primary}`: on this evidence, "
              f"training changed nothing measurable." if not cleared else
              f"Better than the untrained base on `{primary}` (interval above 0): {', '.join(cleared)}.")
     head = f"{words}\n\n| policy | against the untrained base (paired) |\n|---|---|\n"
-    return head + "\n".join(rows) + "\n", cleared
+    return head + "\n".join(rows) + "\n", bounds
 
 
 def flat_metrics(metrics: dict, prefix: str = "") -> dict:
