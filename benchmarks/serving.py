@@ -48,13 +48,13 @@ def personas_and_lines(n: int):
     return list(dict.fromkeys(d["personas"]["patient"] for d in logged))[:n], lines, "shipped example personas"
 
 
-def start(argv, env, url, log: Path):
+def start(argv, env, url, log: Path, health: str):
     from ppg.judges.serve import wait_healthy
 
     with log.open("w") as f:
         proc = subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_healthy(proc, url, 300, log.read_text)
+        wait_healthy(proc, url, 300, log.read_text, health)
     except Exception:
         stop(proc)
         raise
@@ -129,8 +129,8 @@ def serving(a, folder, personas, lines, tmp: Path):
         for name, (argv, post, health) in servers.items():
             port = free_port()
             urls[name] = f"http://127.0.0.1:{port}"
-            procs[name] = start_mlflow(argv, port, env, urls[name], tmp) if health == "/ping" else \
-                start(argv + ["--port", str(port)], env, urls[name], tmp / f"serve-model-{port}.log")
+            procs[name] = start(argv + ["-p" if health == "/ping" else "--port", str(port)], env, urls[name],
+                                tmp / f"server-{port}.log", health)
         rows, answers = {}, {}
         for c in a.concurrency:
             for _ in range(a.rounds):
@@ -155,27 +155,6 @@ def serving(a, folder, personas, lines, tmp: Path):
         same = "-" if ref is got else f"{agree}/{len(lat) // len(runs)}"
         print(f"| {name} | {c} | {len(lat) // len(runs)} | {', '.join(f'{r:.2f}' for r, _ in runs)} | "
               f"{statistics.mean(r for r, _ in runs):.2f} | {statistics.median(lat):.2f} | {q[18]:.2f} | {same} |")
-
-
-def start_mlflow(argv, port, env, url, tmp):
-    """mlflow's scoring server answers GET /ping (it has no /health)."""
-    import httpx
-
-    log = tmp / f"mlflow-{port}.log"
-    with log.open("w") as f:
-        proc = subprocess.Popen(argv + ["-p", str(port)], env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise RuntimeError(f"mlflow models serve did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.5)
 
 
 class NoJudge:

@@ -46,6 +46,14 @@ def request_record(msgs: list[dict], reply: str, request_id: str, params: dict, 
                                      "time": time.time(), "params": params}}
 
 
+def write_record(folder: Path, record: dict) -> None:
+    """Append a record to folder/requests-<UTC date of its time>.jsonl (one file per day)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    day = time.strftime("%Y-%m-%d", time.gmtime(record["meta"]["time"]))
+    with open(folder / f"requests-{day}.jsonl", "a") as f:  # one write per line: appends stay whole
+        f.write(json.dumps(record) + "\n")
+
+
 def _rows(model_input) -> list[dict]:
     """The requests of a predict call: a DataFrame (what /invocations and the signature give),
     a dict of one request, or a list of them."""
@@ -104,12 +112,9 @@ class PersonaChat(PythonModel):
         version = os.environ.get("PPG_MODEL_VERSION", "")
         folder = os.environ.get("PPG_REQUEST_LOG")
         if folder:
-            record = request_record(msgs, text, rid, {"max_tokens": _given(request.get("max_tokens")),
-                                                      "temperature": temperature}, self.domain, version)
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            day = time.strftime("%Y-%m-%d", time.gmtime(record["meta"]["time"]))
-            with open(Path(folder) / f"requests-{day}.jsonl", "a") as f:  # one write per line: appends stay whole
-                f.write(json.dumps(record) + "\n")
+            write_record(Path(folder), request_record(msgs, text, rid, {"max_tokens": _given(request.get("max_tokens")),
+                                                                         "temperature": temperature},
+                                                      self.domain, version))
         return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": version,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
                 "usage": {"prompt_tokens": ids.shape[1], "completion_tokens": len(new),

@@ -122,9 +122,9 @@ class EndpointPartner:
             except EndpointError as err:
                 if not err.gave_up:  # a redirect or a 4xx: a wrong name or key, not a flaky server
                     raise
-                return Drop(str(err))
+                return Drop(str(err), err.last)
             if a.unknown in ("other_model", "oversized"):  # a cut-off line is still a line
-                return Drop(f"{a.unknown}" + (f" (answered by {a.model})" if a.model else ""))
+                return Drop(f"{a.unknown}" + (f" (answered by {a.model})" if a.model else ""), a.unknown)
             return _line(a.text)
 
         async with httpx.AsyncClient(base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, follow_redirects=False,
@@ -135,15 +135,15 @@ class EndpointPartner:
 
 
 def check_drops(dropped: dict, played: int, cfg, where: str) -> dict:
-    """{dialogues, dropped, reasons}: what the partner abandoned; raises when more than
-    cfg.max_drop_share of the played dialogues were dropped (the endpoint is down, not flaky)."""
-    reasons: dict[str, int] = {}
-    for why in dropped.values():
-        head = why.split(" (last: ", 1)[1].rsplit(") in ", 1)[0] if " (last: " in why else why.split(" (")[0]
-        reasons[head] = reasons.get(head, 0) + 1
+    """{played, dropped, ids, reasons} of what the partner abandoned (dropped: dialogue_id ->
+    Drop); raises when more than cfg.max_drop_share of the played dialogues were dropped (the
+    endpoint is down, not flaky)."""
+    from collections import Counter
+
+    reasons = dict(Counter(d.reason for d in dropped.values()))
     out = {"played": played, "dropped": len(dropped), "ids": sorted(dropped), "reasons": reasons}
     if played and len(dropped) > cfg.max_drop_share * played:
-        first = next(iter(dropped.values()))
+        first = next(iter(dropped.values())).why
         raise RuntimeError(f"{where}: the partner dropped {len(dropped)} of {played} dialogues, more than "
                            f"eval.partner_endpoint.max_drop_share = {cfg.max_drop_share:g} (first: {first})")
     return out

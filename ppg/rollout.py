@@ -67,8 +67,10 @@ class Episode:
 
 @dataclass(frozen=True)
 class Drop:
-    """A partner's answer for a dialogue it cannot go on with (why: what its last attempt met)."""
+    """A partner's answer for a dialogue it cannot go on with: why (the whole story) and reason
+    (what its last attempt met, the key drops are counted by)."""
     why: str
+    reason: str
 
 
 class Partner(Protocol):
@@ -112,7 +114,7 @@ def play(model, tok, episodes: list[Episode], partner: Partner, judge: Judge, ge
     dropped), and with with_tokens=True also each dialogue's Rollout. The episodes themselves are
     left as given. stats, when given, gains "prefilled": the ids encoded at the start of turns
     over all dialogues (what a turn costs beyond one forward step per sampled token), and
-    "dropped": {dialogue_id: why} of the dialogues the partner abandoned. replies: the backend to sample from (one kept
+    "dropped": {dialogue_id: Drop} of the dialogues the partner abandoned. replies: the backend to sample from (one kept
     across calls, e.g. by online training, which tells it of new weights); default: gen.backend
     over model."""
     torch.manual_seed(seed)
@@ -128,7 +130,7 @@ def play(model, tok, episodes: list[Episode], partner: Partner, judge: Judge, ge
         active, t = list(range(len(batch))), 0
         while active:
             answers = partner.reply([batch[i] for i in active])
-            dropped.update({batch[i].dialogue_id: a.why for i, a in zip(active, answers) if isinstance(a, Drop)})
+            dropped.update({batch[i].dialogue_id: a for i, a in zip(active, answers) if isinstance(a, Drop)})
             said = [(i, line) for i, line in zip(active, answers) if isinstance(line, str)]
             active = [i for i, _ in said]
             new = []

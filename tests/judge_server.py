@@ -4,6 +4,14 @@ HTTP on localhost) that records the Authorization headers it receives and can go
 import json
 
 
+def send_json(handler, body: dict, status: int = 200) -> None:
+    """Answer an http.server request with a JSON body."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.end_headers()
+    handler.wfile.write(json.dumps(body).encode())
+
+
 class FlakyJudge:
     """An OpenAI-compatible judge that answers `healthy` requests (reporting token usage), then
     fails every one (500); it keeps every request body and Authorization header. A prompt-to-line
@@ -35,12 +43,8 @@ class FlakyJudge:
                     text = "It contradicts the background. YES"
                 else:
                     text = "It fits. NO"
-                out = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
-                                  "usage": {"prompt_tokens": len(body) // 4, "completion_tokens": 3}})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(out.encode())
+                send_json(self, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+                                 "usage": {"prompt_tokens": len(body) // 4, "completion_tokens": 3}})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.state = state

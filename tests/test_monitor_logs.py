@@ -28,9 +28,8 @@ def lines_of(dialogues) -> bytes:
 def test_the_request_log_of_serve_model_is_read_chats_without_a_persona_counted(p, tmp_path):
     """Records exactly as the servers write them (ppg.chat_model.request_record): a chat with a
     system message is judged, one without has no persona to judge against and is counted."""
-    from ppg.chat_model import request_record
+    from ppg.chat_model import request_record, write_record
     from ppg.monitor import check
-    from ppg.serving.server import write_record
 
     logs = tmp_path / "logs"
     params = {"max_tokens": 16, "temperature": 0.0}

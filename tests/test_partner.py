@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from judge_server import send_json
 from test_real_eval import patients, real  # noqa: F401  (the fixture: real personas, an LLM grader)
 
 from ppg.rollout import Episode, GenerationConfig
@@ -50,12 +51,8 @@ class ScriptedPartner:
                     self.send_response(500)
                     self.end_headers()
                     return
-                out = json.dumps({"model": body["model"], "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                send_json(self, {"model": body["model"], "choices": [{"index": 0, "finish_reason": "stop", "message": {
                     "role": "assistant", "content": f"chat {chat}, line {len(mine) + 1}: tell me more."}}]})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(out.encode())
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.state = state

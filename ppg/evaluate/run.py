@@ -129,14 +129,7 @@ def evaluate(p, policy: str, fold: int | None = None, run: str | None = None, lo
                               trained_by=[trained["reward_judge"]] if trained.get("reward_judge") else [])
     metrics = {"policy": policy, "fold": fold, "model": p.model.spec, "mlflow_run_id": trained.get("mlflow_run_id"),
                "primary": cfg.primary, **m}
-    out = Path(cfg.out) / name
-    if dialogues is not None:
-        write_dialogues(out / "dialogues.jsonl", dialogues)
-    with atomic_open(out / "metrics.json") as f:
-        json.dump(metrics, f, indent=1)
-    with atomic_open(out / "table.md") as f:
-        f.write(table({name: metrics}))
-    plot_drift({name: metrics}, out / "drift.png")
+    out = write_evaluation(Path(cfg.out) / name, name, metrics, dialogues)
     if log and metrics["mlflow_run_id"]:
         log_evaluation(p, metrics["mlflow_run_id"], metrics, out)
     return metrics
@@ -161,12 +154,18 @@ def evaluate_base(p) -> dict:
         m, dialogues, _ = measure(p, model, load_tokenizer(folder), cfg.split, BASE)  # whole tree reads every param
         p.eval = cfg
         metrics.update(m)
-    out = Path(cfg.out) / BASE
+    write_evaluation(Path(cfg.out) / BASE, BASE, metrics, dialogues)
+    return metrics
+
+
+def write_evaluation(out: Path, name: str, metrics: dict, dialogues) -> Path:
+    """An evaluation's folder: dialogues.jsonl (when there were rollouts), metrics.json,
+    table.md and drift.png."""
     if dialogues is not None:
         write_dialogues(out / "dialogues.jsonl", dialogues)
     with atomic_open(out / "metrics.json") as f:
         json.dump(metrics, f, indent=1)
     with atomic_open(out / "table.md") as f:
-        f.write(table({BASE: metrics}))
-    plot_drift({BASE: metrics}, out / "drift.png")
-    return metrics
+        f.write(table({name: metrics}))
+    plot_drift({name: metrics}, out / "drift.png")
+    return out

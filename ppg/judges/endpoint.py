@@ -29,9 +29,9 @@ class EndpointError(RuntimeError):
     """The endpoint failed after every retry (gave_up), or answered in a way that retrying cannot
     mend (a redirect, a 4xx)."""
 
-    def __init__(self, message: str, gave_up: bool = False):
+    def __init__(self, message: str, gave_up: bool = False, last: str = ""):
         super().__init__(message)
-        self.gave_up = gave_up
+        self.gave_up, self.last = gave_up, last or message  # last: what the final attempt met
 
 
 class JudgeError(EndpointError):
@@ -158,4 +158,4 @@ async def ask(client, sem, cfg, body: dict, headers: dict, counts: dict, who: st
         except ValueError as e:
             tried.append(str(e))
     raise error(f"{who} endpoint {cfg.base_url}: failed after {cfg.retries + 1} attempts (last: {tried[-1]}) "
-                f"in {time.monotonic() - t0:.0f} s; each attempt: {'; '.join(tried)}", gave_up=True)
+                f"in {time.monotonic() - t0:.0f} s; each attempt: {'; '.join(tried)}", gave_up=True, last=tried[-1])

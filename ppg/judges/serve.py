@@ -67,15 +67,16 @@ def serve_env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
-def wait_healthy(proc: subprocess.Popen, url: str, startup_s: float = 180, output=lambda: "") -> None:
-    """Return once GET URL/health answers 200; if PROC exits first, or after STARTUP_S, raise with
-    the tail of its output (OUTPUT() reads it)."""
+def wait_healthy(proc: subprocess.Popen, url: str, startup_s: float = 180, output=lambda: "",
+                 path: str = "/health") -> None:
+    """Return once GET URL/PATH answers 200 (mlflow's scoring server answers /ping); if PROC exits
+    first, or after STARTUP_S, raise with the tail of its output (OUTPUT() reads it)."""
     import httpx
 
     deadline = time.monotonic() + startup_s
     while True:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

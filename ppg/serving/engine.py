@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ppg.generation import GenerationConfig, warp
+
 
 GREEDY_BELOW = 1e-3  # temperatures this close to 0 sample the argmax anyway: decode greedily
 
@@ -177,7 +179,8 @@ class BatchEngine:
                 finished.append(i)
                 _settle(r.future, Done(r.out, text, reason, len(r.prompt), r.started - r.submitted))
         if finished:
-            keep = [i for i in range(len(self.rows)) if i not in set(finished)]
+            gone = set(finished)
+            keep = [i for i in range(len(self.rows)) if i not in gone]
             self.rows = [self.rows[i] for i in keep]
             if not keep:
                 self.cache = self.mask = self.seen = None
@@ -192,14 +195,16 @@ class BatchEngine:
                 self.mask = self.mask[:, cut:]
 
     def _finish(self, r: _Row) -> tuple[str | None, str]:
-        ended = r.out[-1] in self.eos
+        ended, full = r.out[-1] in self.eos, len(r.out) >= r.sampling.max_tokens
+        if not (r.sampling.stop or ended or full):  # nothing to look for in the text: no decoding per token
+            return None, ""
         text = self.tok.decode(r.out, skip_special_tokens=True)
         for s in r.sampling.stop:  # OpenAI leaves the stop string out of the reply
             if s in text:
                 return "stop", text[:text.index(s)].strip()
         if ended:
             return "stop", text.strip()
-        if len(r.out) >= r.sampling.max_tokens:
+        if full:
             return "length", text.strip()
         return None, ""
 
@@ -232,7 +237,5 @@ def sample(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> in
     (transformers' warpers, as ppg.generation samples)."""
     if s.temperature < GREEDY_BELOW:
         return int(logits.argmax())
-    from ppg.generation import GenerationConfig, warp
-
     probs = warp(logits[None], GenerationConfig(temperature=s.temperature, top_p=s.top_p)).softmax(-1)[0]
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))

@@ -144,7 +144,7 @@ def make_app(model, tok, name: str, version: str, domain: str = "", limits: Limi
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
-    from ppg.chat_model import request_record
+    from ppg.chat_model import request_record, write_record
     from ppg.data.schema import as_text
     from ppg.generation import end_ids
 
@@ -212,10 +212,3 @@ def make_app(model, tok, name: str, version: str, domain: str = "", limits: Limi
         return answer
 
     return app
-
-
-def write_record(folder: Path, record: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    day = time.strftime("%Y-%m-%d", time.gmtime(record["meta"]["time"]))
-    with open(folder / f"requests-{day}.jsonl", "a") as f:  # one write per line: appends stay whole
-        f.write(json.dumps(record) + "\n")

@@ -174,10 +174,11 @@ def online_step(p, run, world, gen, replies, tok, ref, kind: str, k: int | None)
                                replies=replies, stats=stats)
     drops = check_drops(stats["dropped"], len(eps), p.eval.partner_endpoint, f"online step {run.state['step'] + 1}")
     if drops["dropped"]:  # the group baseline needs every member of a group: a group with a drop goes
-        out = {e.group for e in eps if e.dialogue_id in stats["dropped"]}
-        keep = [i for i, d in enumerate(dialogues) if eps_of(eps, d.dialogue_id).group not in out]
+        by_id = {e.dialogue_id: e for e in eps}
+        out = {by_id[i].group for i in stats["dropped"]}
+        keep = [i for i, d in enumerate(dialogues) if by_id[d.dialogue_id].group not in out]
         dialogues, rollouts = [dialogues[i] for i in keep], [rollouts[i] for i in keep]
-        eps = [eps_of(eps, d.dialogue_id) for d in dialogues]
+        eps = [by_id[d.dialogue_id] for d in dialogues]
     if not dialogues:
         raise RuntimeError(f"online step {run.state['step'] + 1}: every group lost a dialogue to the partner "
                            f"({drops['reasons']})")
@@ -205,7 +206,3 @@ def online_step(p, run, world, gen, replies, tok, ref, kind: str, k: int | None)
             "seconds": time.perf_counter() - t0, "cut_replies": sum(not e for ro in rollouts for e in ro.ended),
             "dropped_dialogues": drops["dropped"]}
     return last, dialogues
-
-
-def eps_of(eps, dialogue_id: str):
-    return next(e for e in eps if e.dialogue_id == dialogue_id)
