@@ -6,9 +6,10 @@ retries, logs, schedules, artifacts); MLflow owns runs and the registry. Nothing
 re-implements a `ppg` stage.
 
     lock -> parent run -> sources (hash the input files) -> dvc status (clean: stop, say so) ->
-    prepare-model, import, validate, build -> train@P, evaluate@P for every policy P, one at a
-    time -> evaluate-base (the untrained control) -> best policy on the validation split ->
-    register as `challenger` -> gate on the test split -> dvc push
+    prepare-model, import, validate, build -> train@P, evaluate@P for every policy P (bc, the
+    reward-free control, among them), one at a time -> evaluate-base (the untrained control) ->
+    best policy on the validation split (controls left out) -> register as `challenger` (when it
+    clears the base: registry.require_better_than_base) -> gate on the test split -> dvc push
 
 Started by `ppg run` (embedded engine) or served with a cron schedule by `ppg serve`.
 """
@@ -26,11 +27,12 @@ from prefect import flow, get_run_logger, task
 from ppg import registry, tracking
 from ppg.lineage import record
 from ppg.config import load_params
-from ppg.evaluate.report import BASE, table, versus_base
+from ppg.evaluate.report import BASE, plot_policies, table, versus_controls
 from ppg.lineage.closure import stage_order
 from ppg.lock import workspace_lock
 from ppg.metrics import best_policy
 from ppg.overlay import apply_overlay
+from ppg.returns import is_control
 
 STRIP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", tracking.PARENT_ENV)
 
@@ -95,21 +97,34 @@ def link_runs(p, c, parent_run_id: str, trained: dict) -> dict:
     return runs
 
 
-def comparison(p, c, runs: dict, trained: dict) -> tuple[str, dict, dict]:
-    """The per-policy markdown table (validation split, 95% CIs) with the untrained base as a
-    control row, each policy's paired difference against it, and links to the MLflow runs;
-    the policy metrics, and each policy's interval lower bound against the base."""
-    metrics = {pol: json.loads((Path(p.eval.out) / pol / "metrics.json").read_text()) for pol in p.returns.policies}
+def comparison(p, c, runs: dict, trained: dict) -> dict:
+    """The comparison on the validation split: words on the controls first (does any policy clear
+    the untrained base, and bc?), the per-policy table (95% CIs) with the controls as rows, each
+    policy's paired differences against them, the best policy (a tie goes to the larger lower
+    bound against the base; one not shown better than the base is called best only with that
+    said), and links to the MLflow runs. Returns {markdown, metrics (the policies', controls
+    left out), scores, best, against (control -> policy -> difference), better_than_base}."""
+    evaluated = {pol: json.loads((Path(p.eval.out) / pol / "metrics.json").read_text()) for pol in p.returns.policies}
+    metrics = {pol: m for pol, m in evaluated.items() if not is_control(pol)}
     path = Path(p.eval.out) / BASE / "metrics.json"
-    base = json.loads(path.read_text()) if path.exists() else None
+    controls = {BASE: json.loads(path.read_text()) if path.exists() else None, "bc": evaluated.get("bc")}
+    words, differences, against = versus_controls(p.eval.primary, metrics, controls, p.registry)
+    bounds = {pol: d["lo"] for pol, d in against.get(BASE, {}).items()}
+    cleared = [pol for pol, lo in bounds.items() if lo is not None and lo > 0]
+    scores, best = best_policy(p.eval.primary, metrics, bounds)  # a tie goes to more evidence
+    if best is not None and BASE in against and best not in cleared:
+        words += f"Best on validation: {best}, but its interval against the untrained base does not clear 0.\n"
+    rows = {**metrics, **{f"{ctl} ({label}, control)": controls[ctl] for ctl, label in
+                          ((BASE, "untrained"), ("bc", "reward-free")) if controls[ctl]}}
+    plot = Path(p.eval.out) / "policies.png"  # beside the evaluations; the parent run gets it too
+    plot_policies(rows, p.pipeline.plot or [p.eval.primary], plot)
     exp, ui = tracking.experiment_id(c, p.mlflow), tracking.ui_url(p.mlflow)
     links = "\n".join(f"- {pol}: {'trained in this run' if trained.get(pol) else 'unchanged, from an earlier run'}, "
                       f"[MLflow run {runs[pol]}]({ui}/#/experiments/{exp}/runs/{runs[pol]})"
                       for pol in p.returns.policies)
-    against, bounds = versus_base(p.eval.primary, metrics, base, p.registry)
-    rows = {**metrics, **({f"{BASE} (untrained, control)": base} if base else {})}
-    return (f"Primary metric: `{p.eval.primary}` (validation split)\n\n{table(rows)}\n{against}\n{links}\n",
-            metrics, bounds)
+    md = f"Primary metric: `{p.eval.primary}` (validation split)\n\n{words}\n{table(rows)}\n{differences}\n{links}\n"
+    return {"markdown": md, "metrics": metrics, "scores": scores, "best": best, "against": against,
+            "better_than_base": cleared, "plot": plot}
 
 
 @flow(name="ppg-pipeline", log_prints=True)
@@ -235,24 +250,22 @@ def _stages(p, c, parent: str, log) -> dict:
         result["skipped"] = False
     record.log_end(c, parent)  # dvc.lock as the stages left it, the input manifests
     runs = link_runs(p, c, parent, trained)
-    md, metrics, bounds = comparison(p, c, runs, trained)
-    cleared = [pol for pol, lo in bounds.items() if lo is not None and lo > 0]
+    seen = comparison(p, c, runs, trained)
+    md, metrics, best = seen["markdown"], seen["metrics"], seen["best"]
     c.log_text(parent, md, "policies.md")
+    c.log_artifact(parent, str(seen["plot"]))
     from prefect.artifacts import create_markdown_artifact
 
     # the table is there even if registration or the gate fails; the run's last version adds the outcome
     create_markdown_artifact(md, key="ppg-policies", description="Per-policy comparison (validation split)")
-    scores, best = best_policy(p.eval.primary, metrics, bounds)  # a tie goes to more evidence
-    result.update(table=md, trained=trained, runs=runs, validation=scores, best=best, gate=None,
-                  better_than_base=cleared)
+    result.update(table=md, trained=trained, runs=runs, validation=seen["scores"], best=best, gate=None,
+                  better_than_base=seen["better_than_base"])
     if best is not None:
         c.set_tag(parent, "ppg.best_policy", best)
-        if best not in cleared and bounds:  # the best of the policies, not shown better than no training
-            note = f"best on validation: {best}, but its interval against the untrained base does not clear 0"
-            log.info(note)
-            md += f"\n{note}.\n"
-            result["table"] = md
-    action, why = registry.registration_step(p, c, best, metrics, runs, trained)
+    if not p.pipeline.register:
+        action, why = "none", "pipeline.register is off: the policies were compared, nothing was registered or gated"
+    else:
+        action, why = registry.registration_step(p, c, best, metrics, runs, trained, seen["against"].get(BASE))
     if action == "register":
         result["gate"] = clock.run("register + gate", register_and_gate, best, parent, why or None)
         g = result["gate"]

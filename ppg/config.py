@@ -17,8 +17,11 @@ from ppg.returns import BASELINES, parse_policy_id
 
 @dataclass
 class ReturnsConfig:
-    policies: list[str] = field(default_factory=lambda: ["greedy", "k3", "full"])
-    """Policy ids to compute: greedy, k<K> (K-step lookahead), full, segment, bc (behaviour cloning: weight 1)."""
+    policies: list[str] = field(default_factory=lambda: ["greedy", "k3", "full", "bc"])
+    """Policy ids to train and evaluate: greedy, k<K> (K-step lookahead), full, segment, bc.
+    bc (behaviour cloning: weight 1 on every turn, plain fine-tuning on the same turns) is the
+    reward-free control: the pipeline compares every policy with it and never registers it;
+    it always trains unshaped (returns.baseline and standardize would zero its weights)."""
     gamma: float = 1.0
     """Discount inside the credited subset, in (0, 1]; 1.0 = the paper's undiscounted sums."""
     segments: dict = field(default_factory=lambda: {"length": 3})
@@ -97,7 +100,8 @@ class ValidateConfig:
 @dataclass
 class ModelConfig:
     spec: str = "smollm2-135m"
-    """smollm2-135m (real, offline from PyPI) | tiny (tests) | a local folder | ORG/NAME on a hub."""
+    """smollm2-135m (real, offline from PyPI) | tiny (tests) | sim-base (the tiny model taught the
+    simulator's language: the K study's base, built once, ppg.study.demo) | a local folder | ORG/NAME on a hub."""
     base: str = "models/base"
     """Folder written by `ppg prepare-model` (a DVC output). When set, every stage loads the base
     model from it; empty = resolve spec into the local cache (what the tests of a tiny model do)."""

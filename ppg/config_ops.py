@@ -295,6 +295,11 @@ class RegistryConfig:
     seed: int | None = None
     """Seed of the gate's test personas: null draws fresh ones at every gate (recorded in
     gate.json), so scheduled runs do not wear out one held-out set; an int fixes them."""
+    require_better_than_base: bool = True
+    """Register a challenger only when the best policy's paired interval against the untrained
+    base on eval.primary (validation split) lies above 0; false registers the best policy anyway
+    and leaves the decision to the gate. (docs/pipeline.md argues the default.) Offline primary
+    metrics compare with the base by construction: there it does not apply."""
     thresholds: dict = field(default_factory=lambda: {"online.reward": 0.3, "online.consistency": 0.5})
     """Absolute bounds (dotted metric path -> value) the challenger must meet, champion or not: a
     floor for higher-is-better metrics, a ceiling for lower-is-better ones (ppg.metrics)."""
@@ -338,8 +343,18 @@ class PipelineConfig:
     workspace's git with a message naming the parent MLflow run and the outcome, and tag a
     registered version's commit `ppg/<model>/v<version>` (docs/pipeline.md, Lineage). The MLflow
     record is complete without it; a workspace with no commit yet is left alone."""
+    register: bool = True
+    """false: the run compares the policies and stops there, registering and gating nothing (the
+    K demo, params.kdemo.yaml: a demonstration is never a candidate for the user's registry)."""
+    plot: list = field(default_factory=list)
+    """Metrics plotted per policy and control with their 95% intervals (policies.png in eval.out
+    and in the pipeline's MLflow run); [] = eval.primary alone."""
 
     def __post_init__(self):
+        from ppg.metrics import metric_spec
+
+        for name in self.plot:
+            metric_spec(name, "pipeline.plot")
         if self.heartbeat < 30:
             raise ValueError(f"pipeline.heartbeat: {self.heartbeat} s is below Prefect's minimum of 30 s")
 

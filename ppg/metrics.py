@@ -36,6 +36,15 @@ def _engagement(lines, settings: dict):
     return engagement(lines, settings.get("engagement_words", 12))
 
 
+def invented(lines, settings: dict | None = None) -> float | None:
+    """The decision the K demo is about: of the asks of a fact the backstory leaves open (only the
+    simulator's judge marks them), the share the reply answers with a value - a guess that the
+    partner's later probes of that fact can expose - against a dodge that earns less now. None
+    when the dialogue has no such ask."""
+    asks = [j for j in (ln.judge or {} for ln in lines) if j.get("open") and not j.get("probe")]
+    return sum(bool(j.get("answered")) for j in asks) / len(asks) if asks else None
+
+
 def _auc(turns: list[dict]) -> float:
     from ppg.stats import auc
 
@@ -64,6 +73,7 @@ METRICS = {
     "online.commitment": Metric(HIGHER, "online", _rate("commitment")),  # line-to-line
     "online.engagement": Metric(HIGHER, "online", _engagement),  # reply length against eval.engagement_words
     "online.coverage": Metric(HIGHER, "sim", _rate("coverage")),  # asked facts the reply states (sim knows)
+    "online.invented": Metric(LOWER, "sim", invented),  # open facts' asks answered with a guess (a decision rate)
     "online.qa": Metric(HIGHER, "qa"),  # backstory Q&A after the dialogue (eval.qa)
     "online.llm.consistency": Metric(HIGHER, "llm", column=False),  # the LLM judge's verdicts (eval.llm_judge)
     "online.llm.unknown_share": Metric(LOWER, "llm", column=False),  # turns the LLM judge left without a verdict
@@ -112,7 +122,7 @@ def check_produced(name: str, eval_cfg, key: str, removable: bool = False) -> No
 def refuse_impossible(p) -> None:
     """Settings across sections that can never pass, refused when params load, before any stage
     runs: a threshold on a metric the evaluation does not produce would train every policy and
-    register nothing; bc with a baseline trains nothing; a gate seed equal to the validation seed
+    register nothing; a gate seed equal to the validation seed
     would test on the personas the best policy was picked on. p: ppg.config.Params."""
     check_produced(p.eval.primary, p.eval, "eval.primary")
     from ppg.judges.kinds import identity_of, same_judge
@@ -136,12 +146,6 @@ def refuse_impossible(p) -> None:
     if p.registry.seed is not None and p.registry.seed == p.eval.seed:
         raise ValueError(f"registry.seed: {p.registry.seed} is eval.seed, the validation personas the "
                          f"best policy is chosen on; the gate must test on others (null draws fresh ones)")
-    from ppg.returns import shaping_zeroes_bc
-
-    if "bc" in p.returns.policies and shaping_zeroes_bc(p.returns.baseline, p.returns.standardize):
-        raise ValueError(f"returns.policies: bc (weight 1 on every turn) with returns.baseline "
-                         f"{p.returns.baseline!r} / standardize {p.returns.standardize} makes every "
-                         f"weight 0: it would train nothing (train bc with baseline none, standardize false)")
 
 
 def passes(value: float | None, threshold: float, name: str) -> bool:

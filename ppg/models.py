@@ -166,6 +166,9 @@ def resolve_model(spec: str) -> Path:
         return built_once(cache_dir() / "models" / "tiny", "config.json", build_tiny)
     if spec == "smollm2-135m":
         return built_once(cache_dir() / "models" / "smollm2-135m", "model.safetensors", build_smollm2)
+    if spec == "sim-base":  # built by the code of the whole study: only the stage that builds it depends on it
+        raise FileNotFoundError("model: sim-base (the K study's base) is built by `ppg prepare-model` into "
+                                "model.base (or `ppg demo`); with model.base empty, set model.spec to its folder")
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists() and not (path / "tokenizer_config.json").exists():

@@ -77,17 +77,34 @@ def versions_of_run(c, name: str, run_id: str) -> tuple[str | None, str | None]:
     return (gated[-1] if gated else None), (ungated[-1] if ungated else None)
 
 
-def registration_step(p, c, best: str | None, metrics: dict, runs: dict, trained: dict) -> tuple[str, str]:
+def registration_step(p, c, best: str | None, metrics: dict, runs: dict, trained: dict,
+                      against_base: dict | None = None) -> tuple[str, str]:
     """What to do with the best policy on validation, decided by the registry, not by what DVC ran
     now (weights trained by a run that died before its gate's verdict are registered and gated by
     the next one): ("register", the version of its training run registered but never gated, or
-    "") or ("none", why nothing is registered, in words)."""
-    from ppg.metrics import unscored
+    "") or ("none", why nothing is registered, in words). against_base: policy -> its paired
+    difference against the untrained base (ppg.gate.paired_difference), which
+    registry.require_better_than_base asks to clear 0."""
+    from ppg.metrics import metric_spec, unscored
 
     if best is None:
+        if not metrics:
+            return "none", (f"returns.policies {list(p.returns.policies)} holds controls only (they use no reward "
+                            f"and are never registered), so nothing was registered")
         return "none", (f"no policy has a {p.eval.primary} score on validation ("
                         + "; ".join(f"{pol}: {unscored(m, p.eval.primary)}" for pol, m in metrics.items())
                         + "), so nothing was registered")
+    if p.registry.require_better_than_base and metric_spec(p.eval.primary).offline_stat is None:
+        d = (against_base or {}).get(best)
+        if d is None or d.get("lo") is None:  # unknown is not better
+            why = (f"{d['n']} paired personas give no interval" if d else "the untrained base was not measured")
+            return "none", (f"the best policy on validation, {best}, is not shown better than the untrained base on "
+                            f"{p.eval.primary} ({why}): nothing was registered (registry.require_better_than_base)")
+        if d["lo"] <= 0:
+            return "none", (f"the best policy on validation, {best}, is not shown better than the untrained base "
+                            f"({p.eval.primary}: {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] over {d['n']} "
+                            f"personas): nothing was registered (registry.require_better_than_base; more "
+                            f"eval.personas narrow the interval, more training moves the policy)")
     gated, ungated = versions_of_run(c, model_name(p, metrics[best]), runs[best])
     if gated is not None:
         when = "this run" if trained.get(best) else "an earlier run"
@@ -104,7 +121,10 @@ def register(p, policy: str, parent_run_id: str | None = None, ungated: str | No
     (registered name, version)."""
 
     from ppg.models import export_merged, load_tokenizer
+    from ppg.returns import is_control
 
+    if is_control(policy):
+        raise ValueError(f"{policy} is a control (it uses no reward): it is compared with, never registered")
     trained = Path(p.train.out) / policy
     run = json.loads((trained / "run.json").read_text())
     metrics = json.loads((Path(p.eval.out) / policy / "metrics.json").read_text())

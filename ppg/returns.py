@@ -33,6 +33,7 @@ class CreditRule:
     k_prefix: str = ""  # ids carry a horizon K: `<prefix><K>` (k3); "" = the id is the class name
     segments: bool = False  # reads the segment partition (returns.segments: a length or per-dialogue starts)
     horizon: Callable | None = None  # (k, turns) -> its credit horizon in the K study; None: not a K-step class
+    control: bool = False  # uses no reward: trained and evaluated beside the policies, never registered
 
 
 POLICIES = {
@@ -40,7 +41,7 @@ POLICIES = {
     "kstep": CreditRule(lambda t, k, seg, n, T: (t + k).clamp(max=T), k_prefix="k", horizon=lambda k, turns: k),
     "full": CreditRule(lambda t, k, seg, n, T: n[:, None], uses_length=True, horizon=lambda k, turns: turns),
     "segment": CreditRule(_segment_end, segments=True),
-    "bc": CreditRule(None),
+    "bc": CreditRule(None, control=True),
 }
 """The policy classes, one entry each: ids, returns, online training and the K study read it.
 ppg.reference.credited_turns is the independent loop that checks it (it does not read this)."""
@@ -50,6 +51,21 @@ def shaping_zeroes_bc(baseline: str, standardize: bool) -> bool:
     """bc's weights are all 1, so a baseline (or centring by standardize) makes every one 0: a
     bc run with such shaping would train nothing."""
     return baseline != "none" or bool(standardize)
+
+
+def is_control(policy_id: str) -> bool:
+    """A control (bc: plain fine-tuning on the same turns) shows what training does without the
+    rewards; the pipeline compares every policy with it and never registers it."""
+    return POLICIES[parse_policy_id(policy_id)[0]].control
+
+
+def trained_shaping(policy_id: str, baseline: str, standardize: bool) -> tuple[str, bool]:
+    """The (baseline, standardize) a policy trains with: returns.baseline and standardize, except
+    for bc, whose weights are all 1 and which any baseline or centring would zero: the control
+    trains unshaped (plain fine-tuning), whatever the policies use."""
+    if parse_policy_id(policy_id)[0] == "bc":
+        return "none", False
+    return baseline, standardize
 
 
 def _id_grammar() -> str:

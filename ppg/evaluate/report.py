@@ -30,6 +30,34 @@ def plot_drift(metrics: dict, path):
     plt.close(fig)
 
 
+def plot_policies(rows: dict, names: list[str], path) -> None:
+    """One panel per metric: each policy's (and control's) mean with its 95% interval, in the
+    order of rows (label -> metrics.json); a metric a row lacks is left out of its panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ppg.metrics import HIGHER, direction, metric_entry
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 0.45 * len(rows) + 1.4), squeeze=False)
+    labels = list(rows)
+    for ax, name in zip(axes[0], names):
+        for y, label in enumerate(labels):
+            x = metric_entry(rows[label], name)
+            if isinstance(x, dict) and x.get("n") and x.get("mean") is not None:
+                ax.errorbar(x["mean"], y, xerr=[[x["mean"] - x["lo"]], [x["hi"] - x["mean"]]], fmt="o", capsize=3,
+                            color="grey" if "control" in label else "C0")
+        ax.set(yticks=range(len(labels)), yticklabels=labels if ax is axes[0][0] else [],
+               ylim=(len(labels) - 0.5, -0.5),
+               xlabel=f"{name} ({'higher' if direction(name) == HIGHER else 'lower'} is better)")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Validation split: mean and 95% interval", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def table(metrics: dict) -> str:
     def cell(x):
         if not isinstance(x, dict):
@@ -48,31 +76,41 @@ def table(metrics: dict) -> str:
     return "\n".join([head, "|" + "---|" * (len(cols) + 1)] + rows) + "\n"
 
 
-def versus_base(primary: str, metrics: dict, base: dict | None, cfg) -> tuple[str, dict[str, float | None]]:
-    """Each policy's improvement over the untrained base on the primary metric, paired over the
-    same personas with the gate's statistics (ppg.gate.paired_difference, cfg: the registry
-    section), as markdown, and each policy's interval lower bound (None: no bound); those above 0
-    clear the base. A run where none does says so in words first: its table shows no effect of
-    training."""
+CONTROLS = {BASE: ("the untrained base", "training changed nothing measurable"),
+            "bc": ("bc, the reward-free control", "the rewards added nothing measurable over plain fine-tuning "
+                                                  "on the same turns")}
+"""The controls every policy is compared with: their names in the table's words, and what a run
+in which no policy clears one shows."""
+
+
+def versus_controls(primary: str, metrics: dict, controls: dict, cfg) -> tuple[str, str, dict]:
+    """Each policy's improvement over each control (CONTROLS; controls: name -> its metrics, None
+    when not measured) on the primary metric, paired over the same personas with the gate's
+    statistics (ppg.gate.paired_difference; cfg: the registry section). Returns (the words, one
+    line per control: which policies clear it, or that none does; the table of differences;
+    control -> policy -> difference)."""
     from ppg.gate import describe, paired_difference
     from ppg.metrics import metric, metric_spec
 
-    if base is None or metric(base, primary) is None:
-        return f"No measurement of the untrained base on `{primary}`: no control to compare with.\n", {}
     if metric_spec(primary).offline_stat is not None:
         return (f"`{primary}` is an offline metric, which compares a policy with the base by construction: "
-                f"no paired difference against the base.\n"), {}
-    rows, bounds = [], {}
-    for pol, m in metrics.items():
-        d = paired_difference(primary, m, base, None, None, cfg)
-        bounds[pol] = d["lo"]
-        rows.append(f"| {pol} | {describe(primary, d, cfg)} |")
-    cleared = [pol for pol, lo in bounds.items() if lo is not None and lo > 0]
-    words = (f"No policy's interval against the untrained base clears 0 on `{primary}`: on this evidence, "
-             f"training changed nothing measurable." if not cleared else
-             f"Better than the untrained base on `{primary}` (interval above 0): {', '.join(cleared)}.")
-    head = f"{words}\n\n| policy | against the untrained base (paired) |\n|---|---|\n"
-    return head + "\n".join(rows) + "\n", bounds
+                f"no paired difference against the controls.\n"), "", {}
+    words, diffs = [], {}
+    for ctl, m in controls.items():
+        name, nothing = CONTROLS[ctl]
+        if m is None or metric(m, primary) is None:
+            words.append(f"No measurement of {name} on `{primary}`: no comparison with it.")
+            continue
+        diffs[ctl] = {pol: paired_difference(primary, x, m, None, None, cfg) for pol, x in metrics.items()}
+        cleared = [pol for pol, d in diffs[ctl].items() if d["lo"] is not None and d["lo"] > 0]
+        words.append(f"Better than {name} on `{primary}` (interval above 0): {', '.join(cleared)}." if cleared else
+                     f"No policy's interval against {name} clears 0 on `{primary}`: on this evidence, {nothing}.")
+    if not diffs:
+        return "\n".join(words) + "\n", "", {}
+    head = "| policy | " + " | ".join(f"against {CONTROLS[ctl][0]} (paired)" for ctl in diffs) + " |"
+    rows = [f"| {pol} | " + " | ".join(describe(primary, diffs[ctl][pol], cfg) for ctl in diffs) + " |"
+            for pol in metrics]
+    return "\n".join(words) + "\n", "\n".join([head, "|---|" + "---|" * len(diffs), *rows]) + "\n", diffs
 
 
 def flat_metrics(metrics: dict, prefix: str = "") -> dict:

@@ -89,5 +89,7 @@ class SimJudge:
                     ln.reward = v.reward
                     ln.judge = {"persona": v.persona, "commitment": v.commitment, "line_to_line": v.conflicts,
                                 "asked": v.asked, "probe": v.probe, "answered": v.answered,
-                                "evasive": is_evasive(ln.text)}
+                                "evasive": is_evasive(ln.text),
+                                # a fact the backstory leaves open: answering its ask is a guess
+                                "open": v.asked is not None and v.asked not in persona["known"]}
         return d

@@ -21,7 +21,7 @@ from ppg.train.run import TrainingRun
 from ppg.train.batching import collate, known_turns, length_batches, load_examples
 from ppg.losses import offline_ppg_loss, target_logprobs
 from ppg.models import base_model, load_model, load_tokenizer, tokenizer_hash
-from ppg.returns import parse_policy_id
+from ppg.returns import parse_policy_id, trained_shaping
 
 
 def _new_window() -> dict:
@@ -45,11 +45,11 @@ def run_identity(p, policy: str, fold, model_dir: Path, split: Path, world: int,
 
     ident = [None]
     if not dist.is_initialized() or dist.get_rank() == 0:
+        baseline, standardize = trained_shaping(policy, p.returns.baseline, p.returns.standardize)
         bookkeeping = ("checkpoint_every", "keep_checkpoints", "out", "workdir", "launcher")  # world_size stays
         ident[0] = {"model": p.model.spec, "base_model": content_hash(model_dir), "data": content_hash(split),
                     "code": eng.code_hash(), "policy": policy, "fold": fold, "total_steps": total, "world_size": world,
-                    "returns": {"baseline": p.returns.baseline, "standardize": p.returns.standardize,
-                                "clip": p.returns.clip},
+                    "returns": {"baseline": baseline, "standardize": standardize, "clip": p.returns.clip},
                     "train": {k: v for k, v in asdict(p.train).items() if k not in bookkeeping}}
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(ident, src=0)
@@ -64,7 +64,8 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     cfg, name = p.train, run_name(policy, fold)
     model_dir, data = base_model(p), Path(cfg.data)
     check_tokenizer(data / f"{cfg.split}.parquet", model_dir)
-    examples, wstats = load_examples(data, cfg.split, policy, p.returns.baseline, p.returns.standardize,
+    baseline, standardize = trained_shaping(policy, p.returns.baseline, p.returns.standardize)  # bc: unshaped
+    examples, wstats = load_examples(data, cfg.split, policy, baseline, standardize,
                                      fold, cfg.subsample, cfg.seed, p.returns.clip)
     deepspeed, rank, world = eng.setup_distributed()
     per_step = int(cfg.deepspeed.get("gradient_accumulation_steps", 1)) * world  # micro-batches, all ranks
@@ -83,7 +84,7 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
               tags={"ppg.stage": "train", "ppg.policy": policy, "ppg.policy_class": kind, "ppg.k": str(k or ""),
                     "ppg.fold": str(fold if fold is not None else "")},
               params={"policy": policy, "model": p.model.spec, "fold": fold, **flat_params("train", asdict(cfg)),
-                      "baseline": p.returns.baseline, "standardize": p.returns.standardize, "world_size": world})
+                      "baseline": baseline, "standardize": standardize, "world_size": world})
     if not run.resumed:
         run.log({key: wstats[key] for key in ("sequences", "turns", "nan_weight_turns", "weight_mean", "weight_std")})
         for t, m in enumerate(wstats["weight_mean_by_turn"]):

@@ -1,0 +1,128 @@
+"""The K demo (`make demo`, params.kdemo.yaml): the pipeline itself, in a workspace of its own,
+on the world of the settled K study (docs/results.md), showing that the credit horizon decides
+what the policy learns.
+
+The world: a fact the backstory leaves open is asked, and probed twice, d = 1 and 2 turns later;
+inventing a value earns 1 at the ask and loses at a probe that exposes it, a dodge earns 0.2. So
+greedy credit (K = 1 <= d) sees only the ask and learns to invent; K = d + 2 = 3 and full credit
+see both probes and learn to dodge. The decision rate `online.invented` shows it; the held-out
+reward barely moves (the study measured +0.018 to +0.028 over 9 seeds).
+
+Its base model is the study's: the tiny model behaviour-cloned on 2,000 dialogues of the same
+world (ppg.study.sim.prepare_base), so that 100 steps of PPG move a decision rather than teach
+the simulator's language. It is the model spec `sim-base`, which `ppg prepare-model` builds once
+into the model cache under a key of its recipe and of the code that trains it (about 4-4.5
+minutes on 2 cores).
+"""
+
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The settled study's world (params.kstudy.yaml's study section; a test holds them equal): every
+# distance mixed in the base's pool, two probes, a dodge worth 0.2, 10 persona turns.
+BASE_WORLD = {"distances": [1, 2, 3], "probes": 2, "evasive_reward": 0.2, "turns": 10}
+WORKSPACE_FILES = ("dvc.yaml", "params.yaml", "params.kdemo.yaml", ".dvcignore", "ppg")
+
+
+def world_params():
+    """The default Params with the settled study's world."""
+    from ppg.config import Params
+
+    p = Params()
+    return replace(p, study=replace(p.study, **BASE_WORLD))
+
+
+def base_params():
+    """Params of the study base (relative folders: the key must not depend on where it is built)."""
+    from ppg.study.sim import base_params as study_base_params
+
+    return study_base_params(world_params(), Path("."))
+
+
+def sim_base_key() -> str:
+    """The base's recipe (BASE_WORLD and the study's base settings) and the source of every module
+    that builds it (ppg.study.sim's closure: simulator, data build, trainer); not this file's
+    other functions, whose edits do not change the base."""
+    from ppg.io import content_hash
+    from ppg.lineage.closure import files, module_closure
+    from ppg.study.sim import config_key
+
+    code = content_hash(*(ROOT / f for f in files(module_closure({"ppg.study.sim"}))))
+    return config_key(base_params(), code)[:16]
+
+
+def sim_base() -> Path:
+    """The study base's folder in the model cache, built on first use (about 4.5 min on 2 cores)."""
+    from ppg.models import built_once, cache_dir
+
+    return built_once(cache_dir() / "models" / f"sim-base-{sim_base_key()}", "config.json", build_sim_base)
+
+
+def build_sim_base(target: Path) -> Path:
+    """Train the study base (resumable in the cache's work folder) and copy it to target."""
+    from ppg.config import MlflowConfig
+    from ppg.models import atomic_folder, cache_dir
+    from ppg.study.sim import prepare_base
+
+    work = cache_dir() / "work" / target.name
+    p = world_params()
+    # its training run is logged beside it, not into whichever workspace asked for the model
+    p = replace(p, mlflow=MlflowConfig(tracking_uri=f"sqlite:///{work}/mlflow.db", artifacts=str(work / "mlruns"),
+                                       experiment="sim-base"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = prepare_base(p, work)
+    return atomic_folder(target, lambda tmp: shutil.copytree(model, tmp, dirs_exist_ok=True))
+
+
+def make_workspace(ws: Path) -> bool:
+    """A git + DVC workspace for the demo at ws, holding this checkout's code and config (its own
+    dvc.lock, MLflow store, models and data, never the user's); False if ws is one already."""
+    if (ws / ".dvc").is_dir() and (ws / "params.kdemo.yaml").exists():
+        return False
+    ws.mkdir(parents=True, exist_ok=True)
+    for rel in WORKSPACE_FILES:
+        src, dst = ROOT / rel, ws / rel
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            shutil.copy(src, dst)
+    git = ["git", "-c", "user.name=ppg demo", "-c", "user.email=demo@ppg.invalid"]
+    for cmd in (["git", "init", "-q"], [str(Path(shutil.which("dvc") or "dvc")), "init", "-q"]):
+        subprocess.run(cmd, cwd=ws, check=True)
+    shutil.copy(ROOT / ".dvc" / "config", ws / ".dvc" / "config")  # the local remote beside the workspace
+    subprocess.run(["git", "add", *WORKSPACE_FILES, ".dvc"], cwd=ws, check=True)
+    subprocess.run([*git, "commit", "-qm", "the K demo's workspace: this checkout's code and config"], cwd=ws,
+                   check=True)
+    return True
+
+
+def decision_summary(p, folder: Path) -> str:
+    """The demo's headline from its evaluations: each policy's decision rate and reward, and
+    greedy's paired differences against the longer horizons on the same personas."""
+    import json
+
+    from ppg.evaluate.report import BASE
+    from ppg.gate import describe, paired_difference
+    from ppg.metrics import metric_entry
+
+    names = [*p.returns.policies, BASE]
+    m = {pol: json.loads((folder / pol / "metrics.json").read_text()) for pol in names
+         if (folder / pol / "metrics.json").exists()}
+
+    def cell(x):
+        return f"{x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]" if isinstance(x, dict) and x.get("n") else "-"
+
+    lines = ["| model | online.invented (open asks answered with a guess) | online.reward |", "|---|---|---|"]
+    lines += [f"| {pol} | {cell(metric_entry(x, 'online.invented'))} | {cell(metric_entry(x, 'online.reward'))} |"
+              for pol, x in m.items()]
+    lines.append("")
+    for other in (pol for pol in m if pol not in ("greedy", "bc", BASE)):
+        if "greedy" in m:
+            for name in ("online.invented", "online.reward"):
+                d = paired_difference(name, m[other], m["greedy"], None, None, p.registry)
+                lines.append(f"- {other} against greedy: {describe(name, d, p.registry)}")
+    return "\n".join(lines) + "\n"
