@@ -62,3 +62,24 @@ def test_a_plot_of_an_unknown_metric_is_refused_when_params_load():
 
     with pytest.raises(ValueError, match="pipeline.plot: 'online.invention'"):
         PipelineConfig(plot=["online.invention"])
+
+
+def test_the_demo_workspace_is_its_own_and_follows_the_checkouts_code(tmp_path):
+    import subprocess
+
+    from ppg.config import load_params
+    from ppg.study.demo import make_workspace
+
+    ws = tmp_path / "kdemo"
+    assert make_workspace(ws) == "made"
+    git = lambda *a: subprocess.run(["git", *a], cwd=ws, capture_output=True, text=True).stdout  # noqa: E731
+    assert git("status", "--porcelain") == "" and git("log", "--oneline").count("\n") == 1  # all committed
+    p = load_params(ws / "params.yaml")  # params.kdemo.yaml merged in: its own registry name, registers nothing
+    assert p.registry.model == "ppg-kdemo" and not p.pipeline.register and p.model.spec == "sim-base"
+    assert (ws / "ppg" / "returns.py").read_bytes() == (ROOT / "ppg" / "returns.py").read_bytes()
+    assert make_workspace(ws) == "current"
+    (ws / "ppg" / "returns.py").write_text("# the code of an older checkout\n")  # stages must see the code that runs
+    git("commit", "-qam", "an older checkout's code")
+    assert make_workspace(ws) == "updated" and (ws / "ppg" / "returns.py").read_bytes() == (
+        ROOT / "ppg" / "returns.py").read_bytes()
+    assert git("status", "--porcelain") == "" and not (ROOT / "kdemo").exists()

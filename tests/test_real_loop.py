@@ -69,7 +69,7 @@ def test_unlabeled_logs_through_the_pipeline_with_an_llm_judge_then_a_reward_mod
                      "judge": {"kind": "llm", "model": "grader"},
                      "generation": {"max_new_tokens": 6, "temperature": 0.0, "top_p": 1.0, "batch_size": 4}},
                registry={"thresholds": {"online.reward": 0.0}, "non_inferiority": {}, "personas": 3,
-                         "min_pairs": 2})
+                         "min_pairs": 2, "require_better_than_base": False})  # 3 personas give no interval
     params = yaml.safe_load((ws / "params.yaml").read_text())
     assert params["judge"]["kind"] == "llm" and params["eval"]["partner"] == "llm"
 

@@ -271,14 +271,12 @@ def demo(
 
     import yaml
 
-    from ppg.overlay import apply_overlay
     from ppg.study.demo import decision_summary, make_workspace, sim_base
 
     t0 = time.perf_counter()
     typer.echo(f"study base: {sim_base()} ({time.perf_counter() - t0:.0f} s; built once, outside the demo's clock)")
-    if make_workspace(workspace):
-        apply_overlay(workspace / "params.yaml", workspace / "params.kdemo.yaml")
-        typer.echo(f"made the demo's workspace {workspace} (params.yaml with params.kdemo.yaml merged in)")
+    typer.echo(f"the demo's workspace {workspace}: {make_workspace(workspace)} (this checkout's code and config, "
+               f"params.kdemo.yaml merged in)")
     seeds = workspace / ".ppg-work" / f"seed-{seed}.yaml"  # the run's overlay, kept in its record
     seeds.parent.mkdir(parents=True, exist_ok=True)
     seeds.write_text(yaml.safe_dump({"sim": {"seed": seed}, "train": {"seed": seed},

@@ -17,6 +17,7 @@ minutes on 2 cores).
 
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -78,26 +79,38 @@ def build_sim_base(target: Path) -> Path:
     return atomic_folder(target, lambda tmp: shutil.copytree(model, tmp, dirs_exist_ok=True))
 
 
-def make_workspace(ws: Path) -> bool:
-    """A git + DVC workspace for the demo at ws, holding this checkout's code and config (its own
-    dvc.lock, MLflow store, models and data, never the user's); False if ws is one already."""
-    if (ws / ".dvc").is_dir() and (ws / "params.kdemo.yaml").exists():
-        return False
+def make_workspace(ws: Path) -> str:
+    """The demo's git + DVC workspace at ws (its own dvc.lock, MLflow store, models and data, never
+    the user's), synced at every call with this checkout's code and config, params.kdemo.yaml
+    merged into its params.yaml, and committed: its stages then depend on the code that runs
+    them, as in any workspace. Returns made | updated | current."""
+    from ppg.overlay import apply_overlay
+
+    new = not (ws / ".dvc").is_dir()
     ws.mkdir(parents=True, exist_ok=True)
     for rel in WORKSPACE_FILES:
         src, dst = ROOT / rel, ws / rel
         if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, dst)
-    git = ["git", "-c", "user.name=ppg demo", "-c", "user.email=demo@ppg.invalid"]
-    for cmd in (["git", "init", "-q"], [str(Path(shutil.which("dvc") or "dvc")), "init", "-q"]):
-        subprocess.run(cmd, cwd=ws, check=True)
-    shutil.copy(ROOT / ".dvc" / "config", ws / ".dvc" / "config")  # the local remote beside the workspace
-    subprocess.run(["git", "add", *WORKSPACE_FILES, ".dvc"], cwd=ws, check=True)
-    subprocess.run([*git, "commit", "-qm", "the K demo's workspace: this checkout's code and config"], cwd=ws,
-                   check=True)
-    return True
+    apply_overlay(ws / "params.yaml", ws / "params.kdemo.yaml")
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ws, check=True, capture_output=True, text=True)
+
+    if new:
+        git("init", "-q")
+        git("config", "user.name", "ppg demo")
+        git("config", "user.email", "demo@ppg.invalid")
+        subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=ws, check=True)  # this env's
+        shutil.copy(ROOT / ".dvc" / "config", ws / ".dvc" / "config")  # the local remote beside the workspace
+    git("add", "-A", "--", *WORKSPACE_FILES, ".dvc")
+    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=ws).returncode == 0:
+        return "current"
+    git("commit", "-qm", "the K demo's workspace: this checkout's code and config, params.kdemo.yaml merged in")
+    return "made" if new else "updated"
 
 
 def decision_summary(p, folder: Path) -> str:
