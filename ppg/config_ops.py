@@ -168,7 +168,7 @@ class EvalConfig:
     """llm partner: a JSON file {domain: [question, ...]} replacing the project's questions of
     the domains it names ("" = the project's)."""
     generation: dict = field(default_factory=lambda: {"max_new_tokens": 24, "temperature": 0.7, "top_p": 0.9,
-                                                      "batch_size": 8})
+                                                      "batch_size": 32})
     """Sampling for rollouts: the fields of GenerationConfig above (max_new_tokens,
     temperature, top_p, batch_size, backend: cache, the default, keeps each dialogue's KV cache
     across turns; generate re-encodes the dialogue every turn)."""

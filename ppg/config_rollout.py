@@ -18,7 +18,9 @@ class GenerationConfig:
     top_p: float = 0.9
     """Nucleus sampling: sample among the most likely tokens whose probabilities sum to top_p."""
     batch_size: int = 8
-    """Dialogues generated together."""
+    """Rows sampled together: dialogues in a rollout; in the Q&A after it, questions (those of
+    batch_size // questions-per-dialogue dialogues, which share their dialogue's encoding). On a
+    CPU a larger batch costs little more per step than a small one."""
     backend: str = "cache"
     """cache: keep each batch's KV cache across turns (a turn prefills only its new ids);
     generate: transformers' generate over the re-encoded dialogue every turn (slower; for a model

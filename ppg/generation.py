@@ -85,6 +85,15 @@ def sample_next(logits: torch.Tensor, gen: GenerationConfig) -> torch.Tensor:
     return torch.multinomial(warp(logits, gen).softmax(-1), 1)[:, 0]
 
 
+def last_position(width: int, device) -> torch.Tensor:
+    """The logits a step needs (the last position's), as an index tensor rather than
+    logits_to_keep=1: the int slices the hidden states [B, 1, H] out of [B, W, H] as a strided
+    view, and torch.matmul then expands the tied output embedding to [B, H, V] and copies it
+    (0.5 s per call for SmolLM2 at any W > 1, most of a prefill); the index gathers a contiguous
+    [B, 1, H] and the product is one mm. The same logits, id for id."""
+    return torch.tensor([width - 1], device=device)
+
+
 class CachedReplies:
     """Replies for one batch of dialogues from a KV cache kept across turns."""
 
@@ -132,7 +141,7 @@ class CachedReplies:
         pos = (self.seen[:, None] + real.cumsum(1) - 1).clamp(min=0)
         self.mask = torch.cat([self.mask, real], 1)
         out = self.model(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos,
-                         cache=self.cache, use_cache=True, logits_to_keep=1)
+                         cache=self.cache, use_cache=True, logits_to_keep=last_position(width, self.device))
         self.seen += real.sum(1)
         if prefill:
             self.prefilled += int(real.sum())

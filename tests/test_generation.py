@@ -185,3 +185,26 @@ def test_questions_after_a_dialogue_share_its_encoding_and_get_the_same_answers(
     answers = {b: answers_after(model, tok, asks, GenerationConfig(max_new_tokens=6, batch_size=4, backend=b))
                for b in ("generate", "cache")}
     assert answers["cache"] == answers["generate"] and all(isinstance(a, str) for a in answers["cache"])
+
+
+def test_a_prefill_gets_the_last_positions_logits_without_copying_the_output_embedding(tiny):
+    """hidden_states[:, -1:] of a prefill is a strided view; multiplied by an output embedding
+    that needs no gradient (an evaluated model's), torch.matmul expanded the embedding to
+    [B, H, V] and copied it (0.5 s a prefill for SmolLM2, most of one). The logits must be the
+    full forward's, without that copy."""
+    import copy
+
+    from torch.profiler import profile
+
+    model, tok = tiny
+    model = copy.deepcopy(model).requires_grad_(False)  # as evaluation and serving hold it
+    ids = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]]
+    replier = CachedReplies(model, 2, GenerationConfig(), {tok.eos_token_id}, tok.pad_token_id)
+    with torch.no_grad(), profile(record_shapes=True) as prof:
+        logits = replier._feed(ids, prefill=True)
+    hidden, vocab = model.config.hidden_size, model.get_output_embeddings().weight.shape[0]
+    expanded = [e.name for e in prof.events() if any(s == [2, hidden, vocab] for s in e.input_shapes)]
+    assert expanded == []  # no op ever saw the embedding broadcast over the batch
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor(ids)).logits[:, -1]
+    torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-4)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ppg.generation import GenerationConfig, warp
+from ppg.generation import GenerationConfig, last_position, warp
 
 
 GREEDY_BELOW = 1e-3  # temperatures this close to 0 sample the argmax anyway: decode greedily
@@ -114,8 +114,8 @@ class BatchEngine:
                 self.rows, self.cache = [], None
 
     def _forward(self, ids, mask, pos, cache):
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                          use_cache=True, logits_to_keep=1).logits[:, -1]
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                          logits_to_keep=last_position(ids.shape[1], ids.device)).logits[:, -1]
 
     def _join(self, rows: list[_Row]):
         """Prefill the joining prompts together, sample their first ids, and stack their cache
