@@ -107,15 +107,19 @@ def comparison(p, c, runs: dict, trained: dict) -> dict:
     evaluated = {pol: json.loads((Path(p.eval.out) / pol / "metrics.json").read_text()) for pol in p.returns.policies}
     metrics = {pol: m for pol, m in evaluated.items() if not is_control(pol)}
     path = Path(p.eval.out) / BASE / "metrics.json"
-    controls = {BASE: json.loads(path.read_text()) if path.exists() else None, "bc": evaluated.get("bc")}
+    controls = {BASE: json.loads(path.read_text()) if path.exists() else None,
+                **({"bc": evaluated["bc"]} if "bc" in evaluated else {})}
     words, differences, against = versus_controls(p.eval.primary, metrics, controls, p.registry)
+    if "bc" not in evaluated:
+        words += ("bc, the reward-free control, is not in returns.policies: whether the rewards add anything "
+                  "over plain fine-tuning is not measured.\n")
     bounds = {pol: d["lo"] for pol, d in against.get(BASE, {}).items()}
     cleared = [pol for pol, lo in bounds.items() if lo is not None and lo > 0]
     scores, best = best_policy(p.eval.primary, metrics, bounds)  # a tie goes to more evidence
     if best is not None and BASE in against and best not in cleared:
         words += f"Best on validation: {best}, but its interval against the untrained base does not clear 0.\n"
     rows = {**metrics, **{f"{ctl} ({label}, control)": controls[ctl] for ctl, label in
-                          ((BASE, "untrained"), ("bc", "reward-free")) if controls[ctl]}}
+                          ((BASE, "untrained"), ("bc", "reward-free")) if controls.get(ctl)}}
     plot = Path(p.eval.out) / "policies.png"  # beside the evaluations; the parent run gets it too
     plot_policies(rows, p.pipeline.plot or [p.eval.primary], plot)
     exp, ui = tracking.experiment_id(c, p.mlflow), tracking.ui_url(p.mlflow)

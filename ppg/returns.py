@@ -59,13 +59,13 @@ def is_control(policy_id: str) -> bool:
     return POLICIES[parse_policy_id(policy_id)[0]].control
 
 
-def trained_shaping(policy_id: str, baseline: str, standardize: bool) -> tuple[str, bool]:
-    """The (baseline, standardize) a policy trains with: returns.baseline and standardize, except
-    for bc, whose weights are all 1 and which any baseline or centring would zero: the control
-    trains unshaped (plain fine-tuning), whatever the policies use."""
+def trained_shaping(policy_id: str, baseline: str, standardize: bool, clip) -> tuple[str, bool, list | None]:
+    """The (baseline, standardize, clip) a policy trains with offline: returns' settings, except
+    for bc, whose weights are all 1 and which any baseline or centring would zero (a clip could
+    scale them): the control trains unshaped (plain fine-tuning), whatever the policies use."""
     if parse_policy_id(policy_id)[0] == "bc":
-        return "none", False
-    return baseline, standardize
+        return "none", False, None
+    return baseline, standardize, clip
 
 
 def _id_grammar() -> str:

@@ -77,8 +77,8 @@ def test_each_policy_is_compared_with_both_controls_and_the_words_come_before_th
 def test_bc_trains_unshaped_whatever_baseline_the_policies_use():
     from ppg.returns import is_control, trained_shaping
 
-    assert trained_shaping("bc", "turn_kind", True) == ("none", False)  # a baseline would zero every weight
-    assert trained_shaping("k3", "turn_kind", True) == ("turn_kind", True)
+    assert trained_shaping("bc", "turn_kind", True, [0.0, 0.5]) == ("none", False, None)  # a baseline zeroes it
+    assert trained_shaping("k3", "turn_kind", True, [0.0, 0.5]) == ("turn_kind", True, [0.0, 0.5])
     assert is_control("bc") and not any(is_control(x) for x in ("greedy", "k3", "full", "segment"))
 
 
@@ -108,3 +108,13 @@ def test_a_best_policy_not_shown_better_than_the_base_is_not_registered_unless_a
     assert registration_step(anyway, Registry(), "k3", m, {"k3": "run"}, {}, {"k3": flat}) == ("register", "")
     with pytest.raises(ValueError, match="bc is a control"):
         register(p, "bc")
+
+
+def test_the_plot_takes_an_interval_that_does_not_hold_its_estimate_and_skips_unknown_ones(tmp_path):
+    from ppg.evaluate.report import plot_policies
+
+    rows = {"k3": {"offline": {"auc": {"mean": 0.71, "lo": 0.72, "hi": 0.80, "n": 40}}},  # a percentile bootstrap's
+            "base (untrained, control)": {"offline": {"auc": {"mean": 0.6, "lo": None, "hi": None, "n": 3}}},
+            "bc (reward-free, control)": {"offline": {"auc": {"refused": True, "reason": "n = 3"}}}}
+    plot_policies(rows, ["offline.auc"], tmp_path / "policies.png")
+    assert (tmp_path / "policies.png").stat().st_size > 5_000

@@ -80,7 +80,7 @@ def ws(tmp_path_factory, env, judge) -> Path:
     from ppg.overlay import apply_overlay
 
     apply_overlay(ws / "params.yaml", ws / "params.tiny.yaml")
-    set_params(ws, data={"source": "jsonl:data/incoming"},
+    set_params(ws, data={"source": "jsonl:data/incoming"}, returns={"policies": ["k3", "bc"]},  # a policy, a control
                train={"max_steps": 20, "batch_size": 8, "checkpoint_every": 10},
                eval={"personas": 4, "turns": 4, "generation": {"max_new_tokens": 8, "temperature": 0.0,
                                                                "top_p": 1.0, "batch_size": 4},
@@ -126,7 +126,7 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
         r = ppg_pipeline(workspace=str(ws), overlay=str(ws / "params.seeds.yaml"))
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)
             and any(x in str(w.message) for x in ("ChatModel", "ResponsesAgent"))] == []  # no deprecated interface
-    assert not r["skipped"] and r["trained"] == {"greedy": True, "k3": True, "bc": True}
+    assert not r["skipped"] and r["trained"] == {"k3": True, "bc": True}
     assert r["gate"]["promoted"] and r["champion"]["version"] == "1"
     assert r["gate"]["difference"] is None and "no champion yet" in r["why"]  # the thresholds decided
     first_runs, first_weights = dict(r["runs"]), {pol: weights(ws, pol) for pol in r["runs"]}
@@ -136,9 +136,8 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
     parent = c.get_run(r["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["ppg.best_policy"] == r["best"]
     # what the run cost, step by step, in the result and the parent run
-    steps = ["sources", "prepare-model", "import", "judge", "validate", "build", "train@greedy", "train@k3",
-             "train@bc", "evaluate@greedy", "evaluate@k3", "evaluate@bc", "evaluate-base", "register + gate",
-             "dvc push", "git commit"]
+    steps = ["sources", "prepare-model", "import", "judge", "validate", "build", "train@k3", "train@bc",
+             "evaluate@k3", "evaluate@bc", "evaluate-base", "register + gate", "dvc push", "git commit"]
     assert list(r["stage_seconds"]) == steps and all(s >= 0 for s in r["stage_seconds"].values())
     assert parent.data.metrics["seconds.train.k3"] == pytest.approx(r["stage_seconds"]["train@k3"], abs=0.1)
     assert parent.data.metrics["seconds.register_gate"] > 0
@@ -149,7 +148,7 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
         assert child.data.tags["ppg.k"] == ("3" if policy == "k3" else "")
         assert 0.0 <= child.data.metrics["validation.online.reward"] <= 1.0
         assert child.data.metrics["validation.online.llm.consistency"] == 1.0  # the LLM judge said NO throughout
-    assert "| greedy |" in r["table"] and "| k3 |" in r["table"]
+    assert "| k3 |" in r["table"]
     assert "| base (untrained, control) |" in r["table"] and "| bc (reward-free, control) |" in r["table"]
     words = r["table"].split("\n\n")[1]  # above the table: no policy differs from either control, in words
     assert words.splitlines()[:2] == [
@@ -157,7 +156,7 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
         "changed nothing measurable.",
         "No policy's interval against bc, the reward-free control clears 0 on `online.reward`: on this evidence, "
         "the rewards added nothing measurable over plain fine-tuning on the same turns."]
-    assert r["better_than_base"] == [] and r["best"] in ("greedy", "k3")  # bc is never a candidate
+    assert r["better_than_base"] == [] and r["best"] == "k3"  # bc is never a candidate
     assert (ws / "eval" / "policies.png").stat().st_size > 10_000  # eval.primary per policy and control, plotted
     assert "policies.png" in [a.path for a in c.list_artifacts(r["parent_run_id"])]
     the_run_is_recorded(ws, c, r, code_commit)

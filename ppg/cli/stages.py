@@ -298,7 +298,7 @@ def returns(
     from ppg.data.schema import DataError, read_dialogues
     from ppg.data.turns import turn_batch, turn_kind_codes
     from ppg.io import atomic_open
-    from ppg.returns import policy_weights, shape_weights
+    from ppg.returns import policy_weights, shape_weights, trained_shaping
 
     try:
         cfg = load_params(params).returns
@@ -310,9 +310,11 @@ def returns(
     except (DataError, ValueError) as e:
         fail(str(e))
     raw = policy_weights(batch.rewards.double(), batch.mask, batch.segment_starts, cfg.policies, cfg.gamma)
-    weights = {pid: shape_weights(w, batch.mask, cfg.baseline, cfg.standardize, batch.groups, clip=cfg.clip,
-                                  kinds=turn_kind_codes(batch.kind_names, batch.mask.shape[1]))
-               for pid, w in raw.items()}
+    kinds = turn_kind_codes(batch.kind_names, batch.mask.shape[1])
+    weights = {}
+    for pid, w in raw.items():  # as offline training shapes them (bc: unshaped)
+        baseline_, standardize_, clip_ = trained_shaping(pid, cfg.baseline, cfg.standardize, cfg.clip)
+        weights[pid] = shape_weights(w, batch.mask, baseline_, standardize_, batch.groups, clip=clip_, kinds=kinds)
 
     table = Table(title=f"{file}: {len(batch.keys)} (dialogue, speaker) rows, "
                         f"{int(batch.mask.sum())} turns, {int(torch.isnan(batch.rewards[batch.mask]).sum())} "

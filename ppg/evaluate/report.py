@@ -45,9 +45,10 @@ def plot_policies(rows: dict, names: list[str], path) -> None:
     for ax, name in zip(axes[0], names):
         for y, label in enumerate(labels):
             x = metric_entry(rows[label], name)
-            if isinstance(x, dict) and x.get("n") and x.get("mean") is not None:
-                ax.errorbar(x["mean"], y, xerr=[[x["mean"] - x["lo"]], [x["hi"] - x["mean"]]], fmt="o", capsize=3,
-                            color="grey" if "control" in label else "C0")
+            if isinstance(x, dict) and x.get("n") and None not in (x.get("mean"), x.get("lo"), x.get("hi")):
+                # a percentile bootstrap's interval (offline AUC) need not hold its point estimate
+                err = [[max(0.0, x["mean"] - x["lo"])], [max(0.0, x["hi"] - x["mean"])]]
+                ax.errorbar(x["mean"], y, xerr=err, fmt="o", capsize=3, color="grey" if "control" in label else "C0")
         ax.set(yticks=range(len(labels)), yticklabels=labels if ax is axes[0][0] else [],
                ylim=(len(labels) - 0.5, -0.5),
                xlabel=f"{name} ({'higher' if direction(name) == HIGHER else 'lower'} is better)")

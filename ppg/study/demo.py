@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The settled study's world (params.kstudy.yaml's study section; a test holds them equal): every
 # distance mixed in the base's pool, two probes, a dodge worth 0.2, 10 persona turns.
 BASE_WORLD = {"distances": [1, 2, 3], "probes": 2, "evasive_reward": 0.2, "turns": 10}
-WORKSPACE_FILES = ("dvc.yaml", "params.yaml", "params.kdemo.yaml", ".dvcignore", "ppg")
+WORKSPACE_FILES = ("dvc.yaml", "params.yaml", "params.kdemo.yaml", ".dvcignore", ".gitignore", "ppg")
 
 
 def world_params():
@@ -95,6 +95,11 @@ def make_workspace(ws: Path) -> str:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, dst)
+    # params.yaml as committed, not as a `ppg run --params` overlay left it in the checkout
+    # (params.tiny.yaml's optimizer, params.real.yaml's partner would change the demo's recipe)
+    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    if committed.returncode == 0:
+        (ws / "params.yaml").write_text(committed.stdout)
     apply_overlay(ws / "params.yaml", ws / "params.kdemo.yaml")
 
     def git(*args):

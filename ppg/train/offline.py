@@ -45,11 +45,11 @@ def run_identity(p, policy: str, fold, model_dir: Path, split: Path, world: int,
 
     ident = [None]
     if not dist.is_initialized() or dist.get_rank() == 0:
-        baseline, standardize = trained_shaping(policy, p.returns.baseline, p.returns.standardize)
+        baseline, standardize, clip = trained_shaping(policy, p.returns.baseline, p.returns.standardize, p.returns.clip)
         bookkeeping = ("checkpoint_every", "keep_checkpoints", "out", "workdir", "launcher")  # world_size stays
         ident[0] = {"model": p.model.spec, "base_model": content_hash(model_dir), "data": content_hash(split),
                     "code": eng.code_hash(), "policy": policy, "fold": fold, "total_steps": total, "world_size": world,
-                    "returns": {"baseline": baseline, "standardize": standardize, "clip": p.returns.clip},
+                    "returns": {"baseline": baseline, "standardize": standardize, "clip": clip},
                     "train": {k: v for k, v in asdict(p.train).items() if k not in bookkeeping}}
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(ident, src=0)
@@ -64,9 +64,10 @@ def train(p, policy: str, fold: int | None = None, progress: bool = True, stop_a
     cfg, name = p.train, run_name(policy, fold)
     model_dir, data = base_model(p), Path(cfg.data)
     check_tokenizer(data / f"{cfg.split}.parquet", model_dir)
-    baseline, standardize = trained_shaping(policy, p.returns.baseline, p.returns.standardize)  # bc: unshaped
+    baseline, standardize, clip = trained_shaping(policy, p.returns.baseline, p.returns.standardize,
+                                                  p.returns.clip)  # bc: unshaped
     examples, wstats = load_examples(data, cfg.split, policy, baseline, standardize,
-                                     fold, cfg.subsample, cfg.seed, p.returns.clip)
+                                     fold, cfg.subsample, cfg.seed, clip)
     deepspeed, rank, world = eng.setup_distributed()
     per_step = int(cfg.deepspeed.get("gradient_accumulation_steps", 1)) * world  # micro-batches, all ranks
     lengths = [len(e.input_ids) for e in examples]
