@@ -118,8 +118,9 @@ def an_edit_reruns_the_stages_whose_code_closure_holds_it(repo: Path, env: dict)
 
     graph = stages(repo / "dvc.yaml")
     expanded = {"train": ["train@greedy", "train@k2"], "evaluate": ["evaluate@greedy", "evaluate@k2"]}
+    # prepare-model holds the trainer too: it builds the K study's base (model.spec sim-base)
     for rel, pinned in (("ppg/generation.py", {"train@greedy", "train@k2", "evaluate@greedy", "evaluate@k2",
-                                              "evaluate-base"}),
+                                              "evaluate-base", "prepare-model"}),
                         ("ppg/data/validate.py", {"validate"})):
         holds = {s for name, st in graph.items() if stage_command(st["cmd"])
                  and rel in files(command_closure(stage_command(st["cmd"]))) for s in expanded.get(name, [name])}
