@@ -35,7 +35,7 @@ run: install
 
 # The K demo (params.kdemo.yaml): the pipeline in its own workspace (kdemo/) on the K study's
 # world, showing the credit horizon's effect on a decision; registers nothing. The study base is
-# built once first (~4.5 min on 2 cores); the demo itself ~4 min. SEED=1 2 ... for other seeds.
+# built once first (~3 min on 2 cores); the demo itself ~3 min. SEED=1 2 ... for other seeds.
 SEED ?= 0
 demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ppg demo --seed $(SEED)

@@ -266,7 +266,7 @@ def demo(
     """The K demo: the pipeline with params.kdemo.yaml in a workspace of its own, on the settled K
     study's world at d = 1, showing that the credit horizon decides whether the policy guesses
     open facts (online.invented). Registers nothing. The study base (`model.spec: sim-base`) is
-    built first, once, into the model cache (about 4.5 minutes on 2 cores)."""
+    built first, once, into the model cache (about 3 minutes on 2 cores)."""
     import time
 
     import yaml

@@ -11,7 +11,7 @@ reward barely moves (the study measured +0.018 to +0.028 over 9 seeds).
 Its base model is the study's: the tiny model behaviour-cloned on 2,000 dialogues of the same
 world (ppg.study.sim.prepare_base), so that 100 steps of PPG move a decision rather than teach
 the simulator's language. It is the model spec `sim-base`, which `ppg prepare-model` builds once
-into the model cache under a key of its recipe and of the code that trains it (about 4-4.5
+into the model cache under a key of its recipe and of the code that trains it (about 3
 minutes on 2 cores).
 """
 
@@ -57,7 +57,7 @@ def sim_base_key() -> str:
 
 
 def sim_base() -> Path:
-    """The study base's folder in the model cache, built on first use (about 4.5 min on 2 cores)."""
+    """The study base's folder in the model cache, built on first use (about 3 min on 2 cores)."""
     from ppg.models import built_once, cache_dir
 
     return built_once(cache_dir() / "models" / f"sim-base-{sim_base_key()}", "config.json", build_sim_base)
