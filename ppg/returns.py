@@ -61,9 +61,9 @@ def is_control(policy_id: str) -> bool:
 
 def trained_shaping(policy_id: str, baseline: str, standardize: bool, clip) -> tuple[str, bool, list | None]:
     """The (baseline, standardize, clip) a policy trains with offline: returns' settings, except
-    for bc, whose weights are all 1 and which any baseline or centring would zero (a clip could
+    for a control (bc), whose weights are all 1 and which any baseline or centring would zero (a clip could
     scale them): the control trains unshaped (plain fine-tuning), whatever the policies use."""
-    if parse_policy_id(policy_id)[0] == "bc":
+    if is_control(policy_id):
         return "none", False, None
     return baseline, standardize, clip
 

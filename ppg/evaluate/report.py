@@ -59,16 +59,19 @@ def plot_policies(rows: dict, names: list[str], path) -> None:
     plt.close(fig)
 
 
-def table(metrics: dict) -> str:
-    def cell(x):
-        if not isinstance(x, dict):
-            return "-"
-        if x.get("refused"):
-            return x["reason"]
-        if x.get("n") == 0:
-            return "no verdicts"  # e.g. commitment from a judge without line-to-line verdicts: unknown, not 0
-        return f"{x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
+def cell(x) -> str:
+    """A metrics.json entry as a table cell: mean [lo, hi], the reason it was refused, or that it
+    had no verdicts."""
+    if not isinstance(x, dict):
+        return "-"
+    if x.get("refused"):
+        return x["reason"]
+    if x.get("n") == 0:
+        return "no verdicts"  # e.g. commitment from a judge without line-to-line verdicts: unknown, not 0
+    return f"{x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
 
+
+def table(metrics: dict) -> str:
     from ppg.metrics import METRICS, metric_entry
 
     cols = [name for name, spec in METRICS.items() if spec.column]  # the metric table's order

@@ -123,7 +123,7 @@ def decision_summary(p, folder: Path) -> str:
     greedy's paired differences against the longer horizons on the same personas."""
     import json
 
-    from ppg.evaluate.report import BASE
+    from ppg.evaluate.report import BASE, cell
     from ppg.gate import describe, paired_difference
     from ppg.metrics import metric_entry
 
@@ -131,16 +131,13 @@ def decision_summary(p, folder: Path) -> str:
     m = {pol: json.loads((folder / pol / "metrics.json").read_text()) for pol in names
          if (folder / pol / "metrics.json").exists()}
 
-    def cell(x):
-        return f"{x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]" if isinstance(x, dict) and x.get("n") else "-"
-
     lines = ["| model | online.invented (open asks answered with a guess) | online.reward |", "|---|---|---|"]
     lines += [f"| {pol} | {cell(metric_entry(x, 'online.invented'))} | {cell(metric_entry(x, 'online.reward'))} |"
               for pol, x in m.items()]
     lines.append("")
-    for other in (pol for pol in m if pol not in ("greedy", "bc", BASE)):
-        if "greedy" in m:
-            for name in ("online.invented", "online.reward"):
-                d = paired_difference(name, m[other], m["greedy"], None, None, p.registry)
-                lines.append(f"- {other} against greedy: {describe(name, d, p.registry)}")
+    longer = [pol for pol in m if pol not in ("greedy", "bc", BASE)] if "greedy" in m else []
+    for other in longer:
+        for name in ("online.invented", "online.reward"):
+            d = paired_difference(name, m[other], m["greedy"], None, None, p.registry)
+            lines.append(f"- {other} against greedy: {describe(name, d, p.registry)}")
     return "\n".join(lines) + "\n"
