@@ -209,3 +209,57 @@ def test_a_prefill_gets_the_last_positions_logits_without_copying_the_output_emb
     with torch.no_grad():
         full = model(input_ids=torch.tensor(ids)).logits[:, -1]
     assert first == [[int(i)] for i in full.argmax(-1)]
+
+
+def test_a_growing_cache_gives_a_dynamic_caches_logits_and_appends_in_place(tiny):
+    """transformers' DynamicCache copies a layer's whole cache for every decoded id (torch.cat);
+    the growing cache writes the new ids into spare room. Same logits through a prefill, decoding
+    steps, rows dropped and repeated (questions branching off one dialogue) and more steps."""
+    from transformers import DynamicCache
+
+    from ppg.kv_cache import growing_cache
+
+    model, _ = tiny
+    g = torch.Generator().manual_seed(3)
+    chunks = [torch.randint(6, 2000, (3, 10), generator=g)] + [torch.randint(6, 2000, (3, 1), generator=g)
+                                                                for _ in range(5)]
+    later = [torch.randint(6, 2000, (4, 1), generator=g) for _ in range(3)]
+    runs = {}
+    for name, cache in (("dynamic", DynamicCache(config=model.config)), ("growing", growing_cache(model.config))):
+        logits, where = [], []
+        with torch.no_grad():
+            for ids in chunks:
+                logits.append(model(input_ids=ids, cache=cache, use_cache=True).logits[:, -1])
+                where.append(cache.layers[0].keys.data_ptr())
+            cache.batch_select_indices(torch.tensor([0, 2, 2, 1]))
+            for ids in later:
+                logits.append(model(input_ids=ids, cache=cache, use_cache=True).logits[:, -1])
+        runs[name] = logits, where
+    assert all(torch.equal(a, b) for a, b in zip(runs["dynamic"][0], runs["growing"][0]))
+    assert len(set(runs["growing"][1][1:])) == 1  # five decoding steps, one buffer
+    assert len(set(runs["dynamic"][1])) == 6  # a new tensor every step
+
+
+def test_top_p_among_the_candidates_keeps_the_nucleus_warp_keeps():
+    """sample_next draws among the CANDIDATES most likely ids instead of sorting the vocabulary:
+    the kept ids and their probabilities must be warp's. bfloat16 logits tie often, and a tie at
+    the edge of the nucleus is cut where each sort happens to order it: there the kept
+    probabilities must agree, not the ids. Rows whose nucleus is larger than the candidates
+    fall back to warp."""
+    from ppg.generation import CANDIDATES, nucleus
+
+    torch.manual_seed(0)
+    for temperature, top_p in ((0.7, 0.9), (1.0, 0.5), (1.3, 0.8)):
+        gen = GenerationConfig(max_new_tokens=4, temperature=temperature, top_p=top_p)
+        for dtype in (torch.float32, torch.bfloat16):
+            logits = (torch.randn(8, 49152) * 4).to(dtype)
+            ids, probs = nucleus(logits, gen)
+            ours = torch.zeros(8, 49152).scatter(1, ids, probs)
+            ours /= ours.sum(-1, keepdim=True)
+            theirs = warp(logits, gen).softmax(-1)
+            if dtype == torch.float32:
+                assert torch.equal(ours > 0, theirs > 0)
+                assert (ours - theirs).abs().max() < 1e-6
+            kept = [(o[o > 0].sort().values, t[t > 0].sort().values) for o, t in zip(ours, theirs)]
+            assert all(len(o) == len(t) and (o - t).abs().max() < 1e-5 for o, t in kept)
+    assert nucleus(torch.zeros(2, 4 * CANDIDATES), GenerationConfig(max_new_tokens=4, top_p=0.9)) is None
