@@ -16,8 +16,10 @@ Started by `ppg run` (embedded engine) or served with a cron schedule by `ppg se
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 
 from ppg import registry, tracking
+from ppg.cli.warm import WARM_ENV
 from ppg.lineage import record
 from ppg.config import load_params
 from ppg.evaluate.report import BASE, plot_policies, table, versus_controls
@@ -41,12 +44,47 @@ class StageFailed(RuntimeError):
     pass
 
 
-def stage_env(parent_run_id: str) -> dict:
-    """The environment of a stage: this interpreter's bin first (dvc, ppg), the parent run id."""
-    env = {k: v for k, v in os.environ.items() if k not in STRIP}
+def stage_env(parent_run_id: str, warm: str | None = None) -> dict:
+    """The environment of a stage: this interpreter's bin first (dvc, ppg), the parent run id,
+    and the socket of the warm process when one runs (ppg.cli.warm)."""
+    env = {k: v for k, v in os.environ.items() if k not in (*STRIP, WARM_ENV)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env[tracking.PARENT_ENV] = parent_run_id
+    if warm:
+        env[WARM_ENV] = warm
     return env
+
+
+def start_warm(parent_run_id: str) -> tuple[subprocess.Popen, Path]:
+    """`ppg warm` for this run's evaluation stages: it imports torch, transformers, peft and MLflow
+    once, and each `ppg evaluate` DVC runs hands itself over to it (a fork) instead of importing
+    them again. Returns once it listens (its socket is in a folder of its own under the temp dir)."""
+    folder = Path(tempfile.mkdtemp(prefix="ppg-warm-"))
+    sock = folder / "socket"
+    with open(folder / "log", "w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "ppg"), "warm", "--socket", str(sock),
+                                 "--parent", str(os.getpid())], env=stage_env(parent_run_id, str(sock)),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return proc, sock
+
+
+def stop_warm(warm: tuple[subprocess.Popen, Path] | None, log) -> list[str]:
+    """Stop the warm process; the commands it ran, with their exit status and time."""
+    if warm is None:
+        return []
+    proc, sock = warm
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    lines = (sock.parent / "log").read_text().strip()
+    shutil.rmtree(sock.parent, ignore_errors=True)
+    log.info("warm process (exit %s):\n%s", proc.returncode, lines[-3000:])
+    return [ln.removeprefix("ppg warm: ") for ln in lines.splitlines() if " exited " in ln]
 
 
 def _dvc(*args, env=None) -> subprocess.CompletedProcess:
@@ -55,10 +93,10 @@ def _dvc(*args, env=None) -> subprocess.CompletedProcess:
 
 
 @task(task_run_name="dvc repro {stage}")
-def repro(stage: str, parent_run_id: str) -> bool:
+def repro(stage: str, parent_run_id: str, warm: str | None = None) -> bool:
     """Run one DVC stage; True if it ran, False if DVC found it unchanged."""
     log = get_run_logger()
-    r = _dvc("repro", stage, env=stage_env(parent_run_id))
+    r = _dvc("repro", stage, env=stage_env(parent_run_id, warm))
     tail = (r.stdout + r.stderr)[-3000:]
     if r.returncode:
         if stage == "validate" and Path("data/validation/report.md").exists():
@@ -246,11 +284,18 @@ def _stages(p, c, parent: str, log) -> dict:
         trained, result["skipped"] = {}, True
     else:
         retried = repro.with_options(retries=1, retry_delay_seconds=5)  # evaluation may call a remote judge
-        trained = {}
-        for stage in stage_order(Path("dvc.yaml"), p.returns.policies, done=("sources",)):  # dvc.yaml's order
-            ran = clock.run(stage, retried if stage.startswith("evaluate") else repro, stage, parent)
-            if stage.startswith("train@"):
-                trained[stage.removeprefix("train@")] = ran
+        trained, warm = {}, None
+        try:
+            for stage in stage_order(Path("dvc.yaml"), p.returns.policies, done=("sources",)):  # dvc.yaml's order
+                if stage.startswith("evaluate") and warm is None and p.pipeline.warm:
+                    warm = clock.run("start ppg warm", start_warm, parent)
+                evaluates = stage.startswith("evaluate")
+                ran = clock.run(stage, retried if evaluates else repro, stage, parent,
+                                str(warm[1]) if warm and evaluates else None)
+                if stage.startswith("train@"):
+                    trained[stage.removeprefix("train@")] = ran
+        finally:
+            result["warm"] = stop_warm(warm, log)
         result["skipped"] = False
     record.log_end(c, parent)  # dvc.lock as the stages left it, the input manifests
     runs = link_runs(p, c, parent, trained)

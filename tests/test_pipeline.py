@@ -137,8 +137,14 @@ def test_pipeline_lifecycle(ws, env, judge, prefect_api):
     assert parent.info.status == "FINISHED" and parent.data.tags["ppg.best_policy"] == r["best"]
     # what the run cost, step by step, in the result and the parent run
     steps = ["sources", "prepare-model", "import", "judge", "validate", "build", "train@k3", "train@bc",
-             "evaluate@k3", "evaluate@bc", "evaluate-base", "register + gate", "dvc push", "git commit"]
+             "start ppg warm", "evaluate@k3", "evaluate@bc", "evaluate-base", "register + gate", "dvc push",
+             "git commit"]
     assert list(r["stage_seconds"]) == steps and all(s >= 0 for s in r["stage_seconds"].values())
+    # the evaluations ran in children of one warm process (the rebuild below evaluates cold: the
+    # same metrics)
+    assert [w.split(" exited ")[0] for w in r["warm"]] == ["evaluate --policy k3", "evaluate --policy bc",
+                                                          "evaluate-base"]
+    assert all(" exited 0 " in w for w in r["warm"]), r["warm"]
     assert parent.data.metrics["seconds.train.k3"] == pytest.approx(r["stage_seconds"]["train@k3"], abs=0.1)
     assert parent.data.metrics["seconds.register_gate"] > 0
     for policy, run_id in r["runs"].items():  # one child run per policy, tagged and evaluated

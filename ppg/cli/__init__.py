@@ -6,6 +6,7 @@ from ppg.cli import judges  # noqa: F401,I001  (registers judge, train-judge, se
 from ppg.cli import personas  # noqa: F401,I001  (registers import-personas)
 from ppg.cli import pipeline  # noqa: F401,I001  (registers prepare-model ... study-report)
 from ppg.cli import lineage  # noqa: F401,I001  (registers stage-deps, reproduce, show)
+from ppg.cli import warm  # noqa: F401,I001  (registers warm)
 from ppg.cli.app import app
 
 __all__ = ["app"]
