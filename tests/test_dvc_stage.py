@@ -131,3 +131,33 @@ def an_edit_reruns_the_stages_whose_code_closure_holds_it(repo: Path, env: dict)
         assert changed() == holds, rel
         f.write_text(before)
         assert changed() == set()
+
+
+def test_the_run_follows_dvc_yaml_only_in_an_order_where_every_stage_comes_after_its_upstream(tmp_path,
+                                                                                                monkeypatch):
+    """The pipeline repros each stage alone (`dvc repro -s`), in dvc.yaml's written order: the
+    same as DVC's own walk only if that order puts every stage after those it depends on. The
+    shipped dvc.yaml does; one written upside down is refused, naming the edge."""
+    from flows.pipeline import StageFailed, upstream_first
+    from ppg.lineage.closure import stage_order
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site")}
+    for name in ("shipped", "upside-down"):
+        (tmp_path / name).mkdir()
+        sh("git", "init", "-q", cwd=tmp_path / name, env=env)
+        sh("dvc", "init", "-q", cwd=tmp_path / name, env=env)
+    for rel in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / rel, tmp_path / "shipped" / rel)
+    (tmp_path / "upside-down" / "dvc.yaml").write_text(
+        "stages:\n  counted:\n    cmd: wc -l words.txt > count.txt\n    deps: [words.txt]\n    outs: [count.txt]\n"
+        "  words:\n    cmd: echo a b > words.txt\n    outs: [words.txt]\n")
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", env["DVC_SITE_CACHE_DIR"])
+    monkeypatch.chdir(tmp_path / "shipped")
+    policies = yaml.safe_load((ROOT / "params.yaml").read_text())["returns"]["policies"]
+    upstream_first(["sources", *stage_order(Path("dvc.yaml"), policies, done=("sources",))])
+    monkeypatch.chdir(tmp_path / "upside-down")
+    with pytest.raises(StageFailed, match="depends on a later stage: words -> counted"):
+        upstream_first(stage_order(Path("dvc.yaml"), []))
+    with pytest.raises(StageFailed, match="not run: words"):
+        upstream_first(["counted"])
