@@ -82,33 +82,49 @@ def serve(path: Path, parent: int | None = None, log=sys.stderr) -> None:
         except TimeoutError:
             continue
         with conn:
-            msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
-            req = json.loads(msg)
-            changed = sorted(f for f, st in _sources().items() if sources.get(f) != st)
-            differ = sorted(k for k in set(env) | set(_environment(req["env"])) if env.get(k) != req["env"].get(k))
-            why = (f"changed since it started: {', '.join(changed)}" if changed else
-                   f"its environment differs in {', '.join(differ)}" if differ else None)
-            if why or len(fds) != 3:
-                for fd in fds:
-                    os.close(fd)
-                conn.sendall(json.dumps({"refused": why or "no standard streams"}).encode() + b"\n")
-                continue
-            t = time.monotonic()
-            pid = os.fork()
-            if pid == 0:
-                sock.close()
-                _child(conn, fds, {**req, "env": {**req["env"], **added}})
-            for fd in fds:
-                os.close(fd)
-            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-            code = code if code >= 0 else 128 - code  # killed by a signal: as a shell reports it
             try:
-                conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
-            except OSError:
-                pass  # the command is gone (killed); its child was told
-            print(f"ppg warm: {' '.join(req['argv'][1:])} exited {code} after {time.monotonic() - t:.1f} s",
-                  file=log, flush=True)
+                _answer(conn, sock, sources, env, added, log)
+            except Exception as e:  # a broken request costs its command a cold start, not the server
+                print(f"ppg warm: a request failed: {e!r}", file=log, flush=True)
+
+
+def _answer(conn, sock, sources: dict, env: dict, added: dict, log) -> None:
+    """One request: refuse it, or fork its child, wait for it and send its exit status."""
+    msg, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+    try:
+        while not msg.endswith(b"\n"):  # the request is one line; a stream may split it
+            more = conn.recv(1 << 16)
+            if not more:
+                raise ConnectionError("the command closed the connection mid-request")
+            msg += more
+        req = json.loads(msg)
+        changed = sorted(f for f, st in _sources().items() if sources.get(f) != st)
+        differ = sorted(k for k in set(env) | set(_environment(req["env"])) if env.get(k) != req["env"].get(k))
+        why = (f"changed since it started: {', '.join(changed)}" if changed else
+               f"its environment differs in {', '.join(differ)}" if differ else
+               None if len(fds) == 3 else "it did not get the command's standard streams")
+        if why:
+            conn.sendall(json.dumps({"refused": why}).encode() + b"\n")
+            return
+        t = time.monotonic()
+        sys.stdout.flush()  # nothing buffered here may reach the child's streams
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            _child(conn, fds, {**req, "env": {**req["env"], **added}})
+    finally:
+        for fd in fds:
+            os.close(fd)
+    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    code = code if code >= 0 else 128 - code  # killed by a signal: as a shell reports it
+    try:
+        conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+    except OSError:
+        pass  # the command is gone (killed); its child was told
+    print(f"ppg warm: {' '.join(req['argv'][1:])} exited {code} after {time.monotonic() - t:.1f} s",
+          file=log, flush=True)
 
 
 def _child(conn, fds: list[int], req: dict) -> None:
@@ -153,8 +169,8 @@ def handed_over(argv: list[str]) -> int | None:
     try:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(path)
-        socket.send_fds(conn, [json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()],
-                        [0, 1, 2])
+        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode() + b"\n"
+        socket.send_fds(conn, [request], [0, 1, 2])
     except OSError as e:
         print(f"{what} ({path}: {e})", file=sys.stderr, flush=True)
         return None
