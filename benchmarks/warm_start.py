@@ -1,7 +1,7 @@
 """An evaluation stage cold and warm, side by side: `dvc repro -s -f evaluate@P` in a workspace
 where `ppg run` has run (its models trained), each round once as a fresh process (cold: it
 imports torch, transformers, peft and MLflow itself) and once handed to a `ppg warm` process
-(ppg.cli.warm), as the pipeline runs its evaluations. The stage's outputs must be the same byte
+(ppg.warm), as the pipeline runs its evaluations. The stage's outputs must be the same byte
 for byte. Each run logs its evaluation into the model's MLflow run again: use a scratch clone.
 
     python benchmarks/warm_start.py --workspace WS [--policy k3] [--rounds 2]
@@ -23,7 +23,7 @@ def main():
     ap.add_argument("--policy", default="k3")
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
-    from ppg.cli.warm import WARM_ENV
+    from ppg.warm import WARM_ENV
     from ppg.config import load_params
 
     ws, bin_ = a.workspace.resolve(), Path(sys.executable).parent

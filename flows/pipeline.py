@@ -29,7 +29,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 
 from ppg import registry, tracking
-from ppg.cli.warm import WARM_ENV
+from ppg.warm import WARM_ENV
 from ppg.lineage import record
 from ppg.config import load_params
 from ppg.evaluate.report import BASE, plot_policies, table, versus_controls
@@ -48,7 +48,7 @@ class StageFailed(RuntimeError):
 
 def stage_env(parent_run_id: str, warm: str | None = None) -> dict:
     """The environment of a stage: this interpreter's bin first (dvc, ppg), the parent run id,
-    and the socket of the warm process when one runs (ppg.cli.warm)."""
+    and the socket of the warm process when one runs (ppg.warm)."""
     env = {k: v for k, v in os.environ.items() if k not in (*STRIP, WARM_ENV)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env[tracking.PARENT_ENV] = parent_run_id
@@ -63,10 +63,10 @@ def start_warm(parent_run_id: str) -> tuple[subprocess.Popen, Path]:
     them again. Returns once it listens (its socket is in a folder of its own under the temp dir)."""
     folder = Path(tempfile.mkdtemp(prefix="ppg-warm-"))
     sock = folder / "socket"
-    with open(folder / "log", "w") as log:
+    with open(folder / "log", "w") as log:  # a session of its own: a ^C meant for the run is the run's
         proc = subprocess.Popen([str(Path(sys.executable).parent / "ppg"), "warm", "--socket", str(sock),
                                  "--parent", str(os.getpid())], env=stage_env(parent_run_id, str(sock)),
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
     while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -83,6 +83,7 @@ def stop_warm(warm: tuple[subprocess.Popen, Path] | None, log) -> list[str]:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
     lines = (sock.parent / "log").read_text().strip()
     shutil.rmtree(sock.parent, ignore_errors=True)
     log.info("warm process (exit %s):\n%s", proc.returncode, lines[-3000:])
@@ -103,8 +104,11 @@ def upstream_first(order: list[str]) -> None:
     if r.returncode:
         raise StageFailed(f"dvc dag failed: {r.stderr[-2000:]}")
     at = {s: i for i, s in enumerate(order)}
-    nodes = re.findall(r'^"([^"]+)";$', r.stdout, re.M)
-    late = [f"{a} -> {b}" for a, b in re.findall(r'^"([^"]+)" -> "([^"]+)";$', r.stdout, re.M)
+    nodes = [n for n in re.findall(r'^\s*"([^"]+)";$', r.stdout, re.M) if not n.endswith(".dvc")]  # `dvc add`
+    if set(order) - set(nodes):  # a format this does not read must not pass for an empty graph
+        raise StageFailed(f"`dvc dag --dot` does not list {', '.join(sorted(set(order) - set(nodes)))}:\n"
+                          f"{r.stdout[:2000]}")
+    late = [f"{a} -> {b}" for a, b in re.findall(r'^\s*"([^"]+)" -> "([^"]+)";$', r.stdout, re.M)
             if at.get(a, -1) > at.get(b, len(order))]
     left = [n for n in nodes if n not in at]
     if late or left:

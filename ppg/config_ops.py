@@ -350,7 +350,7 @@ class PipelineConfig:
     """Metrics plotted per policy and control with their 95% intervals (policies.png in eval.out
     and in the pipeline's MLflow run); [] = eval.primary alone."""
     warm: bool = True
-    """Run the evaluation stages warm (ppg.cli.warm): one process imports torch, transformers,
+    """Run the evaluation stages warm (ppg.warm): one process imports torch, transformers,
     peft and MLflow once and forks each `ppg evaluate` DVC runs, instead of five processes
     importing them (~5 s each). The outputs are the same; false runs every stage cold."""
 

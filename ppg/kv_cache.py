@@ -17,6 +17,9 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
             self.room_k = self.room_v = None
         n, used = key_states.shape[-2], self.get_seq_length()
+        if self.room_k is not None and key_states.shape[0] != self.room_k.shape[0]:
+            # torch.cat would refuse; an in-place write would broadcast one row into all of them
+            raise ValueError(f"a batch of {key_states.shape[0]} rows for a cache of {self.room_k.shape[0]}")
         if self.room_k is None or used + n > self.room_k.shape[-2]:
             room = max(2 * (used + n), 64)
             self.room_k, self.room_v = (x.new_empty(*x.shape[:-2], room, x.shape[-1])

@@ -234,10 +234,14 @@ def test_a_growing_cache_gives_a_dynamic_caches_logits_and_appends_in_place(tiny
             cache.batch_select_indices(torch.tensor([0, 2, 2, 1]))
             for ids in later:
                 logits.append(model(input_ids=ids, cache=cache, use_cache=True).logits[:, -1])
+            cache.crop(-2)  # the last two ids taken back, then one more
+            logits.append(model(input_ids=later[0], cache=cache, use_cache=True).logits[:, -1])
         runs[name] = logits, where
     assert all(torch.equal(a, b) for a, b in zip(runs["dynamic"][0], runs["growing"][0]))
     assert len(set(runs["growing"][1][1:])) == 1  # five decoding steps, one buffer
-    assert len(set(runs["dynamic"][1])) == 6  # a new tensor every step
+    with pytest.raises(ValueError, match="a batch of 1 rows for a cache of 4"):
+        cache.layers[0].update(*(torch.zeros(1, *cache.layers[0].keys.shape[1:2], 1, cache.layers[0].keys.shape[-1])
+                                 for _ in range(2)))
 
 
 def test_top_p_among_the_candidates_keeps_the_nucleus_warp_keeps():

@@ -1,4 +1,4 @@
-"""Warm starts (ppg.cli.warm): a command handed to the warm process prints and exits as it does
+"""Warm starts (ppg.warm): a command handed to the warm process prints and exits as it does
 cold, in its own folder, and the warm process refuses whenever the child could differ from a
 cold process: its code changed on disk, or the command's environment is not the one it
 imported under. (The pipeline's lifecycle test evaluates warm and its rebuild test cold: the
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ppg.cli.warm import WARM_ENV
+from ppg.warm import WARM_ENV
 
 PPG = str(Path(sys.executable).parent / "ppg")
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def warm(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("warm")
     sock, log = tmp / "socket", tmp / "log"
-    env = {**os.environ, WARM_ENV: str(sock)}
+    # PPG_TRACE_PARAMS: each command appends the params it read when it exits (an atexit handler)
+    env = {**os.environ, WARM_ENV: str(sock), "PPG_TRACE_PARAMS": str(tmp / "trace.jsonl")}
     with open(log, "w") as out:
         proc = subprocess.Popen([PPG, "warm", "--socket", str(sock)], env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -54,6 +55,9 @@ def test_a_command_run_warm_prints_and_exits_as_it_does_cold(warm):
         cold, hot = run_ppg(args, work, cold_env), run_ppg(args, work, env)
         assert (hot.returncode, hot.stdout, hot.stderr) == (cold.returncode, cold.stdout, cold.stderr)
     assert served(log)[-2:] == ["evaluate --policy nope exited 2", "evaluate-base --help exited 0"]
+    # a child ends as a cold process does, its exit handlers run: cold, then warm, wrote the same line
+    trace = Path(env["PPG_TRACE_PARAMS"]).read_text().splitlines()
+    assert len(trace) == 2 and trace[0] == trace[1] and '"command": "evaluate"' in trace[0]
     missing = run_ppg(["evaluate", "--policy", "nope"], work, env)
     assert missing.returncode == 2 and "models/nope: no trained model" in missing.stderr  # read in its folder
 
