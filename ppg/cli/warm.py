@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ppg.cli.app import app
+from ppg.warm import handed_over, serve  # stdlib only: the console script stays light
 
 
 @app.command("warm")
@@ -16,15 +17,11 @@ def warm_(socket_path: Path = typer.Option(..., "--socket", help="The socket to 
     """Import what the evaluation stages import once, then run each one handed over by a command
     whose environment names the socket in PPG_WARM (the pipeline starts one before its
     evaluations): a fork per command, in its folder, environment and streams."""
-    from ppg.warm import serve
-
     serve(socket_path, app, parent)
 
 
 def main() -> None:
     """The `ppg` console script: a command the warm process runs, else the app here."""
-    from ppg.warm import handed_over
-
     code = handed_over(sys.argv)
     if code is not None:
         sys.exit(code)
