@@ -214,7 +214,8 @@ def test_a_prefill_gets_the_last_positions_logits_without_copying_the_output_emb
 def test_a_growing_cache_gives_a_dynamic_caches_logits_and_appends_in_place(tiny):
     """transformers' DynamicCache copies a layer's whole cache for every decoded id (torch.cat);
     the growing cache writes the new ids into spare room. Same logits through a prefill, decoding
-    steps, rows dropped and repeated (questions branching off one dialogue) and more steps."""
+    steps, rows dropped and repeated (questions branching off one dialogue), more steps, ids taken
+    back, rows reordered, and the cache emptied for a batch of another size."""
     from transformers import DynamicCache
 
     from ppg.kv_cache import growing_cache
@@ -236,10 +237,14 @@ def test_a_growing_cache_gives_a_dynamic_caches_logits_and_appends_in_place(tiny
                 logits.append(model(input_ids=ids, cache=cache, use_cache=True).logits[:, -1])
             cache.crop(-2)  # the last two ids taken back, then one more
             logits.append(model(input_ids=later[0], cache=cache, use_cache=True).logits[:, -1])
+            cache.reorder_cache(torch.tensor([3, 2, 1, 0]))
+            logits.append(model(input_ids=later[1], cache=cache, use_cache=True).logits[:, -1])
+            cache.reset()  # emptied, then a batch of another size
+            logits.append(model(input_ids=chunks[0][:2], cache=cache, use_cache=True).logits[:, -1])
         runs[name] = logits, where
     assert all(torch.equal(a, b) for a, b in zip(runs["dynamic"][0], runs["growing"][0]))
     assert len(set(runs["growing"][1][1:])) == 1  # five decoding steps, one buffer
-    with pytest.raises(ValueError, match="a batch of 1 rows for a cache of 4"):
+    with pytest.raises(ValueError, match="a batch of 1 rows for a cache of 2"):
         cache.layers[0].update(*(torch.zeros(1, *cache.layers[0].keys.shape[1:2], 1, cache.layers[0].keys.shape[-1])
                                  for _ in range(2)))
 
