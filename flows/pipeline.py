@@ -315,9 +315,9 @@ def _stages(p, c, parent: str, log) -> dict:
         upstream_first(["sources", *order])
         try:
             for stage in order:
-                if stage.startswith("evaluate") and warm is None and p.pipeline.warm:
-                    warm = clock.run("start ppg warm", start_warm, parent)
                 evaluates = stage.startswith("evaluate")
+                if evaluates and warm is None and p.pipeline.warm:
+                    warm = clock.run("start ppg warm", start_warm, parent)
                 ran = clock.run(stage, retried if evaluates else repro, stage, parent,
                                 str(warm[1]) if warm and evaluates else None)
                 if stage.startswith("train@"):
